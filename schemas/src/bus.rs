@@ -1,0 +1,224 @@
+//! JetStream plumbing (feature `nats`): connecting, creating the streams, publishing events with
+//! their dedup id and schema headers, and turning [`ConsumerSpec`]s into server configs.
+//!
+//! Everything here works on nats-server 2.9 (one filter subject per consumer, no per-message
+//! TTL) and later releases.
+
+use std::path::PathBuf;
+
+use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+use async_nats::jetstream::context::{PublishAckFuture, PublishError};
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::stream::{Config, DiscardPolicy, RetentionPolicy, StorageType};
+use async_nats::jetstream::{self, Context};
+use async_nats::{Client, ConnectOptions, HeaderMap};
+
+use crate::codec::{self, CONTENT_TYPE, CONTENT_TYPE_HEADER, SCHEMA_HEADER, SCHEMA_VERSION};
+use crate::streams::{all_streams, ConsumerSpec, Retention, StreamSpec};
+use crate::{subjects, KlineEvent};
+
+/// Bus failures, by what the caller can do about them.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// Could not reach or authenticate to the server.
+    #[error("cannot connect to NATS at {url}: {source}")]
+    Connect {
+        /// The URL tried.
+        url: String,
+        /// Why.
+        source: async_nats::ConnectError,
+    },
+    /// A credentials file could not be read.
+    #[error("cannot read NATS credentials file {path}: {source}")]
+    Credentials {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A stream could not be created or updated (e.g. JetStream disabled on the server).
+    #[error("cannot create or update stream {stream}: {source}")]
+    Stream {
+        /// The stream name.
+        stream: String,
+        /// Why.
+        source: async_nats::jetstream::context::CreateStreamError,
+    },
+    /// Encoding failed.
+    #[error(transparent)]
+    Encode(#[from] codec::EncodeError),
+    /// The publish was not accepted for sending.
+    #[error("publish to {subject}: {source}")]
+    Publish {
+        /// The subject.
+        subject: String,
+        /// Why.
+        source: PublishError,
+    },
+}
+
+/// How to reach NATS. Secrets are never printed by `Debug`.
+#[derive(Clone, Default)]
+pub struct BusOptions {
+    /// Server URL(s), comma-separated; `tls://` forces TLS.
+    pub url: String,
+    /// Client name shown in server monitoring.
+    pub name: String,
+    /// `.creds` file (JWT + NKey seed).
+    pub creds_file: Option<PathBuf>,
+    /// User name (with `password`).
+    pub user: Option<String>,
+    /// Password (with `user`).
+    pub password: Option<String>,
+    /// Token authentication.
+    pub token: Option<String>,
+    /// Require TLS even for `nats://` URLs.
+    pub require_tls: bool,
+}
+
+impl std::fmt::Debug for BusOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BusOptions")
+            .field("url", &self.url)
+            .field("name", &self.name)
+            .field("creds_file", &self.creds_file)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("require_tls", &self.require_tls)
+            .finish()
+    }
+}
+
+impl BusOptions {
+    /// Options for `url` with no credentials.
+    pub fn new(url: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            name: name.into(),
+            ..Self::default()
+        }
+    }
+}
+
+/// Connects; the client then reconnects by itself forever if the server goes away.
+pub async fn connect(opts: &BusOptions) -> Result<Client, BusError> {
+    let mut o = ConnectOptions::new()
+        .name(&opts.name)
+        .require_tls(opts.require_tls || opts.url.starts_with("tls://"))
+        .max_reconnects(None)
+        .event_callback(|event| async move {
+            tracing::info!(%event, "nats connection event");
+        });
+    if let Some(path) = &opts.creds_file {
+        o = o
+            .credentials_file(path)
+            .await
+            .map_err(|source| BusError::Credentials {
+                path: path.clone(),
+                source,
+            })?;
+    }
+    if let (Some(u), Some(p)) = (&opts.user, &opts.password) {
+        o = o.user_and_password(u.clone(), p.clone());
+    }
+    if let Some(t) = &opts.token {
+        o = o.token(t.clone());
+    }
+    o.connect(opts.url.as_str())
+        .await
+        .map_err(|source| BusError::Connect {
+            url: opts.url.clone(),
+            source,
+        })
+}
+
+/// A JetStream context that keeps at most `max_inflight` publish acks outstanding and waits
+/// (instead of failing) when that many are in flight.
+pub fn jetstream(client: Client, max_inflight: usize) -> Context {
+    jetstream::ContextBuilder::new()
+        .max_ack_inflight(max_inflight)
+        .backpressure_on_inflight(true)
+        .build(client)
+}
+
+/// The server config for a stream spec.
+pub fn stream_config(spec: &StreamSpec) -> Config {
+    Config {
+        name: spec.name.clone(),
+        subjects: spec.subjects.clone(),
+        description: Some(spec.description.clone()),
+        retention: RetentionPolicy::Limits,
+        discard: DiscardPolicy::Old,
+        storage: StorageType::File,
+        max_age: spec.max_age,
+        max_bytes: spec.max_bytes,
+        duplicate_window: spec.duplicate_window,
+        num_replicas: spec.replicas,
+        ..Config::default()
+    }
+}
+
+/// Creates every klinebus stream, or updates it to the current definition. Idempotent, so every
+/// binary calls it at start-up and the first one wins.
+pub async fn ensure_streams(js: &Context, retention: &Retention) -> Result<(), BusError> {
+    for spec in all_streams(retention) {
+        js.create_or_update_stream(stream_config(&spec))
+            .await
+            .map_err(|source| BusError::Stream {
+                stream: spec.name.clone(),
+                source,
+            })?;
+        tracing::debug!(stream = %spec.name, "stream ready");
+    }
+    Ok(())
+}
+
+/// The server config for a durable pull consumer, delivering from `deliver`.
+pub fn consumer_config(spec: &ConsumerSpec, deliver: DeliverPolicy) -> pull::Config {
+    pull::Config {
+        durable_name: Some(spec.durable.clone()),
+        description: Some(format!("klinebus consumer {}", spec.durable)),
+        filter_subject: spec.filter_subject.clone(),
+        deliver_policy: deliver,
+        ack_policy: AckPolicy::Explicit,
+        ack_wait: spec.ack_wait,
+        max_ack_pending: spec.max_ack_pending,
+        // Poison messages are terminated and dead-lettered by the sink, never redelivered forever.
+        max_deliver: -1,
+        ..pull::Config::default()
+    }
+}
+
+/// Headers every klinebus message carries.
+pub fn schema_headers() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(SCHEMA_HEADER, SCHEMA_VERSION);
+    h.insert(CONTENT_TYPE_HEADER, CONTENT_TYPE);
+    h
+}
+
+/// Publishes `event` on `subject` with schema headers and, for closed candles, the dedup
+/// `Nats-Msg-Id`. Returns the ack future: await it (possibly later, many at once) to know the
+/// stream stored it.
+pub async fn publish_event_to(
+    js: &Context,
+    subject: String,
+    event: &KlineEvent,
+) -> Result<PublishAckFuture, BusError> {
+    let payload = codec::encode(event)?;
+    let mut msg = PublishMessage::build()
+        .headers(schema_headers())
+        .payload(payload.into());
+    if let Some(id) = event.msg_id() {
+        msg = msg.message_id(id);
+    }
+    js.send_publish(subject.clone(), msg)
+        .await
+        .map_err(|source| BusError::Publish { subject, source })
+}
+
+/// Publishes a producer event on its `klines.…` subject (see [`publish_event_to`]).
+pub async fn publish_event(js: &Context, event: &KlineEvent) -> Result<PublishAckFuture, BusError> {
+    publish_event_to(js, subjects::for_event(event), event).await
+}

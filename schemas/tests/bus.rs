@@ -1,0 +1,115 @@
+//! The stream definitions and publishing against a real (private) nats-server.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use klinebus_schemas::bus::{self, BusOptions};
+use klinebus_schemas::codec;
+use klinebus_schemas::streams::{ConsumerSpec, Retention, KLINES_STREAM};
+use klinebus_schemas::subjects::KlineFilter;
+use klinebus_schemas::{Interval, KlineEvent, Source, Venue};
+use klinebus_testkit::NatsServer;
+
+fn event(open_time: i64, closed: bool, source: Source) -> KlineEvent {
+    KlineEvent {
+        venue: Venue::binance(),
+        symbol: "BTCUSDT".parse().unwrap(),
+        interval: Interval::M1,
+        open_time,
+        close_time: open_time + 59_999,
+        open: "100.00000000".into(),
+        high: "101.00000000".into(),
+        low: "99.00000000".into(),
+        close: "100.50000000".into(),
+        volume: "1.00000000".into(),
+        quote_volume: "100.25000000".into(),
+        taker_buy_base: "0.50000000".into(),
+        taker_buy_quote: "50.12000000".into(),
+        trades: 10,
+        closed,
+        event_time: open_time + 60_000,
+        source,
+        received_at: open_time + 60_010,
+    }
+}
+
+#[tokio::test]
+async fn streams_are_idempotent_and_closed_candles_dedup() {
+    let nats = NatsServer::start();
+    let client = bus::connect(&BusOptions::new(nats.url(), "test"))
+        .await
+        .unwrap();
+    let js = bus::jetstream(client, 1024);
+    bus::ensure_streams(&js, &Retention::default())
+        .await
+        .unwrap();
+    // Second call (another binary starting) is a no-op, not an error.
+    bus::ensure_streams(&js, &Retention::default())
+        .await
+        .unwrap();
+
+    let t = 1_749_038_400_000;
+    // The same closed candle from WebSocket and from backfill: one stored message.
+    let a = bus::publish_event(&js, &event(t, true, Source::Ws))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let b = bus::publish_event(&js, &event(t, true, Source::Backfill))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(!a.duplicate);
+    assert!(
+        b.duplicate,
+        "second publication of a closed candle must be a server-side duplicate"
+    );
+    // Forming updates are never deduplicated.
+    for _ in 0..2 {
+        let f = bus::publish_event(&js, &event(t + 60_000, false, Source::Ws))
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        assert!(!f.duplicate);
+    }
+    let mut stream = js.get_stream(KLINES_STREAM).await.unwrap();
+    assert_eq!(stream.info().await.unwrap().state.messages, 3);
+
+    // A consumer filtered on one source sees only that source, with headers and a decodable body.
+    let spec = ConsumerSpec::klines(
+        "only-ws",
+        KlineFilter {
+            source: Some(Source::Ws),
+            ..Default::default()
+        }
+        .subject(),
+    );
+    let consumer = stream
+        .create_consumer(bus::consumer_config(&spec, Default::default()))
+        .await
+        .unwrap();
+    let mut msgs = consumer
+        .fetch()
+        .max_messages(10)
+        .expires(Duration::from_secs(1))
+        .messages()
+        .await
+        .unwrap();
+    let mut n = 0;
+    while let Some(m) = msgs.next().await {
+        let m = m.unwrap();
+        let h = m.headers.as_ref().unwrap();
+        assert_eq!(
+            h.get(codec::SCHEMA_HEADER).unwrap().as_str(),
+            codec::SCHEMA_VERSION
+        );
+        let e: KlineEvent = codec::decode(&m.payload).unwrap();
+        assert_eq!(e.source, Source::Ws);
+        m.ack().await.unwrap();
+        n += 1;
+    }
+    assert_eq!(n, 3);
+}
