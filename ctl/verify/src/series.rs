@@ -1,0 +1,252 @@
+//! Verification of one (symbol, interval) series.
+
+use std::time::Duration;
+
+use klinebus_schemas::{Interval, Symbol};
+use serde::Serialize;
+use sqlx::PgPool;
+
+use crate::format::{datetime, human_age, human_limit};
+use crate::Status;
+
+/// A run of missing candles inside the window (open times, both ends inclusive).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Gap {
+    /// Open time of the first missing candle (ms).
+    pub start: i64,
+    /// Open time of the last missing candle (ms).
+    pub end: i64,
+    /// `start` as UTC ISO 8601.
+    pub start_datetime: String,
+    /// `end` as UTC ISO 8601.
+    pub end_datetime: String,
+    /// Number of missing candles.
+    pub missing: i64,
+}
+
+/// The verdict for one series. Keys follow the old bootstrap report.
+#[derive(Debug, Clone, Serialize)]
+pub struct SeriesReport {
+    /// Verdict.
+    pub status: Status,
+    /// Closed candles stored inside the window.
+    pub count: i64,
+    /// Closed candles the window should hold.
+    pub expected: i64,
+    /// Open time of the newest closed candle stored (ms), if any.
+    pub latest_timestamp: Option<i64>,
+    /// `latest_timestamp` as UTC ISO 8601 with `Z`.
+    pub latest_datetime: Option<String>,
+    /// Seconds since the newest closed candle closed.
+    pub age_seconds: Option<i64>,
+    /// First open time of the window (ms).
+    pub window_start: i64,
+    /// Human sentences describing each problem.
+    pub issues: Vec<String>,
+    /// Missing ranges inside the window.
+    pub gaps: Vec<Gap>,
+}
+
+/// Most gaps listed per series; the count of missing candles stays exact beyond it.
+const MAX_GAPS: i64 = 1000;
+
+fn gap(interval: Interval, start: i64, end: i64) -> Gap {
+    Gap {
+        start,
+        end,
+        start_datetime: datetime(start),
+        end_datetime: datetime(end),
+        missing: interval.count_between(start, end + 1),
+    }
+}
+
+/// The window `[start, end)`: from the candle containing `now − days` to the open of the
+/// candle containing `now` (which is still forming, so not expected).
+pub fn window(interval: Interval, days: u32, now_ms: i64) -> (i64, i64) {
+    let start = interval.align(now_ms - i64::from(days) * 86_400_000);
+    (start, interval.align(now_ms))
+}
+
+pub(crate) async fn verify_series(
+    pool: &PgPool,
+    symbol: &Symbol,
+    interval: Interval,
+    days: u32,
+    now_ms: i64,
+) -> SeriesReport {
+    let (start, end) = window(interval, days, now_ms);
+    let expected = interval.count_between(start, end);
+    match query(pool, symbol, interval, start, end, now_ms, expected).await {
+        Ok(r) => r,
+        Err(e) => SeriesReport {
+            status: Status::Error,
+            count: 0,
+            expected,
+            latest_timestamp: None,
+            latest_datetime: None,
+            age_seconds: None,
+            window_start: start,
+            issues: vec![format!("Database error: {e}")],
+            gaps: Vec::new(),
+        },
+    }
+}
+
+async fn query(
+    pool: &PgPool,
+    symbol: &Symbol,
+    interval: Interval,
+    start: i64,
+    end: i64,
+    now_ms: i64,
+    expected: i64,
+) -> Result<SeriesReport, sqlx::Error> {
+    let (sym, tf) = (symbol.as_str(), interval.as_str());
+    let latest: Option<(i64, i64)> = sqlx::query_as(
+        r#"SELECT "timestamp", close_time FROM ohlcv_candles
+           WHERE symbol = $1 AND timeframe = $2 AND is_closed
+           ORDER BY "timestamp" DESC LIMIT 1"#,
+    )
+    .bind(sym)
+    .bind(tf)
+    .fetch_optional(pool)
+    .await?;
+    let (count, first, last): (i64, Option<i64>, Option<i64>) = sqlx::query_as(
+        r#"SELECT count(*), min("timestamp"), max("timestamp") FROM ohlcv_candles
+           WHERE symbol = $1 AND timeframe = $2 AND is_closed
+             AND "timestamp" >= $3 AND "timestamp" < $4"#,
+    )
+    .bind(sym)
+    .bind(tf)
+    .bind(start)
+    .bind(end)
+    .fetch_one(pool)
+    .await?;
+
+    let mut gaps = Vec::new();
+    match (first, last) {
+        (Some(first), Some(last)) => {
+            if first > start {
+                gaps.push(gap(interval, start, first - 1));
+            }
+            gaps.extend(inner_gaps(pool, sym, interval, start, end).await?);
+            let next = interval.next_open(last);
+            if next < end {
+                gaps.push(gap(interval, next, end - 1));
+            }
+        }
+        _ if expected > 0 => gaps.push(gap(interval, start, end - 1)),
+        _ => {}
+    }
+    // Gap ends are open times: turn the "before the next present candle" bound into the
+    // open time of the last missing candle.
+    for g in &mut gaps {
+        let last_open = interval.align(g.end);
+        g.end = last_open;
+        g.end_datetime = datetime(last_open);
+    }
+
+    let mut issues = Vec::new();
+    let status;
+    let age =
+        latest.map(|(_, close_time)| Duration::from_millis((now_ms - close_time).max(0) as u64));
+    match age {
+        None => {
+            issues.push("No data available".to_owned());
+            status = Status::Missing;
+        }
+        Some(age) => {
+            let limit = interval.freshness_limit();
+            let stale = age > limit;
+            if stale {
+                issues.push(format!(
+                    "Data is {} old (expected < {})",
+                    human_age(age),
+                    human_limit(limit)
+                ));
+            }
+            let incomplete = count < expected || !gaps.is_empty();
+            if incomplete {
+                issues.push(format!("Only {count} candles (expected ~{expected})"));
+                let missing: i64 = gaps.iter().map(|g| g.missing).sum();
+                if !gaps.is_empty() {
+                    issues.push(format!(
+                        "{} gap{} inside the window, {missing} candles missing",
+                        gaps.len(),
+                        if gaps.len() == 1 { "" } else { "s" }
+                    ));
+                }
+            }
+            status = if stale {
+                Status::Stale
+            } else if incomplete {
+                Status::Incomplete
+            } else {
+                Status::Ok
+            };
+        }
+    }
+    Ok(SeriesReport {
+        status,
+        count,
+        expected,
+        latest_timestamp: latest.map(|l| l.0),
+        latest_datetime: latest.map(|l| datetime(l.0)),
+        age_seconds: age.map(|a| a.as_secs() as i64),
+        window_start: start,
+        issues,
+        gaps,
+    })
+}
+
+/// Holes between stored candles, found by the database: each row is (first missing open,
+/// next present open − 1).
+async fn inner_gaps(
+    pool: &PgPool,
+    sym: &str,
+    interval: Interval,
+    start: i64,
+    end: i64,
+) -> Result<Vec<Gap>, sqlx::Error> {
+    let rows: Vec<(i64, i64)> = match interval.fixed_ms() {
+        Some(period) => {
+            sqlx::query_as(
+                r#"SELECT prev + $5, ts - 1 FROM (
+                     SELECT "timestamp" AS ts, lag("timestamp") OVER (ORDER BY "timestamp") AS prev
+                     FROM ohlcv_candles
+                     WHERE symbol = $1 AND timeframe = $2 AND is_closed
+                       AND "timestamp" >= $3 AND "timestamp" < $4) s
+                   WHERE ts - prev > $5
+                   ORDER BY ts LIMIT $6"#,
+            )
+            .bind(sym)
+            .bind(interval.as_str())
+            .bind(start)
+            .bind(end)
+            .bind(period)
+            .bind(MAX_GAPS)
+            .fetch_all(pool)
+            .await?
+        }
+        None => {
+            // Calendar months: at most a few dozen rows in any window, compared in Rust.
+            let opens: Vec<i64> = sqlx::query_scalar(
+                r#"SELECT "timestamp" FROM ohlcv_candles
+                   WHERE symbol = $1 AND timeframe = $2 AND is_closed
+                     AND "timestamp" >= $3 AND "timestamp" < $4 ORDER BY 1"#,
+            )
+            .bind(sym)
+            .bind(interval.as_str())
+            .bind(start)
+            .bind(end)
+            .fetch_all(pool)
+            .await?;
+            opens
+                .windows(2)
+                .filter(|w| interval.next_open(w[0]) < w[1])
+                .map(|w| (interval.next_open(w[0]), w[1] - 1))
+                .collect()
+        }
+    };
+    Ok(rows.into_iter().map(|(s, e)| gap(interval, s, e)).collect())
+}

@@ -1,0 +1,161 @@
+//! Each verdict from constructed tables in a fresh database.
+#![allow(clippy::unwrap_used)]
+
+use klinebus_schemas::{Interval, Symbol};
+use klinebus_testkit::TestDb;
+use klinebus_verify::{verify, Status, VerifyRequest};
+
+const H: i64 = 3_600_000;
+/// 2025-06-04T12:00:00Z
+const T0: i64 = 1_749_038_400_000;
+
+async fn insert(db: &TestDb, symbol: &str, tf: Interval, opens: &[i64], closed: bool) {
+    for &t in opens {
+        sqlx::query(
+            r#"INSERT INTO ohlcv_candles (symbol, timeframe, "timestamp", open, high, low, close,
+                 volume, quote_volume, taker_buy_base, taker_buy_quote, trades, close_time,
+                 is_closed, event_time, source)
+               VALUES ($1, $2, $3, 1, 2, 1, 1.5, 10, 15, 5, 7.5, 3, $4, $5, $4 + 1, 'backfill')"#,
+        )
+        .bind(symbol)
+        .bind(tf.as_str())
+        .bind(t)
+        .bind(tf.close_time(t))
+        .bind(closed)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    }
+}
+
+fn req(symbol: &str, tf: Interval, days: u32, now: i64) -> VerifyRequest {
+    VerifyRequest {
+        symbols: vec![symbol.parse::<Symbol>().unwrap()],
+        intervals: vec![tf],
+        days: Some(days),
+        now_ms: now,
+    }
+}
+
+/// Every hourly open in the last `days` before the hour containing `now`.
+fn hours(days: i64, now: i64) -> Vec<i64> {
+    let end = Interval::H1.align(now);
+    (0..days * 24).map(|i| end - (days * 24 - i) * H).collect()
+}
+
+#[tokio::test]
+async fn ok_when_complete_and_fresh() {
+    let db = TestDb::fresh().await;
+    let now = T0 + 10 * 60_000; // 12:10, the 11:00 candle closed 10 min ago
+    insert(&db, "BTCUSDT", Interval::H1, &hours(2, now), true).await;
+    // The forming candle is not counted and does not make anything worse.
+    insert(&db, "BTCUSDT", Interval::H1, &[T0], false).await;
+    let r = verify(&db.pool, &req("BTCUSDT", Interval::H1, 2, now)).await;
+    let s = &r.results["BTCUSDT"]["1h"];
+    assert_eq!(r.overall_status, Status::Ok, "{s:?}");
+    assert_eq!((s.count, s.expected), (48, 48));
+    assert_eq!(s.latest_datetime.as_deref(), Some("2025-06-04T11:00:00Z"));
+    assert!(s.gaps.is_empty() && s.issues.is_empty());
+    assert!(r.is_ok());
+}
+
+#[tokio::test]
+async fn missing_when_nothing_stored() {
+    let db = TestDb::fresh().await;
+    let r = verify(&db.pool, &req("ETHUSDT", Interval::H4, 30, T0)).await;
+    let s = &r.results["ETHUSDT"]["4h"];
+    assert_eq!(s.status, Status::Missing);
+    assert_eq!(s.issues, ["No data available"]);
+    assert_eq!(s.gaps.len(), 1, "the whole window is one gap");
+    assert_eq!(s.gaps[0].missing, s.expected);
+    assert!(!r.is_ok());
+}
+
+#[tokio::test]
+async fn stale_when_newest_closed_candle_is_too_old() {
+    let db = TestDb::fresh().await;
+    let now = T0;
+    let mut opens = hours(1, now);
+    opens.truncate(24 - 6); // newest closed candle closed 6 h before now; limit for 1h is 2 h
+    insert(&db, "BTCUSDT", Interval::H1, &opens, true).await;
+    let r = verify(&db.pool, &req("BTCUSDT", Interval::H1, 1, now)).await;
+    let s = &r.results["BTCUSDT"]["1h"];
+    assert_eq!(s.status, Status::Stale);
+    assert_eq!(s.issues[0], "Data is 6.0h old (expected < 2h)");
+    // The missing tail is listed too.
+    assert_eq!(s.gaps.last().unwrap().missing, 6);
+}
+
+#[tokio::test]
+async fn incomplete_lists_exact_gaps() {
+    let db = TestDb::fresh().await;
+    let now = T0 + 60_000;
+    let mut opens = hours(3, now);
+    let first = opens[0];
+    opens.retain(|&t| t != first && !(first + 10 * H..=first + 12 * H).contains(&t));
+    insert(&db, "BTCUSDT", Interval::H1, &opens, true).await;
+    let r = verify(&db.pool, &req("BTCUSDT", Interval::H1, 3, now)).await;
+    let s = &r.results["BTCUSDT"]["1h"];
+    assert_eq!(s.status, Status::Incomplete);
+    assert_eq!((s.count, s.expected), (72 - 4, 72));
+    let gaps: Vec<(i64, i64, i64)> = s.gaps.iter().map(|g| (g.start, g.end, g.missing)).collect();
+    assert_eq!(
+        gaps,
+        [(first, first, 1), (first + 10 * H, first + 12 * H, 3)]
+    );
+    assert!(s
+        .issues
+        .contains(&"Only 68 candles (expected ~72)".to_owned()));
+}
+
+#[tokio::test]
+async fn unclosed_rows_do_not_count_as_data() {
+    let db = TestDb::fresh().await;
+    let now = T0 + 60_000;
+    let opens = hours(1, now);
+    insert(&db, "BTCUSDT", Interval::H1, &opens[..23], true).await;
+    // A candle whose final event never arrived is still a hole.
+    insert(&db, "BTCUSDT", Interval::H1, &opens[23..], false).await;
+    let r = verify(&db.pool, &req("BTCUSDT", Interval::H1, 1, now)).await;
+    let s = &r.results["BTCUSDT"]["1h"];
+    assert_eq!(s.status, Status::Incomplete);
+    assert_eq!(s.gaps.len(), 1);
+    assert_eq!(s.gaps[0].start, opens[23]);
+}
+
+#[tokio::test]
+async fn calendar_months() {
+    let db = TestDb::fresh().await;
+    let iv = Interval::Mo1;
+    let now = T0; // June 2025: May is the newest closed month
+    let mut t = iv.align(now - 365 * 86_400_000);
+    let mut opens = Vec::new();
+    while t < iv.align(now) {
+        opens.push(t);
+        t = iv.next_open(t);
+    }
+    let hole = opens[5];
+    opens.retain(|&o| o != hole);
+    insert(&db, "BTCUSDT", iv, &opens, true).await;
+    let r = verify(&db.pool, &req("BTCUSDT", iv, 365, now)).await;
+    let s = &r.results["BTCUSDT"]["1M"];
+    assert_eq!(s.status, Status::Incomplete, "{s:?}");
+    assert_eq!(s.gaps.len(), 1);
+    assert_eq!((s.gaps[0].start, s.gaps[0].end), (hole, hole));
+}
+
+#[tokio::test]
+async fn error_when_the_database_cannot_be_read() {
+    let db = TestDb::fresh().await;
+    sqlx::query("DROP TABLE ohlcv_candles")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let r = verify(&db.pool, &req("BTCUSDT", Interval::H1, 1, T0)).await;
+    let s = &r.results["BTCUSDT"]["1h"];
+    assert_eq!(s.status, Status::Error);
+    assert!(s.issues[0].starts_with("Database error"), "{:?}", s.issues);
+    assert_eq!(r.overall_status, Status::Error);
+    let json = serde_json::to_value(&r).unwrap();
+    assert_eq!(json["overall_status"], "error");
+}
