@@ -19,7 +19,7 @@ use klinebus_schemas::{Interval, Symbol};
 use serde::Serialize;
 use sqlx::PgPool;
 
-pub use format::{datetime, human_age};
+pub use format::{datetime, human_age, human_limit};
 pub use series::{Gap, SeriesReport};
 
 /// Verdict for one series, and for the whole report (the worst of its series).
@@ -113,6 +113,26 @@ impl Report {
         }
         let _ = writeln!(out, "Overall: {}", self.overall_status.as_str());
         out
+    }
+}
+
+/// The report when the database cannot be reached at all: every series is `error`.
+pub fn unreadable(req: &VerifyRequest, why: &str) -> Report {
+    let mut results: BTreeMap<String, BTreeMap<String, SeriesReport>> = BTreeMap::new();
+    for symbol in &req.symbols {
+        for &interval in &req.intervals {
+            let days = req.days.unwrap_or_else(|| interval.default_days());
+            let r = series::error_report(interval, days, req.now_ms, why);
+            results
+                .entry(symbol.to_string())
+                .or_default()
+                .insert(interval.to_string(), r);
+        }
+    }
+    Report {
+        checked_at: datetime(req.now_ms),
+        overall_status: Status::Error,
+        results,
     }
 }
 

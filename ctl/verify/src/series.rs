@@ -78,17 +78,23 @@ pub(crate) async fn verify_series(
     let expected = interval.count_between(start, end);
     match query(pool, symbol, interval, start, end, now_ms, expected).await {
         Ok(r) => r,
-        Err(e) => SeriesReport {
-            status: Status::Error,
-            count: 0,
-            expected,
-            latest_timestamp: None,
-            latest_datetime: None,
-            age_seconds: None,
-            window_start: start,
-            issues: vec![format!("Database error: {e}")],
-            gaps: Vec::new(),
-        },
+        Err(e) => error_report(interval, days, now_ms, &e.to_string()),
+    }
+}
+
+/// The verdict when the series could not be read.
+pub(crate) fn error_report(interval: Interval, days: u32, now_ms: i64, why: &str) -> SeriesReport {
+    let (start, end) = window(interval, days, now_ms);
+    SeriesReport {
+        status: Status::Error,
+        count: 0,
+        expected: interval.count_between(start, end),
+        latest_timestamp: None,
+        latest_datetime: None,
+        age_seconds: None,
+        window_start: start,
+        issues: vec![format!("Database error: {why}")],
+        gaps: Vec::new(),
     }
 }
 
@@ -147,13 +153,12 @@ async fn query(
     }
 
     let mut issues = Vec::new();
-    let status;
     let age =
         latest.map(|(_, close_time)| Duration::from_millis((now_ms - close_time).max(0) as u64));
-    match age {
+    let status = match age {
         None => {
             issues.push("No data available".to_owned());
-            status = Status::Missing;
+            Status::Missing
         }
         Some(age) => {
             let limit = interval.freshness_limit();
@@ -177,15 +182,15 @@ async fn query(
                     ));
                 }
             }
-            status = if stale {
+            if stale {
                 Status::Stale
             } else if incomplete {
                 Status::Incomplete
             } else {
                 Status::Ok
-            };
+            }
         }
-    }
+    };
     Ok(SeriesReport {
         status,
         count,

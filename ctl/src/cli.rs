@@ -1,0 +1,148 @@
+//! Command-line surface: every `///` here is `--help` text.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// klinectl — verify, inspect and maintain the klinebus candle store.
+///
+/// Exit codes: 0 when everything checked is fine; 1 when a check fails (verify not `ok`, an
+/// alert firing); 2 for bad usage or an unreachable service.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+pub struct Cli {
+    /// PostgreSQL connection URL (credentials and sslmode as URL parameters).
+    #[arg(
+        long,
+        global = true,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/klinebus",
+        hide_env_values = true
+    )]
+    pub database_url: String,
+
+    #[command(flatten)]
+    pub nats: NatsArgs,
+
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+/// How to reach NATS (status and replay use it).
+#[derive(Debug, Args)]
+pub struct NatsArgs {
+    /// NATS server URL; `tls://` forces TLS.
+    #[arg(
+        long,
+        global = true,
+        env = "NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    pub nats_url: String,
+    /// NATS user (with --nats-password).
+    #[arg(long, global = true, env = "NATS_USER")]
+    pub nats_user: Option<String>,
+    /// NATS password.
+    #[arg(long, global = true, env = "NATS_PASSWORD", hide_env_values = true)]
+    pub nats_password: Option<String>,
+    /// NATS token.
+    #[arg(long, global = true, env = "NATS_TOKEN", hide_env_values = true)]
+    pub nats_token: Option<String>,
+    /// NATS `.creds` file.
+    #[arg(long, global = true, env = "NATS_CREDS")]
+    pub nats_creds: Option<PathBuf>,
+}
+
+/// The operators' commands.
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Check stored candles per symbol and timeframe: ok, missing, stale, incomplete or error,
+    /// with the gaps inside the window. Exit code 0 only when everything is ok.
+    Verify(VerifyArgs),
+    /// Show ingestion_status and each JetStream consumer's lag.
+    Status(StatusArgs),
+    /// Evaluate the alert rules; one line per firing alert; exit code 1 when any fires.
+    Alerts(AlertsArgs),
+    /// Reset a sink's durable consumer to a start time or sequence so it re-applies history
+    /// (the recovery path for a lost or damaged database). Safe while sinks run.
+    Replay(ReplayArgs),
+    /// Delete candles older than a age, in bounded batches per series (no table-wide lock).
+    ///
+    /// The bus keeps its own history independently: the KLINES stream retains 30 days or
+    /// 20 GiB by default (discarding the oldest first), so pruning the table never touches it.
+    Prune(PruneArgs),
+}
+
+/// `verify` options.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Symbols, comma-separated (default: TRADING_PAIRS).
+    #[arg(long, env = "TRADING_PAIRS", value_delimiter = ',')]
+    pub symbols: Vec<String>,
+    /// Timeframes, comma-separated (default: TIMEFRAMES).
+    #[arg(long, env = "TIMEFRAMES", value_delimiter = ',')]
+    pub timeframes: Vec<String>,
+    /// Window in days (default per timeframe: 1m 7, 5m 14, 15m 30, 1h 90, 4h 180, 1d 365, 1w 730).
+    #[arg(long)]
+    pub days: Option<u32>,
+    /// Verify as of this instant (RFC 3339) instead of now.
+    #[arg(long)]
+    pub at: Option<String>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `status` options.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `alerts` options.
+#[derive(Debug, Args)]
+pub struct AlertsArgs {
+    /// Consecutive ingestion errors of a series above which an alert fires.
+    #[arg(long, default_value_t = 3)]
+    pub max_errors: i32,
+    /// Fire when no symbol has ingested anything for this long.
+    #[arg(long, default_value = "2h")]
+    pub no_data_for: humantime::Duration,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `replay` options.
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// Durable consumer to reset (e.g. pg-sink).
+    #[arg(long)]
+    pub consumer: String,
+    /// Stream the consumer reads.
+    #[arg(long, default_value = "KLINES")]
+    pub stream: String,
+    /// Where to start: `all`, an RFC 3339 time (2024-06-01T00:00:00Z), or `seq:N`.
+    #[arg(long)]
+    pub from: String,
+    /// Only these subjects (one filter subject, e.g. `klines.*.binance.BTCUSDT.>`); default:
+    /// keep the consumer's filter.
+    #[arg(long)]
+    pub subjects: Option<String>,
+}
+
+/// `prune` options.
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Delete candles whose open time is older than this (e.g. 2y, 180d).
+    #[arg(long)]
+    pub older_than: humantime::Duration,
+    /// Count what would be deleted, delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Rows deleted per statement.
+    #[arg(long, default_value_t = 10_000)]
+    pub batch_size: i64,
+}

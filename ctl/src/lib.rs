@@ -1,0 +1,75 @@
+//! `klinectl`: the operators' tool. One file per command:
+//! [`verify`], [`status`], [`alerts`], [`replay`], [`prune`]; [`cli`] holds the flags.
+//! Each command returns its output as text (or JSON) plus an exit code, so tests drive the same
+//! code the binary runs.
+
+pub mod alerts;
+pub mod cli;
+pub mod prune;
+pub mod replay;
+pub mod status;
+pub mod verify;
+
+use std::time::Duration;
+
+use klinebus_schemas::bus::BusOptions;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+
+use crate::cli::{Cli, Cmd, NatsArgs};
+
+/// What a command produced.
+#[derive(Debug)]
+pub struct Outcome {
+    /// Text for stdout.
+    pub output: String,
+    /// Process exit code: 0 fine, 1 check failed.
+    pub code: u8,
+}
+
+/// Failures that stop a command (exit code 2).
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    /// Bad flags or values.
+    #[error("{0}")]
+    Usage(String),
+    /// The database could not be reached.
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    /// NATS could not be reached or refused an operation.
+    #[error("nats: {0}")]
+    Nats(String),
+}
+
+/// Connects to the database.
+pub async fn pool(url: &str) -> Result<PgPool, CtlError> {
+    Ok(PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect(url)
+        .await?)
+}
+
+/// The NATS options from the flags.
+pub fn bus_options(n: &NatsArgs) -> BusOptions {
+    BusOptions {
+        url: n.nats_url.clone(),
+        name: "klinectl".into(),
+        creds_file: n.nats_creds.clone(),
+        user: n.nats_user.clone(),
+        password: n.nats_password.clone(),
+        token: n.nats_token.clone(),
+        require_tls: false,
+    }
+}
+
+/// Runs one command.
+pub async fn run(cli: Cli) -> Result<Outcome, CtlError> {
+    match &cli.cmd {
+        Cmd::Verify(a) => verify::run(&cli.database_url, a).await,
+        Cmd::Status(a) => status::run(&cli.database_url, &bus_options(&cli.nats), a).await,
+        Cmd::Alerts(a) => alerts::run(&cli.database_url, a).await,
+        Cmd::Replay(a) => replay::run(&bus_options(&cli.nats), a).await,
+        Cmd::Prune(a) => prune::run(&cli.database_url, a).await,
+    }
+}
