@@ -258,14 +258,11 @@ async fn replay_resets_a_consumer_and_status_shows_lag() {
         .await
         .unwrap();
     for i in 0..5 {
-        js.publish(
-            format!("klines.ws.binance.BTCUSDT.1m"),
-            format!("{i}").into(),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+        js.publish("klines.ws.binance.BTCUSDT.1m", format!("{i}").into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
     }
     let stream = js.get_stream("KLINES").await.unwrap();
     let spec = ConsumerSpec::klines("pg-sink", "klines.>".into());
