@@ -1,8 +1,8 @@
 //! Data verification over stored candles, shared by `klinectl verify` and `kline-backfill --verify`.
 //!
 //! For each (symbol, interval) it reports `ok`, `missing`, `stale`, `incomplete` or `error`:
-//! - the window is the last `days` (default [`Interval::default_days`]) up to the newest candle
-//!   that should be closed by `now`, starting at the candle that contains `now − days`;
+//! - the window ([`window`]) is the last `days` (default [`Interval::default_days`]): from the
+//!   first candle opening at or after `now − days` up to the newest candle closed by `now`;
 //! - freshness is the age of the newest **closed** candle's close time, against
 //!   [`Interval::freshness_limit`];
 //! - completeness counts closed candles in the window against the expected number, and the
@@ -20,7 +20,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 
 pub use format::{datetime, human_age, human_limit};
-pub use series::{Gap, SeriesReport};
+pub use series::{window, Gap, SeriesReport};
 
 /// Verdict for one series, and for the whole report (the worst of its series).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]

@@ -37,10 +37,10 @@ fn req(symbol: &str, tf: Interval, days: u32, now: i64) -> VerifyRequest {
     }
 }
 
-/// Every hourly open in the last `days` before the hour containing `now`.
-fn hours(days: i64, now: i64) -> Vec<i64> {
-    let end = Interval::H1.align(now);
-    (0..days * 24).map(|i| end - (days * 24 - i) * H).collect()
+/// Every hourly open of the verification window.
+fn hours(days: u32, now: i64) -> Vec<i64> {
+    let (start, end) = klinebus_verify::window(Interval::H1, days, now);
+    (start..end).step_by(H as usize).collect()
 }
 
 #[tokio::test]
@@ -53,7 +53,8 @@ async fn ok_when_complete_and_fresh() {
     let r = verify(&db.pool, &req("BTCUSDT", Interval::H1, 2, now)).await;
     let s = &r.results["BTCUSDT"]["1h"];
     assert_eq!(r.overall_status, Status::Ok, "{s:?}");
-    assert_eq!((s.count, s.expected), (48, 48));
+    // 12:10 minus two days: the window starts at the first hour after that instant.
+    assert_eq!((s.count, s.expected), (47, 47));
     assert_eq!(s.latest_datetime.as_deref(), Some("2025-06-04T11:00:00Z"));
     assert!(s.gaps.is_empty() && s.issues.is_empty());
     assert!(r.is_ok());
@@ -76,6 +77,7 @@ async fn stale_when_newest_closed_candle_is_too_old() {
     let db = TestDb::fresh().await;
     let now = T0;
     let mut opens = hours(1, now);
+    assert_eq!(opens.len(), 24, "an aligned `now` gives a full day");
     opens.truncate(24 - 6); // newest closed candle closed 6 h before now; limit for 1h is 2 h
     insert(&db, "BTCUSDT", Interval::H1, &opens, true).await;
     let r = verify(&db.pool, &req("BTCUSDT", Interval::H1, 1, now)).await;
@@ -97,7 +99,7 @@ async fn incomplete_lists_exact_gaps() {
     let r = verify(&db.pool, &req("BTCUSDT", Interval::H1, 3, now)).await;
     let s = &r.results["BTCUSDT"]["1h"];
     assert_eq!(s.status, Status::Incomplete);
-    assert_eq!((s.count, s.expected), (72 - 4, 72));
+    assert_eq!((s.count, s.expected), (71 - 4, 71));
     let gaps: Vec<(i64, i64, i64)> = s.gaps.iter().map(|g| (g.start, g.end, g.missing)).collect();
     assert_eq!(
         gaps,
@@ -105,7 +107,7 @@ async fn incomplete_lists_exact_gaps() {
     );
     assert!(s
         .issues
-        .contains(&"Only 68 candles (expected ~72)".to_owned()));
+        .contains(&"Only 67 candles (expected ~71)".to_owned()));
 }
 
 #[tokio::test]
@@ -113,14 +115,15 @@ async fn unclosed_rows_do_not_count_as_data() {
     let db = TestDb::fresh().await;
     let now = T0 + 60_000;
     let opens = hours(1, now);
-    insert(&db, "BTCUSDT", Interval::H1, &opens[..23], true).await;
+    let last = opens.len() - 1;
+    insert(&db, "BTCUSDT", Interval::H1, &opens[..last], true).await;
     // A candle whose final event never arrived is still a hole.
-    insert(&db, "BTCUSDT", Interval::H1, &opens[23..], false).await;
+    insert(&db, "BTCUSDT", Interval::H1, &opens[last..], false).await;
     let r = verify(&db.pool, &req("BTCUSDT", Interval::H1, 1, now)).await;
     let s = &r.results["BTCUSDT"]["1h"];
     assert_eq!(s.status, Status::Incomplete);
     assert_eq!(s.gaps.len(), 1);
-    assert_eq!(s.gaps[0].start, opens[23]);
+    assert_eq!(s.gaps[0].start, opens[last]);
 }
 
 #[tokio::test]
@@ -128,9 +131,9 @@ async fn calendar_months() {
     let db = TestDb::fresh().await;
     let iv = Interval::Mo1;
     let now = T0; // June 2025: May is the newest closed month
-    let mut t = iv.align(now - 365 * 86_400_000);
+    let (mut t, end) = klinebus_verify::window(iv, 365, now);
     let mut opens = Vec::new();
-    while t < iv.align(now) {
+    while t < end {
         opens.push(t);
         t = iv.next_open(t);
     }
