@@ -1,0 +1,245 @@
+//! Command line and environment (a `.env` file is read first). Every `///` is `--help` text.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use chrono::{NaiveDate, NaiveDateTime};
+use clap::{Parser, ValueEnum};
+use klinebus_binance::{DEFAULT_BUDGET, DEFAULT_REST_URL};
+use klinebus_schemas::bus::BusOptions;
+use klinebus_schemas::{Interval, Symbol};
+
+/// Backfills closed Binance klines into NATS JetStream (`klines.backfill.binance.<SYMBOL>.<tf>`),
+/// resuming where an earlier run stopped; the sinks take them from there.
+///
+/// Examples:
+///   kline-backfill                          (symbols/timeframes from TRADING_PAIRS/TIMEFRAMES)
+///   kline-backfill --symbols BTCUSDT,ETHUSDT --timeframes 15m,1h,4h,1d --days 90
+#[derive(Debug, Clone, Parser)]
+#[command(name = "kline-backfill", version, verbatim_doc_comment)]
+pub struct Config {
+    /// Symbols to backfill, comma-separated upper-case Binance names (BTCUSDT,ETHUSDT).
+    #[arg(long, env = "TRADING_PAIRS", value_parser = parse_symbols)]
+    pub symbols: SymbolList,
+
+    /// Timeframes, comma-separated Binance interval names (case-sensitive: 1m is a minute, 1M a
+    /// month): 1s 1m 3m 5m 15m 30m 1h 2h 4h 6h 8h 12h 1d 3d 1w 1M.
+    #[arg(long, env = "TIMEFRAMES", value_parser = parse_intervals)]
+    pub timeframes: IntervalList,
+
+    /// Days of history to fetch, for every timeframe. Default per timeframe: 1m 7, 5m 14,
+    /// 15m 30, 1h 90, 4h 180, 1d 365, 1w 730 (others alike, see Interval::default_days).
+    #[arg(long, conflicts_with = "from")]
+    pub days: Option<u32>,
+
+    /// Start of an explicit range instead of --days: RFC3339 (2025-06-04T12:00:00Z) or a UTC
+    /// date (2025-06-04). Candles opening at or after it are fetched.
+    #[arg(long, value_parser = parse_time)]
+    pub from: Option<i64>,
+
+    /// End of the range (exclusive), RFC3339 or a UTC date. Default: now. Only closed candles
+    /// are ever published.
+    #[arg(long, value_parser = parse_time)]
+    pub to: Option<i64>,
+
+    /// Series (symbol × timeframe) fetched at the same time. They share one weight budget.
+    #[arg(long, env = "BACKFILL_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub concurrency: u16,
+
+    /// Binance REST base URL.
+    #[arg(long, env = "BINANCE_REST_URL", default_value = DEFAULT_REST_URL)]
+    pub rest_url: String,
+
+    /// REQUEST_WEIGHT this process may spend per minute. Binance allows 6000 per IP per
+    /// minute; the default (80 %) leaves room for other processes on the same IP.
+    #[arg(long, env = "BINANCE_WEIGHT_BUDGET", default_value_t = DEFAULT_BUDGET)]
+    pub weight_budget: u32,
+
+    /// Tries per REST request on 5xx, timeouts and connection errors (jittered exponential
+    /// backoff between them). Input errors (-1121, -1120, other 4xx) are never retried.
+    #[arg(long, env = "BINANCE_MAX_ATTEMPTS", default_value_t = 6)]
+    pub max_attempts: u32,
+
+    /// Timeout of one REST request (e.g. 30s, 2m).
+    #[arg(long, env = "BINANCE_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+
+    /// NATS server URL(s), comma-separated; tls:// forces TLS.
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+
+    /// NATS credentials file (JWT + NKey seed).
+    #[arg(long, env = "NATS_CREDS")]
+    pub nats_creds: Option<PathBuf>,
+
+    /// NATS user name (with --nats-password).
+    #[arg(long, env = "NATS_USER")]
+    pub nats_user: Option<String>,
+
+    /// NATS password (with --nats-user). Prefer the environment variable to the flag.
+    #[arg(long, env = "NATS_PASSWORD", hide_env_values = true)]
+    pub nats_password: Option<String>,
+
+    /// NATS token. Prefer the environment variable to the flag.
+    #[arg(long, env = "NATS_TOKEN", hide_env_values = true)]
+    pub nats_token: Option<String>,
+
+    /// Require TLS even for nats:// URLs.
+    #[arg(long, env = "NATS_TLS")]
+    pub nats_tls: bool,
+
+    /// Publish acknowledgements outstanding at once; publishing waits when this many are in
+    /// flight.
+    #[arg(long, env = "BACKFILL_MAX_INFLIGHT", default_value_t = 20_000)]
+    pub max_inflight: usize,
+
+    /// Progress display: bars on a terminal and log lines otherwise (auto), always bars, always
+    /// lines (plain), or only the final summary (quiet).
+    #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
+    pub progress: ProgressMode,
+}
+
+/// How progress is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProgressMode {
+    /// Bars when stdout is a terminal, plain lines otherwise.
+    Auto,
+    /// Progress bars.
+    Bars,
+    /// A log line per series every few seconds.
+    Plain,
+    /// Completion lines and the summary only.
+    Quiet,
+}
+
+/// A validated, non-empty list of symbols.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SymbolList(pub Vec<Symbol>);
+
+/// A validated, non-empty list of intervals.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IntervalList(pub Vec<Interval>);
+
+fn parse_symbols(s: &str) -> Result<SymbolList, String> {
+    let list = Symbol::parse_list(s).map_err(|e| e.to_string())?;
+    if list.is_empty() {
+        return Err("no symbols given (e.g. BTCUSDT,ETHUSDT)".into());
+    }
+    Ok(SymbolList(list))
+}
+
+fn parse_intervals(s: &str) -> Result<IntervalList, String> {
+    let list = Interval::parse_list(s).map_err(|e| e.to_string())?;
+    if list.is_empty() {
+        return Err("no timeframes given (e.g. 15m,1h,4h,1d)".into());
+    }
+    Ok(IntervalList(list))
+}
+
+/// RFC3339, `YYYY-MM-DDTHH:MM:SS` (UTC) or a UTC date `YYYY-MM-DD`, to epoch ms.
+pub fn parse_time(s: &str) -> Result<i64, String> {
+    let s = s.trim();
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(t.timestamp_millis());
+    }
+    if let Ok(t) = NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S") {
+        return Ok(t.and_utc().timestamp_millis());
+    }
+    if let Ok(d) = NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+        return Ok(d
+            .and_time(chrono::NaiveTime::MIN)
+            .and_utc()
+            .timestamp_millis());
+    }
+    Err(format!(
+        "expected RFC3339 (2025-06-04T12:00:00Z) or a date (2025-06-04), got {s:?}"
+    ))
+}
+
+impl Config {
+    /// The NATS connection options (secrets stay out of `Debug`).
+    pub fn bus_options(&self) -> BusOptions {
+        BusOptions {
+            url: self.nats_url.clone(),
+            name: "kline-backfill".into(),
+            creds_file: self.nats_creds.clone(),
+            user: self.nats_user.clone(),
+            password: self.nats_password.clone(),
+            token: self.nats_token.clone(),
+            require_tls: self.nats_tls,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, clap::Error> {
+        Config::try_parse_from(std::iter::once("kline-backfill").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn parses_the_documented_command() {
+        let c = parse(&[
+            "--symbols",
+            "BTCUSDT,ETHUSDT",
+            "--timeframes",
+            "15m,1h,4h,1d",
+            "--days",
+            "90",
+        ])
+        .unwrap();
+        assert_eq!(c.symbols.0.len(), 2);
+        assert_eq!(
+            c.timeframes.0,
+            vec![Interval::M15, Interval::H1, Interval::H4, Interval::D1]
+        );
+        assert_eq!(c.days, Some(90));
+        assert_eq!(c.weight_budget, 4800);
+    }
+
+    #[test]
+    fn rejects_bad_symbols_and_intervals_clearly() {
+        let e = parse(&["--symbols", "btc.usdt", "--timeframes", "1m"]).unwrap_err();
+        assert!(e.to_string().contains("btc.usdt"), "{e}");
+        let e = parse(&["--symbols", "BTCUSDT", "--timeframes", "2m"]).unwrap_err();
+        assert!(e.to_string().contains("unknown interval \"2m\""), "{e}");
+        let e = parse(&["--symbols", ",", "--timeframes", "1m"]).unwrap_err();
+        assert!(e.to_string().contains("no symbols"), "{e}");
+        let e = parse(&[
+            "--symbols",
+            "BTCUSDT",
+            "--timeframes",
+            "1m",
+            "--from",
+            "yesterday",
+        ])
+        .unwrap_err();
+        assert!(e.to_string().contains("RFC3339"), "{e}");
+    }
+
+    #[test]
+    fn times_and_secrets() {
+        assert_eq!(parse_time("2025-06-04").unwrap(), 1_748_995_200_000);
+        assert_eq!(
+            parse_time("2025-06-04T12:00:00Z").unwrap(),
+            1_749_038_400_000
+        );
+        assert_eq!(
+            parse_time("2025-06-04T12:00:00").unwrap(),
+            1_749_038_400_000
+        );
+        let c = parse(&[
+            "--symbols",
+            "BTCUSDT",
+            "--timeframes",
+            "1m",
+            "--nats-password",
+            "hunter2",
+        ])
+        .unwrap();
+        assert!(!format!("{:?}", c.bus_options()).contains("hunter2"));
+    }
+}

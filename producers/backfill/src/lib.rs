@@ -1,0 +1,32 @@
+//! # kline-backfill: historical Binance klines → `klines.backfill.binance.<SYMBOL>.<tf>`
+//!
+//! - [`config`]: flags and environment (`TRADING_PAIRS`, `TIMEFRAMES`, `BINANCE_REST_URL`, …).
+//! - [`plan`]: one window of open times per (symbol, timeframe); the forming candle excluded.
+//! - [`resume`]: what the `KLINES` stream already holds, so a re-run fetches only the rest.
+//! - `series`: one series — pages of 1000 by startTime, closed candles only, many publish acks
+//!   in flight (awaited a page at a time), exchange gaps recorded.
+//! - [`run`](mod@run): [`run()`] for the binary, [`run_backfill`] for benchmarks and tests.
+//! - [`summary`]: per-series outcome, `Success: X/Y`, `Errors: Z/Y`, exit code.
+//! - [`verify`]: waiting until a sink's durable consumer has consumed everything.
+//! - `bench` (feature `bench`): the benchmark behind the `backfill-bench` binary.
+//!
+//! Delivery: every closed candle carries `Nats-Msg-Id` = its candle key, so a re-publication
+//! inside the stream's duplicate window is dropped by the server; a re-run publishes only open
+//! times the stream lacks (see [`resume`]), so it adds nothing for the sinks.
+
+pub mod config;
+pub mod plan;
+pub mod progress;
+pub mod resume;
+pub mod run;
+mod series;
+pub mod summary;
+pub mod verify;
+
+#[cfg(feature = "bench")]
+pub mod bench;
+
+pub use config::{Config, ProgressMode};
+pub use plan::{Plan, SeriesPlan, Window};
+pub use run::{run, run_backfill, RunOptions};
+pub use summary::{ExchangeGap, SeriesReport, Status, Summary};

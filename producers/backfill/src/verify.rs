@@ -1,0 +1,83 @@
+//! Waiting for a sink to catch up after a backfill: the durable consumer (by default the
+//! Postgres sink's `pg-sink`) has no messages left to deliver and none awaiting an ack.
+//!
+//! The verification itself (comparing Postgres with the exchange) belongs to the operators'
+//! tool and is called after [`wait_until_consumed`] returns `Ok`.
+
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::Context;
+use klinebus_schemas::streams::KLINES_STREAM;
+use tokio_util::sync::CancellationToken;
+
+/// Default durable consumer of the Postgres sink.
+pub const DEFAULT_VERIFY_CONSUMER: &str = "pg-sink";
+
+/// Why the wait ended without the consumer being caught up.
+#[derive(Debug, thiserror::Error)]
+pub enum WaitError {
+    /// The consumer or stream could not be read.
+    #[error("cannot read consumer {consumer} of {KLINES_STREAM}: {msg}")]
+    Consumer {
+        /// Consumer name.
+        consumer: String,
+        /// Why.
+        msg: String,
+    },
+    /// Still behind when the time was up.
+    #[error("consumer {consumer} still has {pending} messages to deliver and {ack_pending} unacknowledged after {waited:?}")]
+    Timeout {
+        /// Consumer name.
+        consumer: String,
+        /// Messages not yet delivered.
+        pending: u64,
+        /// Delivered but unacknowledged.
+        ack_pending: usize,
+        /// How long we waited.
+        waited: Duration,
+    },
+    /// SIGINT/SIGTERM while waiting.
+    #[error("interrupted while waiting for consumer {0}")]
+    Cancelled(String),
+}
+
+/// Polls `consumer` on the `KLINES` stream every `poll` until `num_pending == 0` and
+/// `num_ack_pending == 0`, or `timeout` passes.
+pub async fn wait_until_consumed(
+    js: &Context,
+    consumer: &str,
+    timeout: Duration,
+    poll: Duration,
+    cancel: &CancellationToken,
+) -> Result<(), WaitError> {
+    let started = Instant::now();
+    let fail = |msg: String| WaitError::Consumer {
+        consumer: consumer.to_owned(),
+        msg,
+    };
+    let stream = js
+        .get_stream(KLINES_STREAM)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    loop {
+        let info = stream
+            .consumer_info(consumer)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        if info.num_pending == 0 && info.num_ack_pending == 0 {
+            return Ok(());
+        }
+        if started.elapsed() >= timeout {
+            return Err(WaitError::Timeout {
+                consumer: consumer.to_owned(),
+                pending: info.num_pending,
+                ack_pending: info.num_ack_pending,
+                waited: started.elapsed(),
+            });
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return Err(WaitError::Cancelled(consumer.to_owned())),
+            () = tokio::time::sleep(poll) => {}
+        }
+    }
+}

@@ -1,0 +1,310 @@
+//! End to end against an in-process binance-sim and a private nats-server.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
+use async_nats::jetstream::Context;
+use binance_sim::{Gap, SimHandle};
+use clap::Parser;
+use futures::StreamExt;
+use kline_backfill::{run_backfill, Plan, ProgressMode, RunOptions, Status, Summary, Window};
+use klinebus_binance::{RestClient, RestConfig, RetryPolicy, WeightLimiter};
+use klinebus_schemas::streams::{Retention, KLINES_STREAM};
+use klinebus_schemas::{bus, codec, Interval, KlineEvent, Symbol};
+use klinebus_testkit::NatsServer;
+use tokio_util::sync::CancellationToken;
+
+const MIN: i64 = 60_000;
+
+struct Env {
+    sim: SimHandle,
+    _nats: NatsServer,
+    js: Context,
+    rest: RestClient,
+}
+
+async fn env(extra: &[&str]) -> Env {
+    let mut args = vec![
+        "binance-sim",
+        "--symbols",
+        "BTCUSDT,ETHUSDT",
+        "--ban-seconds",
+        "2",
+    ];
+    args.extend_from_slice(extra);
+    let sim = binance_sim::spawn(binance_sim::Config::parse_from(args))
+        .await
+        .unwrap();
+    let nats = NatsServer::start();
+    let client = bus::connect(&bus::BusOptions::new(nats.url(), "test"))
+        .await
+        .unwrap();
+    let js = bus::jetstream(client, 5_000);
+    bus::ensure_streams(&js, &Retention::default())
+        .await
+        .unwrap();
+    let rest = client_for(&sim);
+    Env {
+        sim,
+        _nats: nats,
+        js,
+        rest,
+    }
+}
+
+fn client_for(sim: &SimHandle) -> RestClient {
+    let cfg = RestConfig {
+        base_url: sim.base_url(),
+        timeout: Duration::from_secs(10),
+        retry: RetryPolicy {
+            base_delay: Duration::from_millis(10),
+            max_delay: Duration::from_millis(100),
+            ..RetryPolicy::default()
+        },
+    };
+    RestClient::new(cfg, Arc::new(WeightLimiter::default())).unwrap()
+}
+
+fn syms(list: &str) -> Vec<Symbol> {
+    Symbol::parse_list(list).unwrap()
+}
+
+/// The last `minutes` minutes (1m) and matching hours for the given symbols.
+async fn plan(e: &Env, symbols: &str, intervals: &[Interval], minutes: i64) -> Plan {
+    let now = e.rest.server_time().await.unwrap();
+    let window = Window::Range {
+        from_ms: now - minutes * MIN,
+        to_ms: None,
+    };
+    Plan::build(&syms(symbols), intervals, window, now)
+}
+
+async fn backfill(e: &Env, plan: &Plan, cancel: &CancellationToken) -> Summary {
+    let opts = RunOptions {
+        concurrency: 4,
+        progress: ProgressMode::Quiet,
+    };
+    run_backfill(plan, &e.rest, &e.js, opts, cancel).await
+}
+
+/// Every event stored on `subject`, in stream order.
+async fn stored(js: &Context, subject: &str) -> Vec<KlineEvent> {
+    let stream = js.get_stream(KLINES_STREAM).await.unwrap();
+    let total = stream.clone().info().await.unwrap().state.messages;
+    if total == 0 {
+        return vec![];
+    }
+    let consumer = stream
+        .create_consumer(OrderedConfig {
+            filter_subject: subject.into(),
+            deliver_policy: DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut msgs = consumer.messages().await.unwrap();
+    let mut out = Vec::new();
+    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(500), msgs.next()).await {
+        let m = m.unwrap();
+        out.push(codec::decode(&m.payload).unwrap());
+        if m.info().unwrap().pending == 0 {
+            break;
+        }
+    }
+    out
+}
+
+/// The stream holds exactly the sim's closed candles of every series, once each, value for value.
+async fn assert_exact(e: &Env, plan: &Plan) {
+    for s in &plan.series {
+        let got = stored(&e.js, &s.subject()).await;
+        let want: Vec<_> = e
+            .sim
+            .market()
+            .klines(
+                s.symbol.as_str(),
+                s.interval.as_str(),
+                s.from_ms,
+                s.to_ms - 1,
+                plan.server_now_ms,
+            )
+            .unwrap()
+            .into_iter()
+            .filter(|k| k.closed)
+            .collect();
+        assert!(!want.is_empty());
+        assert_eq!(got.len(), want.len(), "{} {}", s.symbol, s.interval);
+        for (g, w) in got.iter().zip(&want) {
+            assert_eq!(g.open_time, w.open_time);
+            assert_eq!(g.close_time, w.close_time);
+            assert_eq!(
+                (&g.open, &g.high, &g.low, &g.close),
+                (&w.open, &w.high, &w.low, &w.close)
+            );
+            assert_eq!((&g.volume, &g.quote_volume), (&w.volume, &w.quote_volume));
+            assert_eq!(
+                (&g.taker_buy_base, &g.taker_buy_quote),
+                (&w.taker_buy_base, &w.taker_buy_quote)
+            );
+            assert_eq!(g.trades, w.trades);
+            assert!(g.closed);
+            assert_eq!(g.event_time, w.close_time + 1);
+            assert_eq!(g.source, klinebus_schemas::Source::Backfill);
+        }
+    }
+}
+
+fn assert_complete(s: &Summary) {
+    for r in &s.series {
+        assert_eq!(r.status, Status::Complete, "{r:?}");
+        assert_eq!(r.stored(), r.expected, "{r:?}");
+    }
+    assert_eq!(s.exit_code(), 0);
+}
+
+#[tokio::test]
+async fn full_ranges_land_exactly_and_a_rerun_adds_nothing() {
+    let e = env(&[]).await;
+    let plan = plan(&e, "BTCUSDT,ETHUSDT", &[Interval::M1, Interval::H1], 2500).await;
+    let first = backfill(&e, &plan, &CancellationToken::new()).await;
+    assert_complete(&first);
+    assert_eq!(first.rate_limited, 0);
+    assert!(first.render().contains("Success: 4/4"));
+    assert_exact(&e, &plan).await;
+    let msgs =
+        e.js.get_stream(KLINES_STREAM)
+            .await
+            .unwrap()
+            .info()
+            .await
+            .unwrap()
+            .state
+            .messages;
+
+    let again = backfill(&e, &plan, &CancellationToken::new()).await;
+    assert_complete(&again);
+    assert_eq!(again.published(), 0);
+    assert_eq!(again.rest_requests, 0, "nothing refetched");
+    let after =
+        e.js.get_stream(KLINES_STREAM)
+            .await
+            .unwrap()
+            .info()
+            .await
+            .unwrap()
+            .state
+            .messages;
+    assert_eq!(after, msgs);
+}
+
+#[tokio::test]
+async fn throttling_and_server_errors_lose_nothing() {
+    let e = env(&[]).await;
+    let plan = plan(&e, "BTCUSDT", &[Interval::M1], 3000).await;
+    e.sim.faults().fail_next_rest(3, 503);
+    let started = Instant::now();
+    // After the 5xx burst: two 429s with Retry-After 1 s.
+    let faults = e.sim.faults();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        faults.throttle_next_rest(2, 1);
+    });
+    let s = backfill(&e, &plan, &CancellationToken::new()).await;
+    assert_complete(&s);
+    assert!(s.rate_limited >= 1, "{s:?}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "Retry-After honoured"
+    );
+    assert!(e.rest.stats().retries >= 4);
+    assert_exact(&e, &plan).await;
+}
+
+#[tokio::test]
+async fn interrupted_run_resumes_without_refetching() {
+    let e = env(&["--delay-ms", "40"]).await;
+    let plan = plan(&e, "BTCUSDT", &[Interval::M1], 6000).await;
+    let cancel = CancellationToken::new();
+    let c2 = cancel.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        c2.cancel();
+    });
+    let first = backfill(&e, &plan, &cancel).await;
+    assert_eq!(first.series[0].status, Status::Cancelled);
+    assert_eq!(first.exit_code(), 1);
+    let done = first.series[0].stored();
+    let total = plan.series[0].expected();
+    assert!(done > 0 && done < total, "stored {done} of {total}");
+
+    let second = backfill(&e, &plan, &CancellationToken::new()).await;
+    assert_complete(&second);
+    let r = &second.series[0];
+    assert_eq!(r.present, done);
+    assert_eq!(r.published, total - done);
+    assert_eq!(r.duplicates, 0);
+    assert!(
+        second.rest_requests <= (total - done).div_ceil(1000) + 1,
+        "{second:?}"
+    );
+    assert_exact(&e, &plan).await;
+}
+
+#[tokio::test]
+async fn exchange_gaps_are_reported_with_their_range() {
+    let e = env(&[]).await;
+    let plan = plan(&e, "BTCUSDT", &[Interval::M1], 2000).await;
+    let s = &plan.series[0];
+    let gap = Gap {
+        symbol: Some("BTCUSDT".into()),
+        start_ms: s.from_ms + 500 * MIN,
+        end_ms: s.from_ms + 530 * MIN,
+    };
+    e.sim.faults().add_gap(gap.clone());
+    let sum = backfill(&e, &plan, &CancellationToken::new()).await;
+    let r = &sum.series[0];
+    let s = &plan.series[0];
+    assert_eq!(r.status, Status::Gaps);
+    assert_eq!(r.gaps.len(), 1);
+    assert_eq!(
+        (r.gaps[0].start_ms, r.gaps[0].end_ms, r.gaps[0].candles),
+        (gap.start_ms, gap.end_ms, 30)
+    );
+    assert_eq!(r.published, s.expected() - 30);
+    assert_eq!(sum.succeeded(), 0);
+    assert_eq!(sum.exit_code(), 2);
+    assert!(sum.render().contains("Exchange gap BTCUSDT 1m"));
+    assert_exact(&e, &plan).await;
+}
+
+#[tokio::test]
+async fn unknown_symbol_is_reported_and_not_retried() {
+    let e = env(&[]).await;
+    let plan = plan(&e, "NOSUCHPAIR", &[Interval::M1], 100).await;
+    let s = backfill(&e, &plan, &CancellationToken::new()).await;
+    match &s.series[0].status {
+        Status::Failed(m) => assert!(m.contains("-1121") && m.contains("NOSUCHPAIR"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(s.rest_requests, 1);
+    assert_eq!(s.exit_code(), 1);
+    assert!(s.render().contains("Errors: 1/1"));
+}
+
+#[tokio::test]
+async fn invalid_input_is_rejected_before_any_request() {
+    let e = env(&[]).await;
+    for args in [
+        ["--symbols", "BTC-USDT", "--timeframes", "1m"],
+        ["--symbols", "BTCUSDT", "--timeframes", "1H"],
+    ] {
+        let err =
+            kline_backfill::Config::try_parse_from(std::iter::once("kline-backfill").chain(args))
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("BTC-USDT") || err.contains("\"1H\""), "{err}");
+    }
+    assert_eq!(e.rest.stats().requests, 0);
+}

@@ -1,0 +1,40 @@
+//! # klinebus-binance: the Binance side of the producers
+//!
+//! - [`rest`]: [`RestClient`] — `time`, `exchangeInfo`, `klines`, with retries by error kind.
+//! - [`limiter`]: [`WeightLimiter`] — one REQUEST_WEIGHT budget shared (`Arc`) by every
+//!   concurrent request of a process, synced with `X-MBX-USED-WEIGHT-1M`, honouring 429/418.
+//! - [`kline`]: [`RestKline`] — strict parsing of the 12-entry REST rows and conversion to
+//!   [`klinebus_schemas::KlineEvent`].
+//! - [`error`]: [`BinanceError`] kinds with [`BinanceError::is_retryable`].
+//!
+//! This crate knows HTTP and Binance, never NATS: publishing is the producers' job.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), klinebus_binance::BinanceError> {
+//! use std::sync::Arc;
+//! use klinebus_binance::{RestClient, RestConfig, WeightLimiter};
+//! use klinebus_schemas::{Interval, Source};
+//!
+//! let client = RestClient::new(RestConfig::default(), Arc::new(WeightLimiter::default()))?;
+//! let now = client.server_time().await?;
+//! let sym = "BTCUSDT".parse().expect("valid symbol");
+//! let rows = client.klines(&sym, Interval::H1, Some(now - 86_400_000), None, 1000).await?;
+//! let closed: Vec<_> = rows
+//!     .iter()
+//!     .filter(|r| r.is_closed(now))
+//!     .map(|r| r.to_event(&sym, Interval::H1, Source::Backfill, now, now))
+//!     .collect::<Result<_, _>>()?;
+//! # let _ = closed; Ok(()) }
+//! ```
+
+pub mod error;
+pub mod kline;
+pub mod limiter;
+pub mod rest;
+
+pub use error::BinanceError;
+pub use kline::{parse_klines, RestKline};
+pub use limiter::{WeightLimiter, BINANCE_WEIGHT_LIMIT, DEFAULT_BUDGET};
+pub use rest::{
+    RestClient, RestConfig, RetryPolicy, SymbolStatus, DEFAULT_REST_URL, MAX_KLINES_LIMIT,
+};
