@@ -97,6 +97,29 @@ pub struct Config {
     /// lines (plain), or only the final summary (quiet).
     #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
     pub progress: ProgressMode,
+
+    /// After publishing, wait until the Postgres sink has consumed everything (consumer lag 0),
+    /// then verify the stored candles for the same symbols, timeframes and window
+    /// (as `klinectl verify`) and print the report; the exit code is non-zero unless it is ok.
+    #[arg(long)]
+    pub verify: bool,
+
+    /// Durable consumer whose lag `--verify` waits on.
+    #[arg(long, env = "VERIFY_CONSUMER", default_value = crate::verify::DEFAULT_VERIFY_CONSUMER)]
+    pub verify_consumer: String,
+
+    /// Longest wait for the sink to catch up before `--verify` gives up.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    pub verify_timeout: Duration,
+
+    /// PostgreSQL URL that `--verify` reads (credentials and sslmode as URL parameters).
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/klinebus",
+        hide_env_values = true
+    )]
+    pub database_url: String,
 }
 
 /// How progress is shown.

@@ -28,5 +28,5 @@ pub mod bench;
 
 pub use config::{Config, ProgressMode};
 pub use plan::{Plan, SeriesPlan, Window};
-pub use run::{run, run_backfill, RunOptions};
+pub use run::{run, run_backfill, RunOptions, RunResult};
 pub use summary::{ExchangeGap, SeriesReport, Status, Summary};

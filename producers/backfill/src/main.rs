@@ -14,7 +14,7 @@ async fn main() -> std::process::ExitCode {
     let config = Config::parse();
     klinebus_svc::init_tracing();
     match kline_backfill::run(config, klinebus_svc::shutdown_token()).await {
-        Ok(summary) => std::process::ExitCode::from(summary.exit_code() as u8),
+        Ok(result) => std::process::ExitCode::from(result.exit_code() as u8),
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE

@@ -53,9 +53,30 @@ pub async fn connect_bus(config: &Config) -> anyhow::Result<Context> {
     Ok(js)
 }
 
-/// The whole command: returns the summary (already printed); the caller turns it into the
-/// exit code with [`Summary::exit_code`].
-pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<Summary> {
+/// What a run produced: the backfill summary and, with `--verify`, the verification.
+#[derive(Debug)]
+pub struct RunResult {
+    /// The backfill.
+    pub summary: Summary,
+    /// The verification report (with `--verify`), or why it could not run.
+    pub verification: Option<Result<klinebus_verify::Report, String>>,
+}
+
+impl RunResult {
+    /// Exit code: the summary's ([`Summary::exit_code`]); with `--verify`, 1 unless the
+    /// verification is `ok`.
+    pub fn exit_code(&self) -> i32 {
+        match &self.verification {
+            Some(Ok(r)) if !r.is_ok() => 1,
+            Some(Err(_)) => 1,
+            _ => self.summary.exit_code(),
+        }
+    }
+}
+
+/// The whole command: returns the summary and verification (already printed); the caller turns
+/// them into the exit code with [`RunResult::exit_code`].
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<RunResult> {
     let rest = rest_client(&config)?;
     let js = connect_bus(&config).await?;
     let server_now = rest
@@ -87,7 +108,61 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     println!("{}", "=".repeat(60));
     let summary = run_backfill(&plan, &rest, &js, options, &shutdown).await;
     print!("{}", summary.render());
-    Ok(summary)
+    let verification = if config.verify && summary.errors() == 0 {
+        let v = verify_after_backfill(&config, &plan, &js, &shutdown).await;
+        match &v {
+            Ok(report) => print!("\n{}", report.render_text()),
+            Err(e) => println!("\nVerification failed: {e}"),
+        }
+        Some(v)
+    } else {
+        None
+    };
+    Ok(RunResult {
+        summary,
+        verification,
+    })
+}
+
+/// `--verify`: wait for the sink to drain, then verify the plan's series and window.
+async fn verify_after_backfill(
+    config: &Config,
+    plan: &Plan,
+    js: &Context,
+    shutdown: &CancellationToken,
+) -> Result<klinebus_verify::Report, String> {
+    println!(
+        "\nWaiting for consumer {} to catch up…",
+        config.verify_consumer
+    );
+    crate::verify::wait_until_consumed(
+        js,
+        &config.verify_consumer,
+        config.verify_timeout,
+        std::time::Duration::from_millis(250),
+        shutdown,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(std::time::Duration::from_secs(10))
+        .connect(&config.database_url)
+        .await
+        .map_err(|e| format!("cannot connect to the database: {e}"))?;
+    let request = klinebus_verify::VerifyRequest {
+        symbols: config.symbols.0.clone(),
+        intervals: config.timeframes.0.clone(),
+        // An explicit --from verifies the days since then (whole days, rounded up).
+        days: config.days.or_else(|| {
+            config.from.map(|from| {
+                u32::try_from(((plan.server_now_ms - from).max(0) + 86_399_999) / 86_400_000)
+                    .unwrap_or(u32::MAX)
+            })
+        }),
+        now_ms: plan.server_now_ms,
+    };
+    Ok(klinebus_verify::verify(&pool, &request).await)
 }
 
 /// Backfills every series of `plan` (reusable by benchmarks and tests): at most
