@@ -78,7 +78,7 @@ async fn verify_exit_codes_and_json() {
     assert_eq!(v["overall_status"], "ok");
     let r = &v["results"]["BTCUSDT"]["1h"];
     assert_eq!(r["count"], r["expected"]);
-    assert!(r["count"].as_i64().unwrap() >= 47);
+    assert_eq!(r["count"], 48);
     assert!(v["results"]["BTCUSDT"]["1h"]["latest_datetime"]
         .as_str()
         .unwrap()

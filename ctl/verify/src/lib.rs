@@ -2,7 +2,7 @@
 //!
 //! For each (symbol, interval) it reports `ok`, `missing`, `stale`, `incomplete` or `error`:
 //! - the window ([`window`]) is the last `days` (default [`Interval::default_days`]): from the
-//!   first candle opening at or after `now − days` up to the newest candle closed by `now`;
+//!   candle containing `now − days` up to the newest candle closed by `now`;
 //! - freshness is the age of the newest **closed** candle's close time, against
 //!   [`Interval::freshness_limit`];
 //! - completeness counts closed candles in the window against the expected number, and the

@@ -60,17 +60,11 @@ fn gap(interval: Interval, start: i64, end: i64) -> Gap {
     }
 }
 
-/// The window `[start, end)`: from the first candle opening at or after `now − days` (the same
-/// rule `kline-backfill --days` fetches by) to the open of the candle containing `now` (which
-/// is still forming, so not expected).
+/// The window `[start, end)`: from the candle containing `now − days` (so `--days N` of a
+/// fixed interval spans exactly N days of candles, the rule `kline-backfill --days` fetches by)
+/// to the open of the candle containing `now` (still forming, so not expected).
 pub fn window(interval: Interval, days: u32, now_ms: i64) -> (i64, i64) {
-    let from = now_ms - i64::from(days) * 86_400_000;
-    let aligned = interval.align(from);
-    let start = if aligned == from {
-        from
-    } else {
-        interval.next_open(aligned)
-    };
+    let start = interval.align(now_ms - i64::from(days) * 86_400_000);
     (start, interval.align(now_ms))
 }
 

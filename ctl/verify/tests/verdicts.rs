@@ -53,8 +53,8 @@ async fn ok_when_complete_and_fresh() {
     let r = verify(&db.pool, &req("BTCUSDT", Interval::H1, 2, now)).await;
     let s = &r.results["BTCUSDT"]["1h"];
     assert_eq!(r.overall_status, Status::Ok, "{s:?}");
-    // 12:10 minus two days: the window starts at the first hour after that instant.
-    assert_eq!((s.count, s.expected), (47, 47));
+    // 12:10 minus two days: the window starts at the hour containing that instant.
+    assert_eq!((s.count, s.expected), (48, 48));
     assert_eq!(s.latest_datetime.as_deref(), Some("2025-06-04T11:00:00Z"));
     assert!(s.gaps.is_empty() && s.issues.is_empty());
     assert!(r.is_ok());
@@ -99,7 +99,7 @@ async fn incomplete_lists_exact_gaps() {
     let r = verify(&db.pool, &req("BTCUSDT", Interval::H1, 3, now)).await;
     let s = &r.results["BTCUSDT"]["1h"];
     assert_eq!(s.status, Status::Incomplete);
-    assert_eq!((s.count, s.expected), (71 - 4, 71));
+    assert_eq!((s.count, s.expected), (72 - 4, 72));
     let gaps: Vec<(i64, i64, i64)> = s.gaps.iter().map(|g| (g.start, g.end, g.missing)).collect();
     assert_eq!(
         gaps,
@@ -107,7 +107,7 @@ async fn incomplete_lists_exact_gaps() {
     );
     assert!(s
         .issues
-        .contains(&"Only 67 candles (expected ~71)".to_owned()));
+        .contains(&"Only 68 candles (expected ~72)".to_owned()));
 }
 
 #[tokio::test]
