@@ -1,0 +1,52 @@
+//! What a sink plugs into the pull loop.
+
+use std::future::Future;
+
+use klinebus_schemas::KlineEvent;
+
+/// A boxed error from a handler.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// One good (decoded, validated) message of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivered {
+    /// The event.
+    pub event: KlineEvent,
+    /// The subject it was published on.
+    pub subject: String,
+    /// Its stream sequence (0 if the server did not say).
+    pub stream_sequence: u64,
+    /// How many times it has been delivered (1 the first time).
+    pub delivered: i64,
+}
+
+/// How a batch failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// Try again later (database down, deadlock, timeout): the batch is naked with a backoff
+    /// delay and comes back; nothing is lost or skipped.
+    #[error("retryable: {0}")]
+    Retryable(BoxError),
+    /// Stop consuming (misconfiguration): the batch is naked and the loop returns the error.
+    #[error("fatal: {0}")]
+    Fatal(BoxError),
+}
+
+/// The sink side of the pull loop. `handle` must have a durable, idempotent effect before it
+/// returns `Ok`: the loop acks the batch only afterwards (at-least-once delivery).
+pub trait Handler: Send {
+    /// What `handle` hands on to `after_ack` (e.g. the rows that changed).
+    type Committed: Send;
+
+    /// Persists a batch. Called with at least one event.
+    fn handle(
+        &mut self,
+        batch: &[Delivered],
+    ) -> impl Future<Output = Result<Self::Committed, HandlerError>> + Send;
+
+    /// Runs after every message of the batch was acked (e.g. publish post-commit events).
+    fn after_ack(&mut self, committed: Self::Committed) -> impl Future<Output = ()> + Send {
+        let _ = committed;
+        async {}
+    }
+}

@@ -1,0 +1,418 @@
+//! The pull loop: durable consumer → batches → decode/validate → dead letters → handler →
+//! ack (after the handler's commit) or nak with backoff.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::{self, AckKind, Context};
+use klinebus_schemas::bus::consumer_config;
+use klinebus_schemas::streams::ConsumerSpec;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::backoff::Backoff;
+use crate::batch::{collect, is_terminal, Collected, Limits};
+use crate::decode::{decode_event, Poison};
+use crate::dlq::dead_letter;
+use crate::handler::{BoxError, Delivered, Handler, HandlerError};
+use crate::lag::{consumer_lag, Stats};
+use crate::options::{ConsumeOptions, StartFrom};
+
+/// Pull-loop failures that stop it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumeError {
+    /// The stream does not exist or JetStream is unreachable.
+    #[error("stream {stream}: {source}")]
+    Stream {
+        /// Stream name.
+        stream: String,
+        /// Why.
+        source: async_nats::jetstream::context::GetStreamError,
+    },
+    /// The durable consumer could not be fetched, created or deleted.
+    #[error("consumer {durable}: {source}")]
+    Consumer {
+        /// Durable name.
+        durable: String,
+        /// Why.
+        source: async_nats::jetstream::stream::ConsumerError,
+    },
+    /// The handler reported a fatal error.
+    #[error("handler: {0}")]
+    Handler(BoxError),
+}
+
+/// Consecutive non-terminal stream errors after which the pull stream is rebuilt anyway.
+const MAX_STREAM_ERRORS: u32 = 5;
+
+/// A durable pull consumer feeding a [`Handler`]. Several processes running it with the same
+/// durable name split the messages between them.
+pub struct Consumer {
+    js: Context,
+    opts: ConsumeOptions,
+    stats: Arc<Stats>,
+}
+
+impl Consumer {
+    /// A consumer loop on `js` (streams must exist: `bus::ensure_streams`).
+    pub fn new(js: Context, opts: ConsumeOptions) -> Self {
+        Self {
+            js,
+            opts,
+            stats: Stats::shared(),
+        }
+    }
+
+    /// Live counters (received, acked, dead letters, lag…).
+    pub fn stats(&self) -> Arc<Stats> {
+        self.stats.clone()
+    }
+
+    /// Gets the durable consumer, creating it (deliver all) if missing. For a replay
+    /// ([`StartFrom::is_replay`]) it is deleted and recreated with the matching deliver policy
+    /// first — other instances sharing the durable lose their consumer too, so replay with one.
+    pub async fn prepare(&self, start: &StartFrom) -> Result<PullConsumer, ConsumeError> {
+        prepare(&self.js, &self.opts.spec, start).await
+    }
+
+    /// Runs until `shutdown` fires (then finishes the batch in flight, acks it and returns
+    /// `Ok`) or the handler reports a fatal error. Broker outages and retryable handler errors
+    /// never end it.
+    pub async fn run<H: Handler>(
+        &self,
+        handler: &mut H,
+        shutdown: CancellationToken,
+    ) -> Result<(), ConsumeError> {
+        let mut consumer = self.prepare(&self.opts.start).await?;
+        let lag_stop = shutdown.child_token();
+        let lag_task = tokio::spawn(refresh_lag(
+            self.js.clone(),
+            self.opts.clone(),
+            self.stats.clone(),
+            lag_stop.clone(),
+        ));
+        let result = self.pull_loop(&mut consumer, handler, &shutdown).await;
+        lag_stop.cancel();
+        let _ = lag_task.await;
+        // Acks are fire-and-forget publishes: push them out before returning.
+        if let Err(e) = tokio::time::timeout(Duration::from_secs(5), self.js.client().flush()).await
+        {
+            tracing::warn!(error = %e, "flushing acks timed out");
+        }
+        result
+    }
+
+    async fn pull_loop<H: Handler>(
+        &self,
+        consumer: &mut PullConsumer,
+        handler: &mut H,
+        shutdown: &CancellationToken,
+    ) -> Result<(), ConsumeError> {
+        // Fetching and decoding the next batch overlaps the handler's write of this one.
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+        let stop_collector = shutdown.child_token();
+        let collector = tokio::spawn(collect_loop(
+            self.js.clone(),
+            self.opts.clone(),
+            consumer.clone(),
+            tx,
+            stop_collector.clone(),
+        ));
+        let mut backoff = Backoff::new(self.opts.backoff_min, self.opts.backoff_max);
+        let mut result = Ok(());
+        while let Some(mut batch) = rx.recv().await {
+            if let Err(e) = self
+                .process(&mut batch, handler, &mut backoff, shutdown)
+                .await
+            {
+                result = Err(e);
+                break;
+            }
+        }
+        stop_collector.cancel();
+        drop(rx);
+        let _ = collector.await;
+        result
+    }
+
+    fn count_error(&self, kind: &'static str) {
+        count_error(&self.opts.spec.durable, kind);
+    }
+
+    /// Decodes a batch, dead-letters the poison, hands the rest to the handler, then acks or naks.
+    async fn process<H: Handler>(
+        &self,
+        raw: &mut Vec<jetstream::Message>,
+        handler: &mut H,
+        backoff: &mut Backoff,
+        shutdown: &CancellationToken,
+    ) -> Result<(), ConsumeError> {
+        let durable = &self.opts.spec.durable;
+        Stats::add(&self.stats.received, raw.len());
+        metrics::counter!("klinebus_sink_messages_received_total", "consumer" => durable.clone())
+            .increment(raw.len() as u64);
+        let mut good = Vec::with_capacity(raw.len());
+        let mut good_msgs = Vec::with_capacity(raw.len());
+        let mut lag = None;
+        for m in raw.drain(..) {
+            let (seq, delivered) = match m.info() {
+                Ok(i) => {
+                    lag = Some(i.pending);
+                    (i.stream_sequence, i.delivered)
+                }
+                Err(_) => (0, 1),
+            };
+            match decode_event(m.subject.as_str(), m.headers.as_ref(), &m.payload) {
+                Ok(event) => {
+                    good.push(Delivered {
+                        event,
+                        subject: m.subject.to_string(),
+                        stream_sequence: seq,
+                        delivered,
+                    });
+                    good_msgs.push(m);
+                }
+                Err(p) => self.poison(&m, seq, &p).await,
+            }
+        }
+        if let Some(l) = lag {
+            self.set_lag(l);
+        }
+        if good.is_empty() {
+            return Ok(());
+        }
+        let span = tracing::info_span!(
+            "batch",
+            consumer = %durable,
+            size = good.len(),
+            first_seq = good.first().map_or(0, |d| d.stream_sequence),
+            last_seq = good.last().map_or(0, |d| d.stream_sequence),
+        );
+        let started = Instant::now();
+        match handler.handle(&good).instrument(span.clone()).await {
+            Ok(committed) => {
+                for m in &good_msgs {
+                    if let Err(e) = m.ack().await {
+                        self.count_error("ack");
+                        tracing::warn!(parent: &span, error = %e, "ack failed; message will be redelivered (idempotent)");
+                    }
+                }
+                Stats::add(&self.stats.acked, good_msgs.len());
+                self.stats.batches.fetch_add(1, Ordering::Relaxed);
+                backoff.reset();
+                tracing::debug!(parent: &span, elapsed_ms = started.elapsed().as_millis() as u64, "batch committed and acked");
+                handler.after_ack(committed).instrument(span).await;
+                Ok(())
+            }
+            Err(HandlerError::Retryable(e)) => {
+                let delay = backoff.fail();
+                self.count_error("handler_retryable");
+                tracing::warn!(parent: &span, error = %e, delay_ms = delay.as_millis() as u64,
+                    failures = backoff.failures(), "batch failed; naked for retry");
+                self.nak_all(&good_msgs, Some(delay)).await;
+                pause(delay, shutdown).await;
+                Ok(())
+            }
+            Err(HandlerError::Fatal(e)) => {
+                self.count_error("handler_fatal");
+                tracing::error!(parent: &span, error = %e, "batch failed fatally; stopping");
+                self.nak_all(&good_msgs, None).await;
+                Err(ConsumeError::Handler(e))
+            }
+        }
+    }
+
+    async fn nak_all(&self, msgs: &[jetstream::Message], delay: Option<Duration>) {
+        for m in msgs {
+            if let Err(e) = m.ack_with(AckKind::Nak(delay)).await {
+                tracing::debug!(error = %e, "nak failed; the ack wait brings it back anyway");
+            }
+        }
+        Stats::add(&self.stats.naked, msgs.len());
+    }
+
+    async fn poison(&self, m: &jetstream::Message, seq: u64, p: &Poison) {
+        let durable = &self.opts.spec.durable;
+        let reason = p.to_string();
+        tracing::warn!(subject = %m.subject, stream_seq = seq, reason = %reason, "poison message; dead-lettering");
+        match dead_letter(&self.js, durable, m, seq, &reason).await {
+            Ok(()) => {
+                self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("klinebus_sink_dead_letters_total", "consumer" => durable.clone(), "reason" => p.kind())
+                    .increment(1);
+            }
+            Err(e) => {
+                self.count_error("dlq");
+                tracing::warn!(stream_seq = seq, error = %e, "dead-lettering failed; message naked for another try");
+                let _ = m.ack_with(AckKind::Nak(Some(self.opts.backoff_max))).await;
+            }
+        }
+    }
+
+    fn set_lag(&self, lag: u64) {
+        self.stats.lag.store(lag, Ordering::Relaxed);
+        metrics::gauge!("klinebus_sink_consumer_lag", "consumer" => self.opts.spec.durable.clone())
+            .set(lag as f64);
+    }
+}
+
+fn count_error(durable: &str, kind: &'static str) {
+    metrics::counter!("klinebus_sink_errors_total", "consumer" => durable.to_owned(), "kind" => kind)
+        .increment(1);
+}
+
+/// Pulls batches and hands them over until `stop` fires (the partial batch is handed over
+/// too). Survives broker outages: the pull stream is rebuilt and the consumer fetched again.
+async fn collect_loop(
+    js: Context,
+    o: ConsumeOptions,
+    mut consumer: PullConsumer,
+    tx: tokio::sync::mpsc::Sender<Vec<jetstream::Message>>,
+    stop: CancellationToken,
+) {
+    let limits = Limits {
+        size: o.batch_size.max(1),
+        flush_interval: o.flush_interval,
+        idle_gap: o.idle_gap,
+    };
+    let durable = &o.spec.durable;
+    let mut stream_backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+    while !stop.is_cancelled() {
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch((limits.size * 4).min(20_000))
+            .heartbeat(Duration::from_secs(5))
+            .expires(Duration::from_secs(30))
+            .messages()
+            .await;
+        let mut messages = match messages {
+            Ok(m) => m,
+            Err(e) => {
+                count_error(durable, "pull");
+                tracing::warn!(error = %e, "cannot start pulling; retrying");
+                if !pause(stream_backoff.fail(), &stop).await {
+                    return;
+                }
+                if let Ok(c) = prepare(&js, &o.spec, &StartFrom::Resume).await {
+                    consumer = c;
+                }
+                continue;
+            }
+        };
+        let mut errors = 0;
+        loop {
+            let mut batch = Vec::with_capacity(limits.size);
+            let state = collect(&mut messages, &mut batch, limits, &stop).await;
+            if !batch.is_empty() {
+                errors = 0;
+                stream_backoff.reset();
+                if tx.send(batch).await.is_err() {
+                    return;
+                }
+            }
+            match state {
+                Collected::Ready => {}
+                Collected::Shutdown => return,
+                Collected::Error(e) if !is_terminal(&e) && errors < MAX_STREAM_ERRORS => {
+                    errors += 1;
+                    count_error(durable, "pull");
+                    tracing::warn!(error = %e, "pull stream error; continuing");
+                }
+                Collected::Error(e) => {
+                    count_error(durable, "pull");
+                    tracing::warn!(error = %e, "pull stream broken; recreating it");
+                    break;
+                }
+                Collected::Ended => {
+                    tracing::warn!("pull stream ended; recreating it");
+                    break;
+                }
+            }
+        }
+        drop(messages);
+        if !pause(stream_backoff.fail(), &stop).await {
+            return;
+        }
+        match prepare(&js, &o.spec, &StartFrom::Resume).await {
+            Ok(c) => consumer = c,
+            Err(e) => tracing::warn!(error = %e, "cannot get the consumer yet"),
+        }
+    }
+}
+
+/// Sleeps `d` unless shutdown comes first; false if it did.
+async fn pause(d: Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = shutdown.cancelled() => false,
+        _ = tokio::time::sleep(d) => true,
+    }
+}
+
+/// Refreshes the lag from the server now and then (messages only report it while flowing).
+async fn refresh_lag(
+    js: Context,
+    opts: ConsumeOptions,
+    stats: Arc<Stats>,
+    stop: CancellationToken,
+) {
+    loop {
+        match consumer_lag(&js, &opts.spec.stream, &opts.spec.durable).await {
+            Ok(l) => {
+                stats.lag.store(l.pending, Ordering::Relaxed);
+                metrics::gauge!("klinebus_sink_consumer_lag", "consumer" => opts.spec.durable.clone())
+                    .set(l.pending as f64);
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot read consumer lag"),
+        }
+        if !pause(opts.lag_interval, &stop).await {
+            return;
+        }
+    }
+}
+
+/// Gets the durable consumer, creating it (deliver all) if missing; recreates it for a replay.
+async fn prepare(
+    js: &Context,
+    spec: &ConsumerSpec,
+    start: &StartFrom,
+) -> Result<PullConsumer, ConsumeError> {
+    let stream = js
+        .get_stream(&spec.stream)
+        .await
+        .map_err(|source| ConsumeError::Stream {
+            stream: spec.stream.clone(),
+            source,
+        })?;
+    let cerr = |source| ConsumeError::Consumer {
+        durable: spec.durable.clone(),
+        source,
+    };
+    let config = consumer_config(spec, start.deliver_policy());
+    if start.is_replay() {
+        match stream.delete_consumer(&spec.durable).await {
+            Ok(_) => tracing::info!(durable = %spec.durable, "replay: deleted consumer"),
+            Err(e) => {
+                tracing::info!(durable = %spec.durable, error = %e, "replay: no consumer to delete")
+            }
+        }
+        let c = stream.create_consumer(config).await.map_err(cerr)?;
+        tracing::info!(durable = %spec.durable, start = ?start, "replay: consumer recreated");
+        return Ok(c);
+    }
+    let c: PullConsumer = stream
+        .get_or_create_consumer(&spec.durable, config)
+        .await
+        .map_err(cerr)?;
+    let existing = &c.cached_info().config.filter_subject;
+    if *existing != spec.filter_subject {
+        tracing::warn!(
+            durable = %spec.durable,
+            existing = %existing,
+            wanted = %spec.filter_subject,
+            "durable consumer exists with another filter subject; keeping it (use --replay-from to recreate)"
+        );
+    }
+    Ok(c)
+}

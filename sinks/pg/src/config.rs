@@ -1,0 +1,179 @@
+//! Command line and environment. Every doc comment here is `--help` text.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use klinebus_consume::StartFrom;
+
+/// Consumes kline events from the KLINES JetStream stream through a durable pull consumer and
+/// upserts them into PostgreSQL (`ohlcv_candles`, `ingestion_status`). Start several instances
+/// with the same `--consumer` to split the work.
+#[derive(Clone, Parser)]
+#[command(name = "kline-pg-sink", version)]
+pub struct Config {
+    /// NATS server URL(s), comma-separated (`tls://` forces TLS).
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+
+    /// NATS credentials file (JWT + NKey seed).
+    #[arg(long, env = "NATS_CREDS")]
+    pub nats_creds: Option<PathBuf>,
+
+    /// NATS user name (with --nats-password).
+    #[arg(long, env = "NATS_USER")]
+    pub nats_user: Option<String>,
+
+    /// NATS password.
+    #[arg(long, env = "NATS_PASSWORD", hide_env_values = true)]
+    pub nats_password: Option<String>,
+
+    /// NATS authentication token.
+    #[arg(long, env = "NATS_TOKEN", hide_env_values = true)]
+    pub nats_token: Option<String>,
+
+    /// PostgreSQL connection URL.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/klinebus",
+        hide_env_values = true,
+        hide_default_value = false
+    )]
+    pub database_url: String,
+
+    /// Durable consumer name; instances sharing it split the messages. Also names the dead-letter
+    /// subject `dlq.<consumer>`.
+    #[arg(long = "consumer", env = "SINK_CONSUMER", default_value = "pg-sink")]
+    pub consumer: String,
+
+    /// Subject filter of the durable consumer (applies when it is created), e.g. `klines.ws.>`.
+    #[arg(long, env = "SINK_FILTER_SUBJECT", default_value = "klines.>")]
+    pub filter_subject: String,
+
+    /// Flush (one transaction) once this many messages are collected.
+    #[arg(long, env = "SINK_BATCH_SIZE", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub batch_size: u32,
+
+    /// Flush at the latest this many milliseconds after a batch's first message (a quiet
+    /// stream flushes sooner: a lone candle never waits for the next one).
+    #[arg(long, env = "SINK_FLUSH_INTERVAL_MS", default_value_t = 200)]
+    pub flush_interval_ms: u64,
+
+    /// Seconds a delivered message may stay un-acked before the server redelivers it (applies
+    /// when the consumer is created, e.g. with --replay-from).
+    #[arg(long, env = "SINK_ACK_WAIT_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub ack_wait_secs: u64,
+
+    /// Largest number of PostgreSQL connections.
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 4)]
+    pub max_connections: u32,
+
+    /// Address of the /metrics and /health endpoint; `off` or empty disables it.
+    #[arg(long, env = "METRICS_ADDR", default_value = "127.0.0.1:9101")]
+    pub metrics_addr: String,
+
+    /// Recovery: delete and recreate this sink's durable consumer, delivering from `all`, an
+    /// RFC 3339 time, or a stream sequence number, then consume as usual. Start ONE instance
+    /// with it (it resets the consumer the others share); the upsert makes the replay harmless.
+    #[arg(long, value_parser = StartFrom::parse_replay)]
+    pub replay_from: Option<StartFrom>,
+
+    /// Do not apply pending database migrations at start-up.
+    #[arg(long, env = "SINK_NO_MIGRATE")]
+    pub no_migrate: bool,
+}
+
+impl Config {
+    /// The flush interval as a duration.
+    pub fn flush_interval(&self) -> Duration {
+        Duration::from_millis(self.flush_interval_ms)
+    }
+
+    /// The telemetry address, `None` when disabled.
+    pub fn metrics_addr(&self) -> Result<Option<std::net::SocketAddr>, std::net::AddrParseError> {
+        let a = self.metrics_addr.trim();
+        if a.is_empty() || a.eq_ignore_ascii_case("off") {
+            return Ok(None);
+        }
+        a.parse().map(Some)
+    }
+}
+
+/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((auth, host)) = rest.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    match auth.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hidden = |o: &Option<String>| o.as_ref().map(|_| "<redacted>");
+        f.debug_struct("Config")
+            .field("nats_url", &redact_url(&self.nats_url))
+            .field("nats_creds", &self.nats_creds)
+            .field("nats_user", &self.nats_user)
+            .field("nats_password", &hidden(&self.nats_password))
+            .field("nats_token", &hidden(&self.nats_token))
+            .field("database_url", &redact_url(&self.database_url))
+            .field("consumer", &self.consumer)
+            .field("filter_subject", &self.filter_subject)
+            .field("batch_size", &self.batch_size)
+            .field("flush_interval_ms", &self.flush_interval_ms)
+            .field("ack_wait_secs", &self.ack_wait_secs)
+            .field("max_connections", &self.max_connections)
+            .field("metrics_addr", &self.metrics_addr)
+            .field("replay_from", &self.replay_from)
+            .field("no_migrate", &self.no_migrate)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn defaults_and_flags() {
+        let c = Config::try_parse_from(["kline-pg-sink"]).unwrap();
+        assert_eq!(c.consumer, "pg-sink");
+        assert_eq!(c.filter_subject, "klines.>");
+        assert_eq!(c.batch_size, 1000);
+        assert!(c.flush_interval() <= Duration::from_millis(200));
+        assert!(c.metrics_addr().unwrap().is_some());
+        let c = Config::try_parse_from([
+            "kline-pg-sink",
+            "--replay-from",
+            "2025-06-04T00:00:00Z",
+            "--metrics-addr",
+            "off",
+            "--database-url",
+            "postgres://u:hunter2@h/db",
+            "--nats-password",
+            "s3cret",
+        ])
+        .unwrap();
+        assert!(matches!(c.replay_from, Some(StartFrom::Time(_))));
+        assert!(c.metrics_addr().unwrap().is_none());
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("hunter2") && !dbg.contains("s3cret"), "{dbg}");
+        assert!(Config::try_parse_from(["x", "--replay-from", "soon"]).is_err());
+        assert!(Config::try_parse_from(["x", "--batch-size", "0"]).is_err());
+    }
+
+    #[test]
+    fn redacts_passwords_only() {
+        assert_eq!(redact_url("postgres://a:b@h:5/d"), "postgres://a:***@h:5/d");
+        assert_eq!(redact_url("postgres://a@h/d"), "postgres://a@h/d");
+        assert_eq!(redact_url("nats://h:4222"), "nats://h:4222");
+    }
+}

@@ -1,0 +1,179 @@
+//! # kline-pg-sink: kline events → PostgreSQL
+//!
+//! Consumes the `KLINES` stream through a durable pull consumer ([`klinebus_consume`]) and
+//! persists candles. Delivery is **at-least-once with an idempotent effect**:
+//!
+//! - [`config`]: flags and environment (`kline-pg-sink --help`).
+//! - [`dedup`]: which version of a candle wins (closed beats forming; otherwise only a strictly
+//!   newer event time), inside a batch and — the same rule in SQL — across batches.
+//! - [`upsert`]: one transaction per flush: `UNNEST` bulk upsert with `ON CONFLICT … WHERE …
+//!   RETURNING`, then [`status`] (`ingestion_status`); acked only after the commit.
+//! - [`sink`]: the [`Handler`](klinebus_consume::Handler): quick retries, error status, then
+//!   after the ack a `candles.closed.…` event per closed candle that changed.
+//! - [`run`]: wiring (telemetry, NATS, streams, pool, migrations, consumer, shutdown).
+//!
+//! Poison messages go to `dlq.<consumer>`. Several instances sharing `--consumer` split the work
+//! and converge on the same table contents as one. `--replay-from` recreates the durable
+//! consumer for recovery (one instance only).
+
+pub mod bench;
+pub mod config;
+pub mod dedup;
+pub mod sink;
+pub mod status;
+pub mod upsert;
+
+use std::time::Duration;
+
+use klinebus_consume::{ConsumeOptions, Consumer, StartFrom};
+use klinebus_schemas::bus::{self, BusOptions};
+use klinebus_schemas::streams::{
+    ConsumerSpec, Retention, CANDLES_STREAM, DLQ_STREAM, KLINES_STREAM,
+};
+use klinebus_svc::Health;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+pub use sink::PgSink;
+
+/// Why the sink stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// A flag value is unusable.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The telemetry endpoint could not start.
+    #[error(transparent)]
+    Telemetry(#[from] klinebus_svc::TelemetryError),
+    /// NATS trouble at start-up.
+    #[error(transparent)]
+    Bus(#[from] bus::BusError),
+    /// A stream could not be checked.
+    #[error("JetStream: {0}")]
+    JetStream(String),
+    /// Migrations failed.
+    #[error("migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The consumer loop stopped.
+    #[error(transparent)]
+    Consume(#[from] klinebus_consume::ConsumeError),
+}
+
+/// NATS connection options from the config.
+pub fn bus_options(c: &Config) -> BusOptions {
+    BusOptions {
+        url: c.nats_url.clone(),
+        name: format!("kline-pg-sink/{}", c.consumer),
+        creds_file: c.nats_creds.clone(),
+        user: c.nats_user.clone(),
+        password: c.nats_password.clone(),
+        token: c.nats_token.clone(),
+        require_tls: false,
+    }
+}
+
+/// Consumer options from the config.
+pub fn consume_options(c: &Config) -> ConsumeOptions {
+    let mut spec = ConsumerSpec::klines(&c.consumer, c.filter_subject.clone());
+    spec.ack_wait = Duration::from_secs(c.ack_wait_secs);
+    let mut o = ConsumeOptions::new(spec);
+    o.batch_size = c.batch_size as usize;
+    o.flush_interval = c.flush_interval();
+    o.start = c.replay_from.clone().unwrap_or(StartFrom::Resume);
+    o
+}
+
+/// Retries `f` with a growing pause until it succeeds or `shutdown` fires (`None`).
+async fn until_ok<T, E: std::fmt::Display, F, Fut>(
+    what: &str,
+    shutdown: &CancellationToken,
+    mut f: F,
+) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut backoff =
+        klinebus_consume::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    loop {
+        match f().await {
+            Ok(v) => return Some(v),
+            Err(e) => {
+                let d = backoff.fail();
+                tracing::warn!(error = %e, retry_in_ms = d.as_millis() as u64, "cannot reach {what} yet");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return None,
+                    _ = tokio::time::sleep(d) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Creates the streams only if one is missing (an existing stream keeps the retention its
+/// operator gave it).
+async fn check_streams(js: &async_nats::jetstream::Context) -> Result<(), SinkError> {
+    for name in [KLINES_STREAM, CANDLES_STREAM, DLQ_STREAM] {
+        if js.get_stream(name).await.is_err() {
+            tracing::info!(
+                stream = name,
+                "stream missing; creating the klinebus streams"
+            );
+            return bus::ensure_streams(js, &Retention::default())
+                .await
+                .map_err(|e| SinkError::JetStream(e.to_string()));
+        }
+    }
+    Ok(())
+}
+
+/// Connects to PostgreSQL (retrying while it is unreachable).
+pub async fn connect_db(url: &str, max: u32, shutdown: &CancellationToken) -> Option<PgPool> {
+    until_ok("PostgreSQL", shutdown, || {
+        PgPoolOptions::new()
+            .max_connections(max.max(1))
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(url)
+    })
+    .await
+}
+
+/// Runs the sink until `shutdown` fires: the batch in flight is committed and acked, then it
+/// returns `Ok(())`.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), SinkError> {
+    tracing::info!(config = ?config, "starting kline-pg-sink");
+    let health = Health::default();
+    if let Some(addr) = config
+        .metrics_addr()
+        .map_err(|e| SinkError::Config(format!("--metrics-addr: {e}")))?
+    {
+        let bound = klinebus_svc::serve_telemetry(addr, health.clone(), shutdown.clone()).await?;
+        tracing::info!(%bound, "serving /metrics and /health");
+    }
+    let opts = bus_options(&config);
+    let Some(client) = until_ok("NATS", &shutdown, || bus::connect(&opts)).await else {
+        return Ok(());
+    };
+    let js = bus::jetstream(client, 4096);
+    check_streams(&js).await?;
+    let Some(pool) = connect_db(&config.database_url, config.max_connections, &shutdown).await
+    else {
+        return Ok(());
+    };
+    if !config.no_migrate {
+        klinebus_migrations::run(&pool).await?;
+        tracing::info!("migrations applied");
+    }
+    health.set_ready(true);
+    let consumer = Consumer::new(js.clone(), consume_options(&config));
+    let mut sink = PgSink::new(pool.clone(), Some(js), health.clone());
+    tracing::info!(consumer = %config.consumer, filter = %config.filter_subject, "consuming");
+    let result = consumer.run(&mut sink, shutdown).await;
+    sink.finish(Duration::from_secs(5)).await;
+    health.set_ready(false);
+    pool.close().await;
+    tracing::info!("kline-pg-sink stopped");
+    Ok(result?)
+}

@@ -1,0 +1,11 @@
+//! `kline-pg-sink`: see the library docs and `--help`.
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = kline_pg_sink::Config::parse();
+    klinebus_svc::init_tracing();
+    kline_pg_sink::run(config, klinebus_svc::shutdown_token()).await?;
+    Ok(())
+}

@@ -1,0 +1,190 @@
+//! The [`Handler`] that writes batches to Postgres and, after the ack, publishes the closed
+//! candles that changed on `candles.closed.<venue>.<symbol>.<interval>`.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::Context;
+use klinebus_consume::{Delivered, Handler, HandlerError};
+use klinebus_schemas::{bus, subjects, KlineEvent};
+use klinebus_svc::Health;
+use sqlx::PgPool;
+use tokio::task::JoinSet;
+
+use crate::dedup::winners;
+use crate::status::record_error;
+use crate::upsert::write_batch;
+
+/// Quick in-process retries of a failed flush before handing the batch back for a nak.
+const QUICK_RETRIES: u32 = 2;
+/// Most post-commit publish-ack waiters kept at once.
+const MAX_PUBLISH_TASKS: usize = 64;
+/// Post-commit publishes sent before their acks are handed to a waiter task.
+const PUBLISH_CHUNK: usize = 256;
+
+/// Writes batches to Postgres.
+pub struct PgSink {
+    pool: PgPool,
+    js: Option<Context>,
+    health: Health,
+    publishing: JoinSet<usize>,
+}
+
+impl PgSink {
+    /// A sink writing through `pool`; with `js`, committed closed candles are re-published.
+    pub fn new(pool: PgPool, js: Option<Context>, health: Health) -> Self {
+        Self {
+            pool,
+            js,
+            health,
+            publishing: JoinSet::new(),
+        }
+    }
+
+    /// Waits (bounded) for the post-commit publishes still in flight.
+    pub async fn finish(&mut self, within: Duration) {
+        let all = async { while self.publishing.join_next().await.is_some() {} };
+        if tokio::time::timeout(within, all).await.is_err() {
+            tracing::warn!("post-commit publishes still unconfirmed at shutdown");
+        }
+    }
+}
+
+/// Errors worth retrying: connection trouble, timeouts, serialization failures, deadlocks,
+/// a server shutting down. Anything else (a schema mismatch) is fatal.
+fn is_fatal(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|c| c.starts_with("42") || c.starts_with("3D") || c.starts_with("28")),
+        sqlx::Error::Configuration(_) | sqlx::Error::ColumnNotFound(_) => true,
+        _ => false,
+    }
+}
+
+fn error_kind(e: &sqlx::Error) -> &'static str {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) => "db_connection",
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => "db_pool",
+        sqlx::Error::Database(_) => "db_statement",
+        _ => "db_other",
+    }
+}
+
+impl Handler for PgSink {
+    type Committed = Vec<KlineEvent>;
+
+    async fn handle(&mut self, batch: &[Delivered]) -> Result<Vec<KlineEvent>, HandlerError> {
+        let rows = winners(batch.iter().map(|d| &d.event));
+        let started = Instant::now();
+        let mut attempt = 0;
+        let written = loop {
+            match write_batch(&self.pool, &rows).await {
+                Ok(w) => break w,
+                Err(e) => {
+                    metrics::counter!("klinebus_sink_errors_total", "kind" => error_kind(&e))
+                        .increment(1);
+                    if !is_fatal(&e) && attempt < QUICK_RETRIES {
+                        attempt += 1;
+                        tracing::debug!(error = %e, attempt, "flush failed; retrying at once");
+                        tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+                        continue;
+                    }
+                    self.health.set_ready(false);
+                    let series: HashSet<(String, String)> = rows
+                        .iter()
+                        .map(|r| (r.symbol.as_str().to_owned(), r.interval.as_str().to_owned()))
+                        .collect();
+                    let mut series: Vec<_> = series.into_iter().collect();
+                    series.sort();
+                    let message = e.to_string();
+                    let recorded = tokio::time::timeout(
+                        Duration::from_secs(2),
+                        record_error(&self.pool, &series, &message),
+                    )
+                    .await;
+                    if !matches!(recorded, Ok(Ok(()))) {
+                        tracing::debug!("could not record the error in ingestion_status");
+                    }
+                    tracing::warn!(error = %e, rows = rows.len(), "flush failed");
+                    return Err(if is_fatal(&e) {
+                        HandlerError::Fatal(Box::new(e))
+                    } else {
+                        HandlerError::Retryable(Box::new(e))
+                    });
+                }
+            }
+        };
+        self.health.set_ready(true);
+        let elapsed = started.elapsed();
+        metrics::histogram!("klinebus_sink_flush_seconds").record(elapsed.as_secs_f64());
+        metrics::counter!("klinebus_sink_batches_total").increment(1);
+        metrics::counter!("klinebus_sink_rows_upserted_total").increment(written.rows as u64);
+        metrics::counter!("klinebus_sink_rows_changed_total")
+            .increment(written.changed.len() as u64);
+        tracing::debug!(
+            events = batch.len(),
+            rows = written.rows,
+            changed = written.changed.len(),
+            elapsed_ms = elapsed.as_millis() as u64,
+            "flush committed"
+        );
+        if self.js.is_none() {
+            return Ok(Vec::new());
+        }
+        Ok(rows
+            .into_iter()
+            .filter(|e| {
+                e.closed
+                    && written.changed.contains(&(
+                        e.symbol.as_str().to_owned(),
+                        e.interval.as_str().to_owned(),
+                        e.open_time,
+                    ))
+            })
+            .cloned()
+            .collect())
+    }
+
+    async fn after_ack(&mut self, closed: Vec<KlineEvent>) {
+        let Some(js) = &self.js else { return };
+        if closed.is_empty() {
+            return;
+        }
+        // Publish-ack futures hold the context's in-flight permits until awaited: hand each
+        // chunk to a waiter task before sending the next, or a big batch would deadlock.
+        for chunk in closed.chunks(PUBLISH_CHUNK) {
+            let mut acks = Vec::with_capacity(chunk.len());
+            for e in chunk {
+                let subject = subjects::closed(&e.venue, &e.symbol, e.interval);
+                match bus::publish_event_to(js, subject, e).await {
+                    Ok(ack) => acks.push(ack),
+                    Err(err) => {
+                        metrics::counter!("klinebus_sink_errors_total", "kind" => "publish_closed")
+                            .increment(1);
+                        tracing::warn!(symbol = %e.symbol, interval = %e.interval, error = %err,
+                            "post-commit publish failed");
+                    }
+                }
+            }
+            while self.publishing.try_join_next().is_some() {}
+            while self.publishing.len() >= MAX_PUBLISH_TASKS {
+                let _ = self.publishing.join_next().await;
+            }
+            self.publishing.spawn(async move {
+                let mut failed = 0;
+                for ack in acks {
+                    if let Err(e) = ack.await {
+                        failed += 1;
+                        tracing::warn!(error = %e, "post-commit publish not confirmed");
+                    }
+                }
+                if failed > 0 {
+                    metrics::counter!("klinebus_sink_errors_total", "kind" => "publish_closed")
+                        .increment(failed as u64);
+                }
+                failed
+            });
+        }
+    }
+}
