@@ -5,6 +5,8 @@
 //!   concurrent request of a process, synced with `X-MBX-USED-WEIGHT-1M`, honouring 429/418.
 //! - [`kline`]: [`RestKline`] — strict parsing of the 12-entry REST rows and conversion to
 //!   [`klinebus_schemas::KlineEvent`].
+//! - [`ws`]: [`KlineSocket`] — combined kline streams, stream names, sharding (≤ 1024 per
+//!   connection); [`ws_event`]: strict frame parsing into validated events.
 //! - [`error`]: [`BinanceError`] kinds with [`BinanceError::is_retryable`].
 //!
 //! This crate knows HTTP and Binance, never NATS: publishing is the producers' job.
@@ -31,6 +33,8 @@ pub mod error;
 pub mod kline;
 pub mod limiter;
 pub mod rest;
+pub mod ws;
+pub mod ws_event;
 
 pub use error::BinanceError;
 pub use kline::{parse_klines, RestKline};
@@ -38,3 +42,5 @@ pub use limiter::{WeightLimiter, BINANCE_WEIGHT_LIMIT, DEFAULT_BUDGET};
 pub use rest::{
     RestClient, RestConfig, RetryPolicy, SymbolStatus, DEFAULT_REST_URL, MAX_KLINES_LIMIT,
 };
+pub use ws::{KlineSocket, WsItem, DEFAULT_WS_URL, MAX_STREAMS_PER_CONNECTION};
+pub use ws_event::{parse_event, parse_frame, Frame, FrameError, WsKline};

@@ -1,0 +1,10 @@
+//! `live-bench`: see `kline_live::bench`. Run with `--release`.
+
+use clap::Parser;
+use kline_live::bench::{run_bench, BenchArgs};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    klinebus_svc::init_tracing();
+    run_bench(BenchArgs::parse()).await
+}

@@ -1,0 +1,277 @@
+//! The WebSocket side: one task per connection (shard of at most `streams_per_connection`
+//! streams). Each task connects, reads, publishes, and handles what goes wrong:
+//!
+//! | event | reaction |
+//! |---|---|
+//! | connection lost or refused | reconnect after jittered exponential backoff |
+//! | no kline for `watchdog` | the connection is treated as dead and replaced |
+//! | `rotate_after` reached | a new connection is opened, then the old one closed (overlap is deduplicated by msg id) |
+//! | first kline on a connection | REST gap repair of the shard's series from the last closed candle seen |
+//! | `fallback_after` failures in a row | `Falling back to polling`; WebSocket retried in the background; back when a connection delivers data |
+//! | malformed frame | logged and counted, never published |
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use klinebus_binance::limiter::wall_now_ms;
+use klinebus_binance::ws::{combined_url, stream_name};
+use klinebus_binance::{Frame, FrameError, KlineSocket, WsItem};
+use klinebus_schemas::{Interval, Symbol};
+use rand::Rng;
+use tokio::task::JoinHandle;
+use tokio::time::{sleep_until, Instant};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::poll::run_poller;
+use crate::repair::{repair_all, repair_from, RepairFrom};
+use crate::Ctx;
+
+/// Jittered exponential backoff after `failures` (≥ 1) failures in a row.
+pub(crate) fn backoff(s: &Settings, failures: u32) -> Duration {
+    let exp = s
+        .backoff_min
+        .saturating_mul(1u32 << failures.saturating_sub(1).min(16))
+        .min(s.backoff_max);
+    let ms = exp.as_millis().max(1) as u64;
+    Duration::from_millis(rand::rng().random_range(ms / 2..=ms))
+}
+
+/// How a connection ended.
+enum Ended {
+    Shutdown,
+    Lost {
+        reason: &'static str,
+        got_data: bool,
+    },
+}
+
+struct Shard {
+    id: usize,
+    series: Vec<(Symbol, Interval)>,
+    known: HashSet<(Symbol, Interval)>,
+    url: String,
+    /// The polling fallback, while active.
+    fallback: Option<(CancellationToken, JoinHandle<()>)>,
+}
+
+/// Runs one shard until `shutdown`.
+pub(crate) async fn run_shard(
+    ctx: Arc<Ctx>,
+    id: usize,
+    series: Vec<(Symbol, Interval)>,
+    shutdown: CancellationToken,
+) {
+    let names: Vec<String> = series.iter().map(|(s, i)| stream_name(s, *i)).collect();
+    let mut shard = Shard {
+        id,
+        known: series.iter().cloned().collect(),
+        series,
+        url: combined_url(&ctx.settings.ws_url, &names),
+        fallback: None,
+    };
+    let mut failures = 0u32;
+    loop {
+        let connected = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = KlineSocket::connect(&shard.url, ctx.settings.connect_timeout) => r,
+        };
+        // `kind` labels the metric; `reason` says exactly what happened in the log.
+        let (kind, reason) = match connected {
+            Ok(socket) => {
+                tracing::info!(
+                    shard = id,
+                    streams = shard.series.len(),
+                    "WebSocket connected"
+                );
+                match session(&ctx, &mut shard, socket, &shutdown).await {
+                    Ended::Shutdown => break,
+                    Ended::Lost { reason, got_data } => {
+                        if got_data {
+                            failures = 0;
+                        }
+                        (reason, format!("connection {reason}"))
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(shard = id, error = %e, "WebSocket connect failed");
+                ("connect_failed", e.to_string())
+            }
+        };
+        failures += 1;
+        ctx.stats.reconnects.fetch_add(1, Relaxed);
+        metrics::counter!("klinebus_live_reconnects_total", "reason" => kind).increment(1);
+        if failures >= ctx.settings.fallback_after && shard.fallback.is_none() {
+            tracing::warn!(shard = id, %reason, failures, "Falling back to polling");
+            start_fallback(&ctx, &mut shard);
+        }
+        let wait = backoff(&ctx.settings, failures);
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+    stop_fallback(&ctx, &mut shard).await;
+}
+
+fn start_fallback(ctx: &Arc<Ctx>, shard: &mut Shard) {
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(run_poller(ctx.clone(), shard.series.clone(), stop.clone()));
+    shard.fallback = Some((stop, task));
+    ctx.stats.fallbacks.fetch_add(1, Relaxed);
+    let n = ctx.stats.polling_shards.fetch_add(1, Relaxed) + 1;
+    metrics::gauge!("klinebus_live_polling_connections").set(n as f64);
+    metrics::gauge!("klinebus_live_mode").set(1.0);
+}
+
+async fn stop_fallback(ctx: &Ctx, shard: &mut Shard) {
+    let Some((stop, task)) = shard.fallback.take() else {
+        return;
+    };
+    stop.cancel();
+    let _ = task.await;
+    let n = ctx.stats.polling_shards.fetch_sub(1, Relaxed) - 1;
+    metrics::gauge!("klinebus_live_polling_connections").set(n as f64);
+    if n == 0 {
+        metrics::gauge!("klinebus_live_mode").set(0.0);
+    }
+}
+
+fn spawn_repair(ctx: &Arc<Ctx>, from: RepairFrom) {
+    let ctx = ctx.clone();
+    tokio::spawn(async move { repair_all(&ctx, &from).await });
+}
+
+/// Reads one connection until it is lost, rotated away for good, or shutdown.
+async fn session(
+    ctx: &Arc<Ctx>,
+    shard: &mut Shard,
+    mut socket: KlineSocket,
+    shutdown: &CancellationToken,
+) -> Ended {
+    let s = &ctx.settings;
+    let mut got_data = false;
+    let mut last_data = Instant::now();
+    let mut rotate_at = Instant::now() + s.rotate_after;
+    let mut rotate_failures = 0u32;
+    // Repair starts where things stood before this connection delivered anything.
+    let mut from = Some(repair_from(ctx, &shard.series));
+    // Last closed candle per series on this connection.
+    let mut seen = HashMap::new();
+    loop {
+        let repair_wanted = ctx.stats.repair_wanted.notified();
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                socket.close().await;
+                return Ended::Shutdown;
+            }
+            _ = sleep_until(last_data + s.watchdog) => {
+                tracing::warn!(shard = shard.id, watchdog = ?s.watchdog, "no kline in time; replacing the connection");
+                ctx.stats.watchdog_trips.fetch_add(1, Relaxed);
+                return Ended::Lost { reason: "watchdog", got_data };
+            }
+            _ = sleep_until(rotate_at) => {
+                // The new connection is open before the old one closes: no moment without one.
+                match KlineSocket::connect(&shard.url, s.connect_timeout).await {
+                    Ok(new) => {
+                        let before = repair_from(ctx, &shard.series);
+                        let old = std::mem::replace(&mut socket, new);
+                        tokio::spawn(old.close());
+                        ctx.stats.rotations.fetch_add(1, Relaxed);
+                        metrics::counter!("klinebus_live_rotations_total").increment(1);
+                        tracing::info!(shard = shard.id, "WebSocket connection rotated");
+                        rotate_failures = 0;
+                        rotate_at = Instant::now() + s.rotate_after;
+                        last_data = Instant::now();
+                        spawn_repair(ctx, before);
+                    }
+                    Err(e) => {
+                        rotate_failures += 1;
+                        tracing::warn!(shard = shard.id, error = %e, "rotation connect failed; keeping the old connection");
+                        rotate_at = Instant::now() + backoff(s, rotate_failures);
+                    }
+                }
+            }
+            _ = repair_wanted => spawn_repair(ctx, repair_from(ctx, &shard.series)),
+            item = socket.next() => match item {
+                None => return Ended::Lost { reason: "closed", got_data },
+                Some(WsItem::Other) => {}
+                Some(WsItem::Frame(Ok(Frame::ServerShutdown { .. }))) => {
+                    tracing::info!(shard = shard.id, "server announced its shutdown; rotating now");
+                    rotate_at = Instant::now();
+                }
+                Some(WsItem::Frame(frame)) => {
+                    if handle_frame(ctx, shard, &mut seen, frame) {
+                        last_data = Instant::now();
+                        if !got_data {
+                            got_data = true;
+                            if shard.fallback.is_some() {
+                                tracing::info!(shard = shard.id, "WebSocket holds again; leaving polling");
+                                stop_fallback(ctx, shard).await;
+                            }
+                            if let Some(from) = from.take() {
+                                spawn_repair(ctx, from);
+                            }
+                        }
+                    }
+                }
+            },
+        }
+    }
+}
+
+/// Publishes a kline frame; true when it was one. Anything malformed is counted and logged.
+fn handle_frame(
+    ctx: &Arc<Ctx>,
+    shard: &Shard,
+    seen: &mut HashMap<(Symbol, Interval), i64>,
+    frame: Result<Frame, FrameError>,
+) -> bool {
+    let result = frame.and_then(|f| match f {
+        Frame::Control(_) | Frame::ServerShutdown { .. } => Ok(None),
+        Frame::Kline(k) => {
+            if !shard.known.contains(&(k.symbol.clone(), k.interval)) {
+                return Err(FrameError::Inconsistent(format!(
+                    "{} {} was not subscribed on this connection",
+                    k.symbol, k.interval
+                )));
+            }
+            k.to_event(wall_now_ms()).map(Some)
+        }
+    });
+    match result {
+        Ok(Some(event)) => {
+            if event.closed {
+                let key = (event.symbol.clone(), event.interval);
+                // A closed candle skipped on this very connection (should not happen): repair.
+                // Gaps from before the connection are the connect-time repair's job.
+                let prev = seen.get(&key).copied();
+                if let Some(l) = prev.filter(|l| event.interval.next_open(*l) < event.open_time) {
+                    tracing::warn!(shard = shard.id, symbol = %event.symbol,
+                        interval = %event.interval, "the stream skipped closed candles; repairing");
+                    spawn_repair(ctx, vec![(event.symbol.clone(), event.interval, Some(l))]);
+                }
+                if prev.is_none_or(|l| event.open_time > l) {
+                    seen.insert(key, event.open_time);
+                }
+                ctx.tracker
+                    .observe(&event.symbol, event.interval, event.open_time);
+            }
+            ctx.stats.ws_events.fetch_add(1, Relaxed);
+            metrics::counter!("klinebus_live_ws_messages_total").increment(1);
+            ctx.publisher.push(event);
+            true
+        }
+        Ok(None) => false,
+        Err(e) => {
+            ctx.stats.malformed.fetch_add(1, Relaxed);
+            metrics::counter!("klinebus_live_malformed_frames_total", "kind" => e.kind())
+                .increment(1);
+            tracing::warn!(shard = shard.id, error = %e, "malformed WebSocket frame ignored");
+            false
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! # kline-live: live Binance klines → `klines.{ws,poll,repair}.binance.<SYMBOL>.<tf>`
+//!
+//! - [`config`]: flags and environment ([`Config`]) and the library's [`Settings`].
+//! - `feed`: WebSocket connections (sharded, watchdog, rotation, backoff, polling fallback).
+//! - `poll`: REST polling just after candle closes (or every `POLLING_INTERVAL_<tf>`).
+//! - `repair`: REST fetch of closed candles after the last one seen (gap repair and polling).
+//! - [`publish`]: the bounded buffer in front of JetStream ([`Publisher`]).
+//! - [`series`]: the last closed candle seen per series ([`Tracker`]).
+//! - [`run()`] for the binary, [`run_live`] for tests and benchmarks.
+//! - `bench` (feature `bench`): the benchmark behind the `live-bench` binary.
+//!
+//! Delivery: every closed candle carries `Nats-Msg-Id` (its candle key), whichever path
+//! delivered it, so the overlaps between WebSocket, repair, polling and rotated connections are
+//! server-side duplicates: each closed candle is stored once. Forming updates carry no id.
+//! After every (re)connect the closed candles since the last one seen are fetched over REST, so
+//! a disconnect of any length leaves no missing candle. While NATS is away events wait in a
+//! bounded buffer; closed candles dropped from it are fetched again by REST (see [`publish`]).
+//! NATS unreachable at start-up is waited out too.
+
+pub mod config;
+mod feed;
+mod poll;
+pub mod publish;
+mod repair;
+pub mod series;
+
+#[cfg(feature = "bench")]
+pub mod bench;
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use async_nats::jetstream::Context;
+use klinebus_binance::{RestClient, RestConfig, RetryPolicy, WeightLimiter};
+use klinebus_schemas::bus;
+use klinebus_schemas::streams::Retention;
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{Config, Mode, Settings};
+pub use publish::Publisher;
+pub use series::Tracker;
+
+/// Counters for tests and reports (the same figures go to Prometheus).
+#[derive(Debug, Default)]
+pub struct LiveStats {
+    /// Kline events read from WebSockets and queued.
+    pub ws_events: AtomicU64,
+    /// Closed candles queued by polling.
+    pub polled: AtomicU64,
+    /// Closed candles queued by gap repair.
+    pub repaired: AtomicU64,
+    /// Events acknowledged by JetStream.
+    pub published: AtomicU64,
+    /// Publishes retried (failed or unacknowledged).
+    pub publish_retries: AtomicU64,
+    /// Events dropped because the buffer was full.
+    pub dropped: AtomicU64,
+    /// Frames that were not usable kline events.
+    pub malformed: AtomicU64,
+    /// Connections lost, refused or replaced by the watchdog.
+    pub reconnects: AtomicU64,
+    /// Watchdog replacements.
+    pub watchdog_trips: AtomicU64,
+    /// Proactive rotations.
+    pub rotations: AtomicU64,
+    /// Switches to polling.
+    pub fallbacks: AtomicU64,
+    /// Connections currently in polling fallback.
+    pub polling_shards: std::sync::atomic::AtomicUsize,
+    /// Fired when a closed candle was dropped locally and must be fetched again.
+    pub repair_wanted: Notify,
+}
+
+/// What every task shares.
+pub(crate) struct Ctx {
+    pub settings: Settings,
+    pub rest: RestClient,
+    pub publisher: Publisher,
+    pub tracker: Arc<Tracker>,
+    pub stats: Arc<LiveStats>,
+}
+
+/// The REST client a [`Config`] describes (with its own limiter).
+pub fn rest_client(config: &Config) -> anyhow::Result<RestClient> {
+    let rest = RestConfig {
+        base_url: config.rest_url.clone(),
+        timeout: config.request_timeout,
+        retry: RetryPolicy::default(),
+    };
+    Ok(RestClient::new(
+        rest,
+        Arc::new(WeightLimiter::new(config.weight_budget)),
+    )?)
+}
+
+/// The whole service: telemetry, NATS, then [`run_live`] until `shutdown`; exits cleanly after
+/// flushing what is buffered.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let settings = config.settings().map_err(anyhow::Error::msg)?;
+    let health = klinebus_svc::Health::default();
+    let addr = klinebus_svc::serve_telemetry(config.metrics_addr, health.clone(), shutdown.clone())
+        .await?;
+    tracing::info!(%addr, "serving /metrics and /health");
+    let rest = rest_client(&config)?;
+    // NATS down at start-up is waited out (like an outage later on), not a crash loop.
+    let client = loop {
+        match bus::connect(&config.bus_options()).await {
+            Ok(c) => break c,
+            Err(e) => tracing::warn!(error = %e, "NATS unavailable; retrying in 2 s"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+        }
+    };
+    let js = bus::jetstream(client, 10_000);
+    bus::ensure_streams(&js, &Retention::default())
+        .await
+        .context("creating the klinebus streams")?;
+    health.set_ready(true);
+    tracing::info!(
+        symbols = settings.symbols.len(),
+        timeframes = settings.timeframes.len(),
+        mode = ?settings.mode,
+        "kline-live started"
+    );
+    run_live(settings, rest, js, Arc::new(LiveStats::default()), shutdown).await;
+    health.set_ready(false);
+    Ok(())
+}
+
+/// Streams `settings`' series into `js` until `shutdown`, then flushes the buffer (at most
+/// `flush_timeout`). `stats` is updated as it goes.
+pub async fn run_live(
+    settings: Settings,
+    rest: RestClient,
+    js: Context,
+    stats: Arc<LiveStats>,
+    shutdown: CancellationToken,
+) {
+    let tracker = Arc::new(Tracker::default());
+    let publisher = Publisher::new(
+        settings.max_buffered,
+        settings.ack_timeout,
+        stats.clone(),
+        tracker.clone(),
+    );
+    let publishing = tokio::spawn(publisher.clone().run(js));
+    let series: Vec<_> = settings
+        .symbols
+        .iter()
+        .flat_map(|s| settings.timeframes.iter().map(move |i| (s.clone(), *i)))
+        .collect();
+    let mode = settings.mode;
+    let per_conn = settings.streams_per_connection;
+    let ctx = Arc::new(Ctx {
+        settings,
+        rest,
+        publisher: publisher.clone(),
+        tracker,
+        stats,
+    });
+    let mut tasks = JoinSet::new();
+    match mode {
+        Mode::Websocket => {
+            metrics::gauge!("klinebus_live_mode").set(0.0);
+            for (id, shard) in klinebus_binance::ws::shard(&series, per_conn)
+                .into_iter()
+                .enumerate()
+            {
+                tasks.spawn(feed::run_shard(ctx.clone(), id, shard, shutdown.clone()));
+            }
+        }
+        Mode::Polling => {
+            metrics::gauge!("klinebus_live_mode").set(1.0);
+            tasks.spawn(poll::run_poller(ctx.clone(), series, shutdown.clone()));
+        }
+    }
+    while tasks.join_next().await.is_some() {}
+    publisher.close();
+    let left = publisher.len();
+    tracing::info!(buffered = left, "flushing publishes");
+    match tokio::time::timeout(ctx.settings.flush_timeout, publishing).await {
+        Ok(_) => tracing::info!("all publishes flushed"),
+        Err(_) => tracing::warn!(
+            lost = publisher.len(),
+            "flush deadline passed; unpublished events dropped (closed candles can be refetched \
+             with kline-backfill)"
+        ),
+    }
+}

@@ -1,0 +1,408 @@
+//! End to end against an in-process binance-sim (clock ×600: a 1m candle closes every 100 ms)
+//! and a private nats-server. Every test reads the KLINES stream back and compares the closed
+//! candles with the simulator's market, value for value.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
+use async_nats::jetstream::Context;
+use binance_sim::SimHandle;
+use clap::Parser;
+use futures::StreamExt;
+use kline_live::{run_live, LiveStats, Mode, Settings};
+use klinebus_binance::{RestClient, RestConfig, RetryPolicy, WeightLimiter};
+use klinebus_schemas::streams::{Retention, KLINES_STREAM};
+use klinebus_schemas::{bus, codec, Interval, KlineEvent, Source, Symbol};
+use klinebus_testkit::NatsServer;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+const TFS: [Interval; 2] = [Interval::M1, Interval::M3];
+
+struct Env {
+    sim: SimHandle,
+    nats: NatsServer,
+    js: Context,
+}
+
+async fn env(extra: &[&str]) -> Env {
+    let mut args = vec![
+        "binance-sim",
+        "--symbols",
+        "BTCUSDT,ETHUSDT",
+        "--speed",
+        "600",
+    ];
+    args.extend_from_slice(extra);
+    let sim = binance_sim::spawn(binance_sim::Config::parse_from(args))
+        .await
+        .unwrap();
+    let nats = NatsServer::start();
+    let client = bus::connect(&bus::BusOptions::new(nats.url(), "test"))
+        .await
+        .unwrap();
+    let js = bus::jetstream(client, 5_000);
+    bus::ensure_streams(&js, &Retention::default())
+        .await
+        .unwrap();
+    Env { sim, nats, js }
+}
+
+fn symbols() -> Vec<Symbol> {
+    Symbol::parse_list("BTCUSDT,ETHUSDT").unwrap()
+}
+
+/// Settings scaled to the ×600 clock.
+fn settings(e: &Env) -> Settings {
+    let mut s = Settings::new(symbols(), TFS.to_vec(), e.sim.ws_url());
+    s.watchdog = Duration::from_millis(800);
+    s.backoff_min = Duration::from_millis(20);
+    s.backoff_max = Duration::from_millis(100);
+    s.connect_timeout = Duration::from_secs(2);
+    s.fallback_after = 1000;
+    s.flush_timeout = Duration::from_secs(5);
+    s.poll_intervals = TFS
+        .iter()
+        .map(|i| (*i, Duration::from_millis(60)))
+        .collect();
+    s
+}
+
+struct Running {
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+    stats: Arc<LiveStats>,
+}
+
+fn start(e: &Env, s: Settings) -> Running {
+    let rest = RestClient::new(
+        RestConfig {
+            base_url: e.sim.base_url(),
+            timeout: Duration::from_secs(5),
+            retry: RetryPolicy {
+                base_delay: Duration::from_millis(10),
+                max_delay: Duration::from_millis(100),
+                ..RetryPolicy::default()
+            },
+        },
+        Arc::new(WeightLimiter::default()),
+    )
+    .unwrap();
+    let stop = CancellationToken::new();
+    let stats = Arc::new(LiveStats::default());
+    let task = tokio::spawn(run_live(s, rest, e.js.clone(), stats.clone(), stop.clone()));
+    Running { stop, task, stats }
+}
+
+impl Running {
+    async fn finish(self) -> Arc<LiveStats> {
+        self.stop.cancel();
+        tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .expect("run_live stops within 10 s of shutdown")
+            .unwrap();
+        self.stats
+    }
+}
+
+/// Every event stored on `subject`, in stream order.
+async fn stored(js: &Context, subject: &str) -> Vec<KlineEvent> {
+    let stream = js.get_stream(KLINES_STREAM).await.unwrap();
+    let consumer = stream
+        .create_consumer(OrderedConfig {
+            filter_subject: subject.into(),
+            deliver_policy: DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut msgs = consumer.messages().await.unwrap();
+    let mut out = Vec::new();
+    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(500), msgs.next()).await {
+        let m = m.unwrap();
+        out.push(codec::decode(&m.payload).unwrap());
+        if m.info().unwrap().pending == 0 {
+            break;
+        }
+    }
+    out
+}
+
+/// Closed candles of every series: each stored exactly once, none missing between the first
+/// and the last, each equal to the simulator's, and recent. Returns them by source.
+async fn assert_exact(e: &Env, min_per_1m: usize) -> BTreeMap<&'static str, usize> {
+    let now = e.sim.clock().now_ms();
+    let mut by_source = BTreeMap::new();
+    for sym in symbols() {
+        for iv in TFS {
+            let subject = format!("klines.*.binance.{sym}.{iv}");
+            let mut closed: Vec<KlineEvent> = stored(&e.js, &subject)
+                .await
+                .into_iter()
+                .filter(|ev| ev.closed)
+                .collect();
+            closed.sort_by_key(|ev| ev.open_time);
+            let opens: Vec<i64> = closed.iter().map(|ev| ev.open_time).collect();
+            let mut unique = opens.clone();
+            unique.dedup();
+            assert_eq!(
+                unique.len(),
+                opens.len(),
+                "{subject}: a closed candle stored twice"
+            );
+            let (Some(first), Some(last)) = (opens.first(), opens.last()) else {
+                panic!("{subject}: no closed candle stored");
+            };
+            let want = e
+                .sim
+                .market()
+                .klines(sym.as_str(), iv.as_str(), *first, *last, now)
+                .unwrap();
+            let got: Vec<_> = closed
+                .iter()
+                .map(|ev| {
+                    (
+                        ev.open_time,
+                        ev.close_time,
+                        ev.open.as_str(),
+                        ev.high.as_str(),
+                        ev.low.as_str(),
+                        ev.close.as_str(),
+                        ev.volume.as_str(),
+                        ev.quote_volume.as_str(),
+                        ev.trades,
+                        ev.taker_buy_base.as_str(),
+                        ev.taker_buy_quote.as_str(),
+                    )
+                })
+                .collect();
+            let want: Vec<_> = want
+                .iter()
+                .map(|k| {
+                    assert!(k.closed);
+                    (
+                        k.open_time,
+                        k.close_time,
+                        k.open.as_str(),
+                        k.high.as_str(),
+                        k.low.as_str(),
+                        k.close.as_str(),
+                        k.volume.as_str(),
+                        k.quote_volume.as_str(),
+                        k.trades,
+                        k.taker_buy_base.as_str(),
+                        k.taker_buy_quote.as_str(),
+                    )
+                })
+                .collect();
+            assert_eq!(got.len(), want.len(), "{subject}: missing closed candles");
+            assert_eq!(
+                got, want,
+                "{subject}: stored candles differ from the exchange's"
+            );
+            let period = iv.nominal_ms();
+            assert!(
+                *last >= iv.align(now) - 4 * period,
+                "{subject}: newest closed candle {last} is stale (now {now})"
+            );
+            if iv == Interval::M1 {
+                assert!(
+                    closed.len() >= min_per_1m,
+                    "{subject}: only {} closed candles",
+                    closed.len()
+                );
+            }
+            for ev in &closed {
+                *by_source.entry(ev.source.as_str()).or_insert(0) += 1;
+            }
+        }
+    }
+    by_source
+}
+
+async fn sleep_ms(ms: u64) {
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_every_closed_candle_exactly_and_answers_pings() {
+    // Pings every second, dropped without a pong within 2 s: only answered pings keep it open.
+    let e = env(&["--ws-ping-secs", "1", "--ws-pong-timeout-secs", "2"]).await;
+    let live = start(&e, settings(&e));
+    sleep_ms(3_500).await;
+    let stats = live.finish().await;
+    let sources = assert_exact(&e, 25).await;
+    assert!(sources.get("ws").copied().unwrap_or(0) >= 60, "{sources:?}");
+    assert_eq!(
+        stats.reconnects.load(Relaxed),
+        0,
+        "pongs must keep the connection"
+    );
+    assert_eq!(stats.malformed.load(Relaxed), 0);
+    let forming = stored(&e.js, "klines.ws.>").await;
+    assert!(
+        forming.iter().any(|ev| !ev.closed),
+        "forming updates are published too"
+    );
+    assert!(forming.iter().all(|ev| ev.source == Source::Ws));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_connections_are_repaired() {
+    let e = env(&[]).await;
+    let live = start(&e, settings(&e));
+    sleep_ms(800).await;
+    let faults = e.sim.faults();
+    for _ in 0..2 {
+        // Down for ~6 candles each time.
+        faults.set_ws_refuse(true);
+        faults.drop_ws();
+        sleep_ms(600).await;
+        faults.set_ws_refuse(false);
+        sleep_ms(700).await;
+    }
+    let stats = live.finish().await;
+    assert_exact(&e, 25).await;
+    assert!(stats.reconnects.load(Relaxed) >= 2);
+    assert!(stats.repaired.load(Relaxed) >= 8, "{stats:?}");
+    assert_eq!(stats.fallbacks.load(Relaxed), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_streams_trip_the_watchdog() {
+    let e = env(&[]).await;
+    let mut s = settings(&e);
+    s.watchdog = Duration::from_millis(400);
+    let live = start(&e, s);
+    sleep_ms(700).await;
+    e.sim.faults().set_ws_stall(true);
+    sleep_ms(1_000).await;
+    e.sim.faults().set_ws_stall(false);
+    sleep_ms(1_000).await;
+    let stats = live.finish().await;
+    assert_exact(&e, 20).await;
+    assert!(stats.watchdog_trips.load(Relaxed) >= 1, "{stats:?}");
+    assert!(stats.repaired.load(Relaxed) >= 5, "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_reconnects_fall_back_to_polling_and_back() {
+    let e = env(&[]).await;
+    let mut s = settings(&e);
+    s.fallback_after = 3;
+    let live = start(&e, s);
+    sleep_ms(600).await;
+    let faults = e.sim.faults();
+    faults.set_ws_refuse(true);
+    faults.drop_ws();
+    sleep_ms(1_500).await;
+    assert_eq!(
+        live.stats.polling_shards.load(Relaxed),
+        1,
+        "polling while refused"
+    );
+    assert!(live.stats.polled.load(Relaxed) > 0);
+    faults.set_ws_refuse(false);
+    sleep_ms(700).await;
+    assert_eq!(
+        live.stats.polling_shards.load(Relaxed),
+        0,
+        "back on WebSocket"
+    );
+    let ws_before = live.stats.ws_events.load(Relaxed);
+    sleep_ms(800).await;
+    assert!(live.stats.ws_events.load(Relaxed) > ws_before + 10);
+    let stats = live.finish().await;
+    let sources = assert_exact(&e, 25).await;
+    assert!(
+        sources.get("poll").copied().unwrap_or(0) >= 5,
+        "{sources:?}"
+    );
+    assert!(sources.get("ws").copied().unwrap_or(0) >= 5, "{sources:?}");
+    assert_eq!(stats.fallbacks.load(Relaxed), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_before_the_lifetime_limit_loses_nothing() {
+    // The server closes connections after 2 s; we rotate every 700 ms, before it does.
+    let e = env(&["--ws-max-lifetime-secs", "2"]).await;
+    let mut s = settings(&e);
+    s.rotate_after = Duration::from_millis(700);
+    let live = start(&e, s);
+    sleep_ms(3_500).await;
+    let stats = live.finish().await;
+    assert_exact(&e, 25).await;
+    assert!(stats.rotations.load(Relaxed) >= 3, "{stats:?}");
+    assert_eq!(
+        stats.reconnects.load(Relaxed),
+        0,
+        "the server never had to close one"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shards_streams_over_connections() {
+    let e = env(&[]).await;
+    let mut s = settings(&e);
+    s.streams_per_connection = 2;
+    let live = start(&e, s);
+    sleep_ms(1_000).await;
+    assert_eq!(e.sim.faults().snapshot().ws_connections, 2);
+    sleep_ms(1_500).await;
+    live.finish().await;
+    assert_exact(&e, 15).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polling_mode_publishes_closed_candles_only() {
+    let e = env(&[]).await;
+    let mut s = settings(&e);
+    s.mode = Mode::Polling;
+    let live = start(&e, s);
+    sleep_ms(2_500).await;
+    let stats = live.finish().await;
+    let sources = assert_exact(&e, 15).await;
+    assert_eq!(sources.keys().copied().collect::<Vec<_>>(), vec!["poll"]);
+    assert_eq!(stats.ws_events.load(Relaxed), 0);
+    assert!(stored(&e.js, "klines.>").await.iter().all(|ev| ev.closed));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_outage_is_buffered_and_republished() {
+    let mut e = env(&[]).await;
+    let mut s = settings(&e);
+    s.ack_timeout = Duration::from_millis(300);
+    let live = start(&e, s);
+    sleep_ms(800).await;
+    e.nats.stop();
+    sleep_ms(1_200).await;
+    e.nats.restart();
+    sleep_ms(2_500).await;
+    let stats = live.finish().await;
+    assert_exact(&e, 25).await;
+    assert!(stats.publish_retries.load(Relaxed) > 0, "{stats:?}");
+    assert_eq!(stats.dropped.load(Relaxed), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_buffer_drops_but_repair_refetches_closed_candles() {
+    let mut e = env(&[]).await;
+    let mut s = settings(&e);
+    s.ack_timeout = Duration::from_millis(300);
+    // Smaller than one outage's worth of events (≈ 50/s), so closed candles are dropped too.
+    s.max_buffered = 12;
+    let live = start(&e, s);
+    sleep_ms(800).await;
+    e.nats.stop();
+    sleep_ms(1_500).await;
+    e.nats.restart();
+    sleep_ms(2_500).await;
+    let stats = live.finish().await;
+    assert_exact(&e, 25).await;
+    assert!(stats.dropped.load(Relaxed) > 0, "{stats:?}");
+    assert!(stats.repaired.load(Relaxed) > 0, "{stats:?}");
+}
