@@ -28,7 +28,7 @@ pub struct Cli {
     pub cmd: Cmd,
 }
 
-/// How to reach NATS (status and replay use it).
+/// How to reach NATS (status, replay and verify --repair use it).
 #[derive(Debug, Args)]
 pub struct NatsArgs {
     /// NATS server URL; `tls://` forces TLS.
@@ -57,7 +57,8 @@ pub struct NatsArgs {
 #[derive(Debug, Subcommand)]
 pub enum Cmd {
     /// Check stored candles per symbol and timeframe: ok, missing, stale, incomplete or error,
-    /// with the gaps inside the window. Exit code 0 only when everything is ok.
+    /// with the gaps inside the window; with --repair, backfill the gaps and check again.
+    /// Exit code 0 only when everything (finally) is ok.
     Verify(VerifyArgs),
     /// Show ingestion_status and each JetStream consumer's lag.
     Status(StatusArgs),
@@ -89,8 +90,39 @@ pub struct VerifyArgs {
     #[arg(long)]
     pub at: Option<String>,
     /// Print the report as JSON.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "repair")]
     pub json: bool,
+    #[command(flatten)]
+    pub repair: RepairArgs,
+}
+
+/// `verify --repair` options.
+#[derive(Debug, Args)]
+pub struct RepairArgs {
+    /// Repair instead of only reporting: fetch the gaps of every series that is not ok from the
+    /// exchange and publish them to NATS with kline-backfill's code
+    /// (`klines.backfill.binance.<SYMBOL>.<tf>`), wait for the sink, verify again. Candles the
+    /// KLINES stream already holds are not re-published (the sink is behind, or lost them:
+    /// see `klinectl replay`). Exit code 0 only when the final verification is ok.
+    #[arg(id = "repair", long = "repair")]
+    pub enabled: bool,
+    /// Binance REST base URL the repair fetches from.
+    #[arg(
+        long,
+        env = "BINANCE_REST_URL",
+        default_value = klinebus_binance::DEFAULT_REST_URL
+    )]
+    pub rest_url: String,
+    /// REQUEST_WEIGHT the repair may spend per minute (Binance allows 6000 per IP).
+    #[arg(long, env = "BINANCE_WEIGHT_BUDGET", default_value_t = klinebus_binance::DEFAULT_BUDGET)]
+    pub weight_budget: u32,
+    /// After publishing, wait up to this long for the sink's durable consumer to drain before
+    /// verifying again; `0s` verifies at once.
+    #[arg(long, default_value = "5m")]
+    pub repair_wait: humantime::Duration,
+    /// Durable consumer (the Postgres sink's) that --repair-wait waits on.
+    #[arg(long, default_value = kline_backfill::verify::DEFAULT_VERIFY_CONSUMER)]
+    pub repair_consumer: String,
 }
 
 /// `status` options.

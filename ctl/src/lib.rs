@@ -1,11 +1,13 @@
 //! `klinectl`: the operators' tool. One file per command:
-//! [`verify`], [`status`], [`alerts`], [`replay`], [`prune`]; [`cli`] holds the flags.
+//! [`verify`] (with [`repair`] for `--repair`), [`status`], [`alerts`], [`replay`], [`prune`];
+//! [`cli`] holds the flags.
 //! Each command returns its output as text (or JSON) plus an exit code, so tests drive the same
 //! code the binary runs.
 
 pub mod alerts;
 pub mod cli;
 pub mod prune;
+pub mod repair;
 pub mod replay;
 pub mod status;
 pub mod verify;
@@ -39,6 +41,9 @@ pub enum CtlError {
     /// NATS could not be reached or refused an operation.
     #[error("nats: {0}")]
     Nats(String),
+    /// The exchange (REST) could not be used.
+    #[error("exchange: {0}")]
+    Exchange(String),
 }
 
 /// Connects to the database.
@@ -66,7 +71,7 @@ pub fn bus_options(n: &NatsArgs) -> BusOptions {
 /// Runs one command.
 pub async fn run(cli: Cli) -> Result<Outcome, CtlError> {
     match &cli.cmd {
-        Cmd::Verify(a) => verify::run(&cli.database_url, a).await,
+        Cmd::Verify(a) => verify::run(&cli.database_url, &bus_options(&cli.nats), a).await,
         Cmd::Status(a) => status::run(&cli.database_url, &bus_options(&cli.nats), a).await,
         Cmd::Alerts(a) => alerts::run(&cli.database_url, a).await,
         Cmd::Replay(a) => replay::run(&bus_options(&cli.nats), a).await,

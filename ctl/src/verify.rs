@@ -1,10 +1,13 @@
-//! `klinectl verify`: parse the request, run [`klinebus_verify::verify`], print it.
+//! `klinectl verify`: parse the request, run [`klinebus_verify::verify`], print it; with
+//! `--repair`, hand the gaps to [`crate::repair`] and verify the same window again.
 
+use klinebus_schemas::bus::BusOptions;
 use klinebus_schemas::{Interval, Symbol};
-use klinebus_verify::{verify, VerifyRequest};
+use klinebus_verify::{verify, Report, VerifyRequest};
+use tokio_util::sync::CancellationToken;
 
 use crate::cli::VerifyArgs;
-use crate::{pool, CtlError, Outcome};
+use crate::{pool, repair, CtlError, Outcome};
 
 /// Validates symbols and timeframes (before anything touches SQL) and builds the request.
 pub fn request(a: &VerifyArgs, now_ms: i64) -> Result<VerifyRequest, CtlError> {
@@ -39,21 +42,53 @@ pub fn request(a: &VerifyArgs, now_ms: i64) -> Result<VerifyRequest, CtlError> {
     })
 }
 
-/// Runs `verify`.
-pub async fn run(database_url: &str, a: &VerifyArgs) -> Result<Outcome, CtlError> {
+/// Runs `verify`, and with `--repair` backfills the gaps and verifies again.
+pub async fn run(
+    database_url: &str,
+    bus: &BusOptions,
+    a: &VerifyArgs,
+) -> Result<Outcome, CtlError> {
     let req = request(a, chrono::Utc::now().timestamp_millis())?;
-    // An unreachable database is an `error` verdict for every series, not a usage failure.
-    let report = match pool(database_url).await {
-        Ok(p) => verify(&p, &req).await,
-        Err(e) => klinebus_verify::unreadable(&req, &e.to_string()),
-    };
-    let output = if a.json {
-        serde_json::to_string_pretty(&report).unwrap_or_default() + "\n"
+    let report = check(database_url, &req).await;
+    if !a.repair.enabled || report.is_ok() {
+        let output = if a.json {
+            serde_json::to_string_pretty(&report).unwrap_or_default() + "\n"
+        } else {
+            report.render_text()
+        };
+        return Ok(Outcome {
+            output,
+            code: u8::from(!report.is_ok()),
+        });
+    }
+    let mut output = report.render_text();
+    if repair::has_gaps(&report) {
+        let rest = repair::rest_client(&a.repair)?;
+        let js = repair::connect(bus).await?;
+        let done =
+            repair::repair(&report, &a.repair, &js, &rest, &CancellationToken::new()).await?;
+        output.push_str(&done.output);
     } else {
-        report.render_text()
-    };
+        output.push_str("\nRepair: no gaps to backfill\n");
+    }
+    // The same request (same instant, same window): what the repair changed, and nothing else.
+    let after = check(database_url, &req).await;
+    output.push_str("\nAfter repair:\n");
+    output.push_str(&after.render_text());
     Ok(Outcome {
         output,
-        code: u8::from(!report.is_ok()),
+        code: u8::from(!after.is_ok()),
     })
+}
+
+/// Verifies; an unreachable database is an `error` verdict for every series, not a failure.
+async fn check(database_url: &str, req: &VerifyRequest) -> Report {
+    match pool(database_url).await {
+        Ok(p) => {
+            let r = verify(&p, req).await;
+            p.close().await;
+            r
+        }
+        Err(e) => klinebus_verify::unreadable(req, &e.to_string()),
+    }
 }

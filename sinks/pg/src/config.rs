@@ -48,7 +48,9 @@ pub struct Config {
     pub consumer: String,
 
     /// Subject filter of the durable consumer (applies when it is created), e.g. `klines.ws.>`.
-    #[arg(long, env = "SINK_FILTER_SUBJECT", default_value = "klines.>")]
+    /// Empty (the default) reads every subject of the KLINES stream without a filter: nats-server
+    /// 2.9 delivers a wildcard-filtered consumer about 3× slower than an unfiltered one.
+    #[arg(long, env = "SINK_FILTER_SUBJECT", default_value = "")]
     pub filter_subject: String,
 
     /// Flush (one transaction) once this many messages are collected.
@@ -146,7 +148,7 @@ mod tests {
     fn defaults_and_flags() {
         let c = Config::try_parse_from(["kline-pg-sink"]).unwrap();
         assert_eq!(c.consumer, "pg-sink");
-        assert_eq!(c.filter_subject, "klines.>");
+        assert_eq!(c.filter_subject, "");
         assert_eq!(c.batch_size, 1000);
         assert!(c.flush_interval() <= Duration::from_millis(200));
         assert!(c.metrics_addr().unwrap().is_some());
