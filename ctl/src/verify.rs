@@ -68,6 +68,7 @@ pub async fn run(
         let done =
             repair::repair(&report, &a.repair, &js, &rest, &CancellationToken::new()).await?;
         output.push_str(&done.output);
+        record_gaps(database_url, &done.summary, &mut output).await;
     } else {
         output.push_str("\nRepair: no gaps to backfill\n");
     }
@@ -90,5 +91,33 @@ async fn check(database_url: &str, req: &VerifyRequest) -> Report {
             r
         }
         Err(e) => klinebus_verify::unreadable(req, &e.to_string()),
+    }
+}
+
+/// Stores the exchange-side gaps the repair confirmed, so the re-verification (and every later
+/// one) counts them as known instead of missing.
+async fn record_gaps(database_url: &str, summary: &kline_backfill::Summary, output: &mut String) {
+    let pool = match pool(database_url).await {
+        Ok(p) => p,
+        Err(e) => {
+            output.push_str(&format!("Cannot record exchange gaps: {e}\n"));
+            return;
+        }
+    };
+    for series in &summary.series {
+        let gaps: Vec<_> = series
+            .gaps
+            .iter()
+            .map(|g| klinebus_verify::KnownGap {
+                start: g.start_ms,
+                end: g.end_ms,
+            })
+            .collect();
+        if let Err(e) =
+            klinebus_verify::record_exchange_gaps(&pool, &series.symbol, series.interval, &gaps)
+                .await
+        {
+            output.push_str(&format!("Cannot record exchange gaps: {e}\n"));
+        }
     }
 }

@@ -143,3 +143,92 @@ async fn bootstrap_lands_every_candle_exactly_and_verifies_ok() {
         s.await.unwrap().unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn exchange_gaps_are_recorded_and_not_counted_as_missing() {
+    let gap_start = T0 - 2 * 86_400_000;
+    let gap_end = gap_start + 3 * 3_600_000;
+    let sim = binance_sim::spawn(binance_sim::Config::parse_from([
+        "binance-sim",
+        "--start-time",
+        &T0.to_string(),
+        "--symbols",
+        "BTCUSDT",
+        "--gap",
+        &format!("BTCUSDT:{gap_start}..{gap_end}"),
+    ]))
+    .await
+    .unwrap();
+    let nats = NatsServer::start();
+    let db = TestDb::fresh().await;
+    let stop = CancellationToken::new();
+    let cfg = kline_pg_sink::Config::parse_from([
+        "kline-pg-sink",
+        "--nats-url",
+        &nats.url(),
+        "--database-url",
+        &db.url,
+        "--metrics-addr",
+        "off",
+    ]);
+    let sink = tokio::spawn(kline_pg_sink::run(cfg, stop.child_token()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let cfg = kline_backfill::Config::parse_from([
+        "kline-backfill",
+        "--symbols",
+        "BTCUSDT",
+        "--timeframes",
+        "15m,1h",
+        "--days",
+        "5",
+        "--rest-url",
+        &sim.base_url(),
+        "--nats-url",
+        &nats.url(),
+        "--database-url",
+        &db.url,
+        "--progress",
+        "quiet",
+        "--verify",
+    ]);
+    let result = kline_backfill::run(cfg, CancellationToken::new())
+        .await
+        .unwrap();
+    // The backfill says "complete, but the exchange has gaps"; verification knows them.
+    assert_eq!(result.summary.exit_code(), 2);
+    let report = result.verification.as_ref().unwrap().as_ref().unwrap();
+    assert!(report.is_ok(), "{}", report.render_text());
+    let known: Vec<(String, i64, i64, i64)> = sqlx::query_as(
+        "SELECT timeframe::text, start_time, end_time, candles FROM exchange_gaps ORDER BY 1",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        known,
+        [
+            ("15m".to_owned(), gap_start, gap_end, 12),
+            ("1h".to_owned(), gap_start, gap_end, 3)
+        ]
+    );
+    // Without that knowledge the same data is incomplete, with exactly the gap listed.
+    sqlx::query("DELETE FROM exchange_gaps")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let req = klinebus_verify::VerifyRequest {
+        symbols: vec!["BTCUSDT".parse().unwrap()],
+        intervals: vec![klinebus_schemas::Interval::H1],
+        days: Some(5),
+        now_ms: T0,
+    };
+    let again = klinebus_verify::verify(&db.pool, &req).await;
+    let s = &again.results["BTCUSDT"]["1h"];
+    assert_eq!(s.status, klinebus_verify::Status::Incomplete);
+    assert_eq!(
+        (s.gaps[0].start, s.gaps[0].end),
+        (gap_start, gap_end - 3_600_000)
+    );
+    stop.cancel();
+    sink.await.unwrap().unwrap();
+}

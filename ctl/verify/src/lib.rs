@@ -8,9 +8,12 @@
 //! - completeness counts closed candles in the window against the expected number, and the
 //!   missing ranges are found in SQL with a window function over the primary-key index (nothing
 //!   is loaded into memory but the gaps themselves);
+//! - ranges the exchange itself has no candles for (`exchange_gaps`, recorded by
+//!   `kline-backfill --verify` and `klinectl verify --repair`) are neither expected nor missing;
 //! - a database that cannot be read is `error`, never disguised as `missing`.
 
 mod format;
+mod known;
 mod series;
 
 use std::collections::BTreeMap;
@@ -20,6 +23,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 
 pub use format::{datetime, human_age, human_limit};
+pub use known::{record_exchange_gaps, KnownGap};
 pub use series::{window, Gap, SeriesReport};
 
 /// Verdict for one series, and for the whole report (the worst of its series).

@@ -7,7 +7,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 
 use crate::format::{datetime, human_age, human_limit};
-use crate::Status;
+use crate::{known, Status};
 
 /// A run of missing candles inside the window (open times, both ends inclusive).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -151,6 +151,21 @@ async fn query(
         let last_open = interval.align(g.end);
         g.end = last_open;
         g.end_datetime = datetime(last_open);
+    }
+    // Ranges the exchange itself has no candles for are neither expected nor missing.
+    let known = known::load(pool, sym, interval, start, end).await?;
+    let expected = expected - known::known_candles(interval, &known, start, end);
+    if !known.is_empty() {
+        gaps = gaps
+            .iter()
+            .flat_map(|g| known::subtract(g.start, interval.next_open(g.end), &known))
+            .map(|(s, e)| {
+                let mut g = gap(interval, s, e - 1);
+                g.end = interval.align(e - 1);
+                g.end_datetime = datetime(g.end);
+                g
+            })
+            .collect();
     }
 
     let mut issues = Vec::new();

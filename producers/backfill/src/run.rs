@@ -109,7 +109,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let summary = run_backfill(&plan, &rest, &js, options, &shutdown).await;
     print!("{}", summary.render());
     let verification = if config.verify && summary.errors() == 0 {
-        let v = verify_after_backfill(&config, &plan, &js, &shutdown).await;
+        let v = verify_after_backfill(&config, &plan, &summary, &js, &shutdown).await;
         match &v {
             Ok(report) => print!("\n{}", report.render_text()),
             Err(e) => println!("\nVerification failed: {e}"),
@@ -128,6 +128,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 async fn verify_after_backfill(
     config: &Config,
     plan: &Plan,
+    summary: &Summary,
     js: &Context,
     shutdown: &CancellationToken,
 ) -> Result<klinebus_verify::Report, String> {
@@ -150,6 +151,20 @@ async fn verify_after_backfill(
         .connect(&config.database_url)
         .await
         .map_err(|e| format!("cannot connect to the database: {e}"))?;
+    // The exchange's own gaps become known, so verification does not count them as missing.
+    for series in &summary.series {
+        let gaps: Vec<_> = series
+            .gaps
+            .iter()
+            .map(|g| klinebus_verify::KnownGap {
+                start: g.start_ms,
+                end: g.end_ms,
+            })
+            .collect();
+        klinebus_verify::record_exchange_gaps(&pool, &series.symbol, series.interval, &gaps)
+            .await
+            .map_err(|e| format!("cannot record exchange gaps: {e}"))?;
+    }
     let request = klinebus_verify::VerifyRequest {
         symbols: config.symbols.0.clone(),
         intervals: config.timeframes.0.clone(),

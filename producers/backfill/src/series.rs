@@ -39,6 +39,9 @@ struct Run<'a> {
     js: &'a Context,
     server_now_ms: i64,
     progress: &'a SeriesProgress,
+    /// Checked before each REST request, never in the middle of publishing a page, so every
+    /// candle sent to the bus is also counted.
+    cancel: &'a CancellationToken,
     report: SeriesReport,
     /// Per page, a task awaiting its acks (so ack permits are released as acks arrive, whatever
     /// this series is doing; holding unpolled ack futures would block the other series'
@@ -63,6 +66,7 @@ pub async fn backfill_series(
         js,
         server_now_ms,
         progress,
+        cancel,
         report: SeriesReport {
             symbol: plan.symbol.clone(),
             interval: plan.interval,
@@ -78,11 +82,7 @@ pub async fn backfill_series(
         acks: VecDeque::new(),
         listed: false,
     };
-    let fetched = tokio::select! {
-        biased;
-        () = cancel.cancelled() => Err(Stop::Cancelled),
-        r = run.fetch_all() => r,
-    };
+    let fetched = run.fetch_all().await;
     // Whatever happened, wait for what was sent: acked candles count, failures are reported.
     let flushed = run.flush_all().await;
     run.report.status = match (fetched, flushed) {
@@ -185,12 +185,16 @@ impl Run<'_> {
         end: i64,
         limit: u16,
     ) -> Result<Vec<klinebus_binance::RestKline>, Stop> {
+        if self.cancel.is_cancelled() {
+            return Err(Stop::Cancelled);
+        }
         self.report.requests += 1;
         let p = self.plan;
-        Ok(self
-            .rest
-            .klines(&p.symbol, p.interval, start, Some(end), limit)
-            .await?)
+        tokio::select! {
+            biased;
+            () = self.cancel.cancelled() => Err(Stop::Cancelled),
+            r = self.rest.klines(&p.symbol, p.interval, start, Some(end), limit) => Ok(r?),
+        }
     }
 
     async fn publish(&mut self, events: Vec<klinebus_schemas::KlineEvent>) -> Result<(), Stop> {

@@ -228,9 +228,20 @@ async fn interrupted_run_resumes_without_refetching() {
     let plan = plan(&e, "BTCUSDT", &[Interval::M1], 6000).await;
     let cancel = CancellationToken::new();
     let c2 = cancel.clone();
+    let js = e.js.clone();
+    // Interrupt once the first page is stored (not after a fixed time: a loaded machine may
+    // not have stored anything by then).
     tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(150)).await;
-        c2.cancel();
+        loop {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            let Ok(mut stream) = js.get_stream("KLINES").await else {
+                continue;
+            };
+            if stream.info().await.is_ok_and(|i| i.state.messages > 0) {
+                c2.cancel();
+                return;
+            }
+        }
     });
     let first = backfill(&e, &plan, &cancel).await;
     assert_eq!(first.series[0].status, Status::Cancelled);
