@@ -1,38 +1,81 @@
-//! The benchmark behind `live-bench` (feature `bench`): the real `kline-live` binary (a child
-//! process, so its CPU and memory are its own) streams N symbols × timeframes from an
-//! in-process binance-sim at real speed into a private nats-server. A core-NATS subscriber
-//! measures, per WebSocket event, the time from the producer receiving the frame
-//! (`received_at`) to the event arriving on the bus; the child's CPU time and RSS are read from
-//! `/proc`.
+//! The benchmarks behind `live-bench` (feature `bench`), in two modes.
+//!
+//! * `--mode cpu` (default): the real `kline-live` binary (a child process, so its CPU and
+//!   memory are its own) streams N symbols × timeframes from an in-process binance-sim at real
+//!   speed into a private nats-server. A core-NATS subscriber measures, per WebSocket event, the
+//!   time from the producer receiving the frame (`received_at`) to the event arriving on the
+//!   bus; the child's CPU time and RSS are read from `/proc`.
+//! * `--mode latency`: the whole pipeline, binance-sim → `kline-live` → JetStream →
+//!   `kline-pg-sink` → PostgreSQL, both services as child processes of this one. A throwaway
+//!   database (`kb_livebench_<pid>`, migrated, dropped at the end) gets a trigger that
+//!   `NOTIFY`s every inserted or replaced `ohlcv_candles` row; PostgreSQL delivers a
+//!   notification when its transaction commits, so the time it reaches this process, minus the
+//!   row's exchange event time (`E`, read on the simulator's clock), is the event → committed
+//!   latency. Forming and closed candles are reported separately, next to the event → bus
+//!   latency of the same run (a core-NATS subscriber) for a breakdown.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
-use clap::Parser;
+use anyhow::{bail, Context as _};
+use clap::{Parser, ValueEnum};
 use futures::StreamExt;
 use klinebus_binance::limiter::wall_now_ms;
 use klinebus_schemas::{bus, codec, KlineEvent};
+use sqlx::postgres::PgListener;
+use sqlx::PgPool;
 
-/// Measures kline-live's publish latency, CPU and memory for many streams.
+/// What to measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// kline-live alone: frame received → on the bus, CPU and RSS.
+    Cpu,
+    /// The whole pipeline: exchange event time → row committed in PostgreSQL (p50/p99).
+    Latency,
+}
+
+/// Measures kline-live's publish latency, CPU and memory for many streams, or the whole
+/// pipeline's event → committed-row latency (`--mode latency`).
 #[derive(Debug, Clone, Parser)]
 #[command(name = "live-bench")]
 pub struct BenchArgs {
-    /// Number of symbols (each streamed for every timeframe).
-    #[arg(long, default_value_t = 100)]
-    pub symbols: usize,
+    /// What to measure.
+    #[arg(long, value_enum, default_value_t = Mode::Cpu)]
+    pub mode: Mode,
+    /// Number of symbols, each streamed for every timeframe (default: 100 for cpu, 25 for
+    /// latency; latency mode uses the simulator's default symbols first).
+    #[arg(long)]
+    pub symbols: Option<usize>,
     /// Timeframes.
     #[arg(long, default_value = "1m,1h")]
     pub timeframes: String,
-    /// Measured run time (e.g. 30s).
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
-    pub duration: Duration,
+    /// Measured run time (default: 30s for cpu, 60s for latency).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub duration: Option<Duration>,
     /// Warm-up before measuring.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub warmup: Duration,
     /// The kline-live binary (default: next to this one).
     #[arg(long)]
     pub binary: Option<PathBuf>,
+    /// Latency mode: the kline-pg-sink binary (default: next to this one; build it with
+    /// `cargo build --release -p kline-pg-sink`).
+    #[arg(long)]
+    pub sink_binary: Option<PathBuf>,
+    /// Latency mode: PostgreSQL admin URL, used to create and drop the throwaway database
+    /// (default: `DATABASE_ADMIN_URL`, else postgres://postgres@127.0.0.1:5432/postgres).
+    #[arg(long)]
+    pub admin_url: Option<String>,
+    /// Latency mode: simulator speed (latencies are converted back to wall milliseconds).
+    #[arg(long, default_value_t = 1.0)]
+    pub speed: f64,
+    /// Extra simulator argument, e.g. `--sim-arg=--ws-update-ms=500`. Repeatable.
+    #[arg(long = "sim-arg", allow_hyphen_values = true)]
+    pub sim_args: Vec<String>,
+    /// Latency mode: extra kline-pg-sink argument, e.g. `--sink-arg=--batch-size=100`.
+    /// Repeatable.
+    #[arg(long = "sink-arg", allow_hyphen_values = true)]
+    pub sink_args: Vec<String>,
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -41,6 +84,18 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     }
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
+}
+
+/// `n: N  p50 …  p99 …  max …` of unsorted samples (sorted in place).
+fn summary(samples: &mut [f64]) -> String {
+    samples.sort_by(f64::total_cmp);
+    format!(
+        "n {:>5}  p50 {:>6.1}  p99 {:>6.1}  max {:>6.1}",
+        samples.len(),
+        percentile(samples, 0.5),
+        percentile(samples, 0.99),
+        samples.last().copied().unwrap_or(f64::NAN)
+    )
 }
 
 /// (user+system CPU seconds, RSS now in MiB, peak RSS in MiB) of `pid`.
@@ -65,32 +120,55 @@ fn proc_usage(pid: u32) -> anyhow::Result<(f64, f64, f64)> {
     Ok((cpu, kb("VmRSS:"), kb("VmHWM:")))
 }
 
+/// A binary next to the running one.
+fn sibling(name: &str) -> anyhow::Result<PathBuf> {
+    Ok(std::env::current_exe()?
+        .parent()
+        .context("no directory for the current executable")?
+        .join(name))
+}
+
+/// Sends SIGTERM to `pid` and waits up to 15 s; says how it ended.
+async fn terminate(child: &mut tokio::process::Child, pid: u32, name: &str) {
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    match tokio::time::timeout(Duration::from_secs(15), child.wait()).await {
+        Ok(Ok(s)) => println!("{name} exit after SIGTERM: {s}"),
+        _ => println!("{name} did not exit within 15 s of SIGTERM"),
+    }
+}
+
 /// Runs the benchmark and prints the report.
 pub async fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
-    let symbols: Vec<String> = (0..args.symbols)
+    match args.mode {
+        Mode::Cpu => run_cpu(args).await,
+        Mode::Latency => run_latency(args).await,
+    }
+}
+
+async fn run_cpu(args: BenchArgs) -> anyhow::Result<()> {
+    let duration = args.duration.unwrap_or(Duration::from_secs(30));
+    let symbols: Vec<String> = (0..args.symbols.unwrap_or(100))
         .map(|i| format!("BENCH{i:03}USDT"))
         .collect();
     let streams = symbols.len() * args.timeframes.split(',').count();
-    let sim_args = [
-        "binance-sim",
-        "--no-limits",
-        "--symbols",
-        &symbols.join(","),
-    ];
+    let joined = symbols.join(",");
+    let sim_args = ["binance-sim", "--no-limits", "--symbols", &joined]
+        .into_iter()
+        .map(String::from)
+        .chain(args.sim_args.iter().cloned());
     let sim = binance_sim::spawn(binance_sim::Config::parse_from(sim_args)).await?;
     let nats = klinebus_testkit::NatsServer::start();
     let client = bus::connect(&bus::BusOptions::new(nats.url(), "live-bench")).await?;
     let binary = match args.binary.clone() {
         Some(b) => b,
-        None => std::env::current_exe()?
-            .parent()
-            .context("no directory for the current executable")?
-            .join("kline-live"),
+        None => sibling("kline-live")?,
     };
     let metrics_addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let mut sub = client.subscribe("klines.ws.>").await?;
     let mut child = tokio::process::Command::new(&binary)
-        .env("TRADING_PAIRS", symbols.join(","))
+        .env("TRADING_PAIRS", &joined)
         .env("TIMEFRAMES", &args.timeframes)
         .env("BINANCE_WS_URL", sim.ws_url())
         .env("BINANCE_REST_URL", sim.base_url())
@@ -106,7 +184,7 @@ pub async fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         symbols.len(),
         args.timeframes,
         args.warmup,
-        args.duration
+        duration
     );
     tokio::time::sleep(args.warmup).await;
     while tokio::time::timeout(Duration::from_millis(1), sub.next())
@@ -115,7 +193,7 @@ pub async fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     {}
     let (cpu0, _, _) = proc_usage(pid)?;
     let started = Instant::now();
-    let end = started + args.duration;
+    let end = started + duration;
     let mut latencies = Vec::new();
     let mut decode_errors = 0u64;
     while let Ok(Some(msg)) = tokio::time::timeout_at(end.into(), sub.next()).await {
@@ -126,10 +204,7 @@ pub async fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     }
     let elapsed = started.elapsed().as_secs_f64();
     let (cpu1, rss, peak) = proc_usage(pid)?;
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status();
-    let status = tokio::time::timeout(Duration::from_secs(15), child.wait()).await;
+    terminate(&mut child, pid, "kline-live").await;
     latencies.sort_by(f64::total_cmp);
     println!(
         "events: {} ({:.0}/s), decode errors: {decode_errors}",
@@ -146,9 +221,258 @@ pub async fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         "kline-live CPU: {:.1} % of one core; RSS {rss:.1} MiB (peak {peak:.1} MiB)",
         (cpu1 - cpu0) / elapsed * 100.0
     );
-    match status {
-        Ok(Ok(s)) => println!("exit after SIGTERM: {s}"),
-        _ => println!("kline-live did not exit within 15 s of SIGTERM"),
+    Ok(())
+}
+
+/// Notifies channel `kb_livebench` with `source,is_closed,event_time,symbol,timeframe` for
+/// every row the sink inserts or replaces. Created only in the throwaway database.
+const NOTIFY_TRIGGER: &str = r#"
+CREATE FUNCTION kb_livebench_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('kb_livebench', NEW.source || ',' || NEW.is_closed::text || ','
+        || NEW.event_time::text || ',' || NEW.symbol || ',' || NEW.timeframe);
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER kb_livebench_notify AFTER INSERT OR UPDATE ON ohlcv_candles
+    FOR EACH ROW EXECUTE FUNCTION kb_livebench_notify();
+"#;
+
+async fn run_latency(args: BenchArgs) -> anyhow::Result<()> {
+    if !args.speed.is_finite() || args.speed <= 0.0 {
+        bail!("--speed must be positive");
     }
+    let admin_url = args
+        .admin_url
+        .clone()
+        .unwrap_or_else(klinebus_testkit::admin_url);
+    let name = format!("kb_livebench_{}", std::process::id());
+    let admin = PgPool::connect(&admin_url)
+        .await
+        .with_context(|| format!("connecting to {admin_url}"))?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+    )))
+    .execute(&admin)
+    .await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&admin)
+        .await?;
+    let db_url = match admin_url.rsplit_once('/') {
+        Some((base, _)) => format!("{base}/{name}"),
+        None => bail!("admin URL without a database: {admin_url}"),
+    };
+    let result = measure_latency(&args, &db_url).await;
+    let dropped = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+    )))
+    .execute(&admin)
+    .await;
+    admin.close().await;
+    result?;
+    dropped.with_context(|| format!("dropping {name}"))?;
+    Ok(())
+}
+
+/// Latency samples of one kind, in wall milliseconds.
+#[derive(Default)]
+struct Samples {
+    forming: Vec<f64>,
+    closed: Vec<f64>,
+}
+
+impl Samples {
+    fn push(&mut self, closed: bool, ms: f64) {
+        if closed {
+            self.closed.push(ms);
+        } else {
+            self.forming.push(ms);
+        }
+    }
+
+    fn print(&mut self, what: &str) {
+        let mut all: Vec<f64> = self.forming.iter().chain(&self.closed).copied().collect();
+        println!("{what} (ms):");
+        println!("  all      {}", summary(&mut all));
+        println!("  forming  {}", summary(&mut self.forming));
+        println!("  closed   {}", summary(&mut self.closed));
+    }
+
+    fn p99_all(&self) -> f64 {
+        let mut all: Vec<f64> = self.forming.iter().chain(&self.closed).copied().collect();
+        all.sort_by(f64::total_cmp);
+        percentile(&all, 0.99)
+    }
+}
+
+async fn measure_latency(args: &BenchArgs, db_url: &str) -> anyhow::Result<()> {
+    let duration = args.duration.unwrap_or(Duration::from_secs(60));
+    let n = args.symbols.unwrap_or(25);
+    let mut symbols: Vec<String> = binance_sim::symbols::DEFAULT_SYMBOLS
+        .split(',')
+        .take(n)
+        .map(String::from)
+        .collect();
+    let mut i = 0;
+    while symbols.len() < n {
+        symbols.push(format!("BENCH{i:03}USDT"));
+        i += 1;
+    }
+    let streams = symbols.len() * args.timeframes.split(',').count();
+    let joined = symbols.join(",");
+    let speed = args.speed.to_string();
+    let sim_args = [
+        "binance-sim",
+        "--no-limits",
+        "--speed",
+        &speed,
+        "--symbols",
+        &joined,
+    ]
+    .into_iter()
+    .map(String::from)
+    .chain(args.sim_args.iter().cloned());
+    let sim = binance_sim::spawn(binance_sim::Config::parse_from(sim_args)).await?;
+    let clock = sim.clock();
+    // Wall milliseconds since simulated time `sim_ms`.
+    let since = move |sim_ms: i64| (clock.now_ms() - sim_ms) as f64 / args.speed;
+
+    let nats = klinebus_testkit::NatsServer::start();
+    let pool = PgPool::connect(db_url).await?;
+    klinebus_migrations::run(&pool).await?;
+    sqlx::raw_sql(NOTIFY_TRIGGER).execute(&pool).await?;
+    let mut listener = PgListener::connect(db_url).await?;
+    listener.listen("kb_livebench").await?;
+    let client = bus::connect(&bus::BusOptions::new(nats.url(), "live-bench")).await?;
+    let mut sub = client.subscribe("klines.ws.>").await?;
+
+    let sink_bin = match args.sink_binary.clone() {
+        Some(b) => b,
+        None => sibling("kline-pg-sink")?,
+    };
+    if !sink_bin.exists() {
+        bail!(
+            "{} not found: build it with `cargo build --release -p kline-pg-sink` or pass --sink-binary",
+            sink_bin.display()
+        );
+    }
+    let mut sink = tokio::process::Command::new(&sink_bin)
+        .args(["--nats-url", &nats.url(), "--database-url", db_url])
+        .args(["--consumer", "live-bench", "--metrics-addr", "off"])
+        .arg("--no-migrate")
+        .args(&args.sink_args)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {}", sink_bin.display()))?;
+    let sink_pid = sink.id().context("kline-pg-sink exited at once")?;
+
+    let live_bin = match args.binary.clone() {
+        Some(b) => b,
+        None => sibling("kline-live")?,
+    };
+    let metrics_addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let mut live = tokio::process::Command::new(&live_bin)
+        .env("TRADING_PAIRS", &joined)
+        .env("TIMEFRAMES", &args.timeframes)
+        .env("BINANCE_WS_URL", sim.ws_url())
+        .env("BINANCE_REST_URL", sim.base_url())
+        .env("NATS_URL", nats.url())
+        .env("METRICS_ADDR", metrics_addr.to_string())
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {}", live_bin.display()))?;
+    let live_pid = live.id().context("kline-live exited at once")?;
+    println!(
+        "live-bench latency: {streams} streams ({} symbols × {}), sim speed {}, warm-up {:?}, \
+         measuring {:?}",
+        symbols.len(),
+        args.timeframes,
+        args.speed,
+        args.warmup,
+        duration
+    );
+
+    // Warm-up: connections, stream and consumer creation, start-up repair.
+    let warm_end = Instant::now() + args.warmup;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(warm_end.into()) => break,
+            n = listener.recv() => { n?; }
+            m = sub.next() => { if m.is_none() { bail!("bus subscription ended"); } }
+        }
+    }
+    for (pid, name) in [(sink_pid, "kline-pg-sink"), (live_pid, "kline-live")] {
+        if proc_usage(pid).is_err() {
+            bail!("{name} is not running after the warm-up");
+        }
+    }
+    let (live_cpu0, _, _) = proc_usage(live_pid)?;
+    let (sink_cpu0, _, _) = proc_usage(sink_pid)?;
+    let started = Instant::now();
+    let end = started + duration;
+    let mut committed = Samples::default();
+    let mut on_bus = Samples::default();
+    let mut other_sources = 0u64;
+    let mut bad = 0u64;
+    loop {
+        tokio::select! {
+            biased;
+            n = listener.recv() => {
+                let n = n?;
+                let mut f = n.payload().split(',');
+                let (source, closed, event_time) = (f.next(), f.next(), f.next());
+                match (closed, event_time.and_then(|e| e.parse::<i64>().ok())) {
+                    (Some(c), Some(e)) if source == Some("ws") => {
+                        committed.push(c == "true", since(e));
+                    }
+                    (Some(_), Some(_)) => other_sources += 1,
+                    _ => bad += 1,
+                }
+            }
+            m = sub.next() => match m {
+                Some(m) => match codec::decode::<KlineEvent>(&m.payload) {
+                    Ok(ev) => on_bus.push(ev.closed, since(ev.event_time)),
+                    Err(_) => bad += 1,
+                },
+                None => bail!("bus subscription ended"),
+            },
+            _ = tokio::time::sleep_until(end.into()) => break,
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let (live_cpu1, live_rss, _) = proc_usage(live_pid)?;
+    let (sink_cpu1, sink_rss, _) = proc_usage(sink_pid)?;
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM ohlcv_candles")
+        .fetch_one(&pool)
+        .await?;
+    terminate(&mut live, live_pid, "kline-live").await;
+    terminate(&mut sink, sink_pid, "kline-pg-sink").await;
+    pool.close().await;
+    drop(listener);
+
+    println!(
+        "ws events on the bus: {} ({:.1}/s); committed ws row versions: {} ({:.1}/s); \
+         other sources: {other_sources}; undecodable: {bad}; rows in table: {rows}",
+        on_bus.forming.len() + on_bus.closed.len(),
+        (on_bus.forming.len() + on_bus.closed.len()) as f64 / elapsed,
+        committed.forming.len() + committed.closed.len(),
+        (committed.forming.len() + committed.closed.len()) as f64 / elapsed,
+    );
+    on_bus.print("exchange event time → on the bus");
+    let p99 = committed.p99_all();
+    committed.print("exchange event time → row committed in PostgreSQL (NOTIFY received)");
+    println!(
+        "target p99 < 25 ms: {} (p99 {p99:.1} ms)",
+        if p99 < 25.0 { "MET" } else { "MISSED" }
+    );
+    println!(
+        "CPU (% of one core): kline-live {:.1} (RSS {live_rss:.1} MiB), kline-pg-sink {:.1} \
+         (RSS {sink_rss:.1} MiB)",
+        (live_cpu1 - live_cpu0) / elapsed * 100.0,
+        (sink_cpu1 - sink_cpu0) / elapsed * 100.0,
+    );
     Ok(())
 }

@@ -13,6 +13,9 @@
 //! - [`aggregate`]: trending/ranging regime and the strength-weighted vote.
 //! - [`series`]: [`SeriesState`] — `new`, `apply`, `warm`, `lookback`; replay and gap rules.
 //! - [`config`]: [`Config`] from TOML (`signals.example.toml` lists every default).
+//! - [`service`]: the `kline-signals` sink binary's library: [`run`] consumes
+//!   `candles.closed.>` from JetStream, warms series from PostgreSQL, upserts `signals` rows and
+//!   publishes `signals.<venue>.<symbol>.<interval>` events ([`SinkConfig`] for the flags).
 //!
 //! ```
 //! use kline_signals::{Candle, Config, Outcome, SeriesState};
@@ -32,6 +35,7 @@ pub mod candle;
 pub mod config;
 pub mod indicators;
 pub mod series;
+pub mod service;
 pub mod snapshot;
 pub mod strategies;
 
@@ -39,5 +43,6 @@ pub use aggregate::Regime;
 pub use candle::{Candle, CandleError};
 pub use config::{Config, ConfigError};
 pub use series::{lookback, Outcome, SeriesState, SignalReport};
+pub use service::{run, ServiceError, SinkConfig};
 pub use snapshot::IndicatorValues;
 pub use strategies::{Action, StrategyId, StrategySignal};
