@@ -1,0 +1,11 @@
+//! `kline-signals`: see the library docs (`kline_signals::service`) and `--help`.
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = kline_signals::SinkConfig::parse();
+    klinebus_svc::init_tracing();
+    kline_signals::run(config, klinebus_svc::shutdown_token()).await?;
+    Ok(())
+}

@@ -1,0 +1,209 @@
+//! Command line and environment of the `kline-signals` binary. Every doc comment here is
+//! `--help` text.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use klinebus_consume::StartFrom;
+
+/// Consumes closed-candle events (`candles.closed.>` on the CANDLES stream, published by
+/// kline-pg-sink after each commit) through a durable pull consumer, computes indicator and
+/// strategy signals per (symbol, timeframe), upserts them into the `signals` table and publishes
+/// each on `signals.<venue>.<symbol>.<interval>`.
+///
+/// Run exactly ONE instance per consumer name: indicator state needs every series in order. A
+/// second instance waits on a PostgreSQL advisory lock until the first one stops.
+#[derive(Clone, Parser)]
+#[command(name = "kline-signals", version)]
+pub struct SinkConfig {
+    /// NATS server URL(s), comma-separated (`tls://` forces TLS).
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+
+    /// NATS credentials file (JWT + NKey seed).
+    #[arg(long, env = "NATS_CREDS")]
+    pub nats_creds: Option<PathBuf>,
+
+    /// NATS user name (with --nats-password).
+    #[arg(long, env = "NATS_USER")]
+    pub nats_user: Option<String>,
+
+    /// NATS password.
+    #[arg(long, env = "NATS_PASSWORD", hide_env_values = true)]
+    pub nats_password: Option<String>,
+
+    /// NATS authentication token.
+    #[arg(long, env = "NATS_TOKEN", hide_env_values = true)]
+    pub nats_token: Option<String>,
+
+    /// PostgreSQL connection URL.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/klinebus",
+        hide_env_values = true
+    )]
+    pub database_url: String,
+
+    /// Strategy and indicator parameters (TOML; see `signals.example.toml`). Without it the
+    /// documented defaults apply.
+    #[arg(long, env = "SIGNALS_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Durable consumer name on the CANDLES stream. Also names the dead-letter subject
+    /// `dlq.<consumer>` and the ownership lock.
+    #[arg(long = "consumer", env = "SIGNALS_CONSUMER", default_value = "signals")]
+    pub consumer: String,
+
+    /// Subject filter of the durable consumer (applies when it is created), e.g.
+    /// `candles.closed.binance.BTCUSDT.>` to compute only some series.
+    #[arg(
+        long,
+        env = "SIGNALS_FILTER_SUBJECT",
+        default_value = "candles.closed.>"
+    )]
+    pub filter_subject: String,
+
+    /// Most messages pulled per request (they are still processed one by one, in stream order).
+    #[arg(long, env = "SIGNALS_BATCH_SIZE", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub batch_size: u32,
+
+    /// Most delivered, un-acked messages (applies when the consumer is created). 1, the default,
+    /// makes the server itself keep stream order even across crashes and redeliveries: the next
+    /// message is delivered only after the previous one was acked. Larger values pipeline
+    /// deliveries (faster replays), but a message redelivered after a crash can then arrive
+    /// after newer ones of its series, which treats it as a replay and skips its signal.
+    #[arg(long, env = "SIGNALS_MAX_ACK_PENDING", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_ack_pending: u32,
+
+    /// Seconds a delivered message may stay un-acked before the server redelivers it (applies
+    /// when the consumer is created, e.g. with --replay-from).
+    #[arg(long, env = "SIGNALS_ACK_WAIT_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub ack_wait_secs: u64,
+
+    /// Closed candles read from `ohlcv_candles` to warm a series the first time it is seen (and
+    /// after a gap in the events). At least the strategies' lookback is always read. EMA and
+    /// Wilder averages remember their seed; 1000 candles make that memory smaller than f64
+    /// precision with the default periods, so a restart reproduces the continuous run.
+    #[arg(long, env = "SIGNALS_WARM_CANDLES", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub warm_candles: u32,
+
+    /// Also store warm-up/gap outcomes as rows with action `insufficient_data` (confidence 0,
+    /// regime `unknown`). Without it they are only logged and counted.
+    #[arg(long, env = "SIGNALS_STORE_INSUFFICIENT")]
+    pub store_insufficient: bool,
+
+    /// Largest number of PostgreSQL connections (plus one held for the ownership lock).
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 2)]
+    pub max_connections: u32,
+
+    /// Address of the /metrics and /health endpoint; `off` or empty disables it.
+    #[arg(long, env = "METRICS_ADDR", default_value = "127.0.0.1:9103")]
+    pub metrics_addr: String,
+
+    /// Recovery: delete and recreate the durable consumer, delivering from `all`, an RFC 3339
+    /// time, or a stream sequence number. Signals are recomputed (warming from Postgres) and the
+    /// upsert makes the replay harmless.
+    #[arg(long, value_parser = StartFrom::parse_replay)]
+    pub replay_from: Option<StartFrom>,
+
+    /// Do not apply pending database migrations at start-up.
+    #[arg(long, env = "SIGNALS_NO_MIGRATE")]
+    pub no_migrate: bool,
+}
+
+impl SinkConfig {
+    /// The ack wait as a duration.
+    pub fn ack_wait(&self) -> Duration {
+        Duration::from_secs(self.ack_wait_secs)
+    }
+
+    /// The telemetry address, `None` when disabled.
+    pub fn metrics_addr(&self) -> Result<Option<std::net::SocketAddr>, std::net::AddrParseError> {
+        let a = self.metrics_addr.trim();
+        if a.is_empty() || a.eq_ignore_ascii_case("off") {
+            return Ok(None);
+        }
+        a.parse().map(Some)
+    }
+}
+
+/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((auth, host)) = rest.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    match auth.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+impl std::fmt::Debug for SinkConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hidden = |o: &Option<String>| o.as_ref().map(|_| "<redacted>");
+        f.debug_struct("SinkConfig")
+            .field("nats_url", &redact_url(&self.nats_url))
+            .field("nats_creds", &self.nats_creds)
+            .field("nats_user", &self.nats_user)
+            .field("nats_password", &hidden(&self.nats_password))
+            .field("nats_token", &hidden(&self.nats_token))
+            .field("database_url", &redact_url(&self.database_url))
+            .field("config", &self.config)
+            .field("consumer", &self.consumer)
+            .field("filter_subject", &self.filter_subject)
+            .field("batch_size", &self.batch_size)
+            .field("max_ack_pending", &self.max_ack_pending)
+            .field("ack_wait_secs", &self.ack_wait_secs)
+            .field("warm_candles", &self.warm_candles)
+            .field("store_insufficient", &self.store_insufficient)
+            .field("max_connections", &self.max_connections)
+            .field("metrics_addr", &self.metrics_addr)
+            .field("replay_from", &self.replay_from)
+            .field("no_migrate", &self.no_migrate)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn defaults_and_flags() {
+        let c = SinkConfig::try_parse_from(["kline-signals"]).unwrap();
+        assert_eq!(c.consumer, "signals");
+        assert_eq!(c.filter_subject, "candles.closed.>");
+        assert_eq!(c.warm_candles, 1000);
+        assert_eq!(c.max_ack_pending, 1);
+        assert!(!c.store_insufficient && !c.no_migrate && c.config.is_none());
+        assert_eq!(
+            c.metrics_addr().unwrap(),
+            Some("127.0.0.1:9103".parse().unwrap())
+        );
+        let c = SinkConfig::try_parse_from([
+            "kline-signals",
+            "--metrics-addr",
+            "off",
+            "--database-url",
+            "postgres://u:hunter2@h/db",
+            "--nats-token",
+            "s3cret",
+            "--config",
+            "signals.toml",
+            "--replay-from",
+            "all",
+        ])
+        .unwrap();
+        assert!(c.metrics_addr().unwrap().is_none());
+        assert_eq!(c.replay_from, Some(StartFrom::All));
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("hunter2") && !dbg.contains("s3cret"), "{dbg}");
+        assert!(SinkConfig::try_parse_from(["x", "--warm-candles", "0"]).is_err());
+    }
+}

@@ -1,0 +1,451 @@
+//! The `kline-signals` service: closed-candle events in, signals out.
+//!
+//! - [`config`]: flags and environment (`kline-signals --help`).
+//! - [`store`]: warming history from `ohlcv_candles`, upserting `signals`, the ownership lock.
+//! - [`engine`]: per-series [`SeriesState`](crate::SeriesState)s, one event at a time.
+//! - [`run`]: wiring and the pull loop.
+//!
+//! ## Delivery and ordering
+//!
+//! The durable pull consumer (`signals` on the CANDLES stream, filter `candles.closed.>`) is
+//! prepared with [`klinebus_consume::Consumer::prepare`] and dead letters go through
+//! [`klinebus_consume::dlq`], like every klinebus sink. The batch loop of
+//! [`klinebus_consume::Consumer::run`] is not used: its decoder accepts only producer subjects
+//! (`klines.…`), and its nak-the-batch retry would let later candles of a series overtake an
+//! earlier one. Instead messages are handled strictly one by one in stream order; a retryable
+//! failure (database, publish) retries the *same* message in place with a growing pause
+//! (keeping it with in-progress acks), so nothing overtakes it. Each message is acked only
+//! after its row is committed and its signal event stored by the SIGNALS stream.
+//!
+//! The server keeps that order too: the consumer is created with `max_ack_pending` 1 (flag
+//! `--max-ack-pending`), so a message that was naked or whose process died is redelivered
+//! before anything newer is delivered.
+//!
+//! Indicator state needs each series in order, so there must be ONE owner: at start the
+//! service takes the PostgreSQL advisory lock `hashtext('kline-signals/<consumer>')` on a
+//! dedicated connection. A second instance logs that it is waiting and takes over when the
+//! first one stops; if the lock's connection is lost, the service stops with an error.
+//!
+//! ## Per event
+//!
+//! - open time ≤ the series' last one → `Replay`: nothing recomputed, acked.
+//! - new series, or a candle that does not follow the last one (a gap in the events) → the
+//!   series is rebuilt from the `--warm-candles` stored closed candles before it (index range
+//!   scan), then the event is applied. A gap that is also in the table resets the series: the
+//!   outcome is `InsufficientData` until enough consecutive candles have followed.
+//! - `Signal` → upsert into `signals` (`details` = the report as JSON), then publish the same
+//!   JSON on `signals.<venue>.<symbol>.<interval>` (`Nats-Msg-Id` =
+//!   `<venue>:<symbol>:<interval>:<open_time>`, header `Klinebus-Schema: signal/1`,
+//!   `Content-Type: application/json`), then ack.
+//! - `InsufficientData` → counted (`klinebus_signals_outcomes_total{outcome="insufficient_data"}`)
+//!   and logged; stored with action `insufficient_data` only with `--store-insufficient`.
+//!
+//! Replaying the events (`--replay-from all`, or after deleting the rows) recomputes the same
+//! signals: the upsert leaves identical rows untouched and the stream drops duplicate ids
+//! within its duplicate window.
+
+pub mod config;
+pub mod engine;
+pub mod store;
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind, Context};
+use futures::StreamExt;
+use klinebus_consume::{Backoff, ConsumeOptions, Consumer, StartFrom};
+use klinebus_schemas::bus::{self, BusOptions};
+use klinebus_schemas::codec::{self, SCHEMA_HEADER};
+use klinebus_schemas::streams::{
+    ConsumerSpec, Retention, CANDLES_STREAM, DLQ_STREAM, SIGNALS_STREAM,
+};
+use klinebus_schemas::{subjects, KlineEvent};
+use klinebus_svc::Health;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+pub use config::SinkConfig;
+pub use engine::{Engine, EngineError};
+use store::OwnerLock;
+
+/// Why the service stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// A flag value is unusable.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The strategy config file is unusable.
+    #[error(transparent)]
+    Strategy(#[from] crate::ConfigError),
+    /// The telemetry endpoint could not start.
+    #[error(transparent)]
+    Telemetry(#[from] klinebus_svc::TelemetryError),
+    /// NATS trouble at start-up.
+    #[error(transparent)]
+    Bus(#[from] bus::BusError),
+    /// A stream could not be checked.
+    #[error("JetStream: {0}")]
+    JetStream(String),
+    /// Migrations failed.
+    #[error("migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The durable consumer could not be prepared.
+    #[error(transparent)]
+    Consume(#[from] klinebus_consume::ConsumeError),
+    /// The ownership lock was lost (its connection died): another instance may take over.
+    #[error("lost the ownership lock: {0}")]
+    LockLost(String),
+    /// An event failed in a way retrying cannot fix.
+    #[error("{0}")]
+    Fatal(String),
+}
+
+/// NATS connection options from the config.
+pub fn bus_options(c: &SinkConfig) -> BusOptions {
+    BusOptions {
+        url: c.nats_url.clone(),
+        name: format!("kline-signals/{}", c.consumer),
+        creds_file: c.nats_creds.clone(),
+        user: c.nats_user.clone(),
+        password: c.nats_password.clone(),
+        token: c.nats_token.clone(),
+        require_tls: false,
+    }
+}
+
+/// The durable consumer on the CANDLES stream (`--max-ack-pending`, default 1: the server
+/// delivers the next message only after the previous one was acked, so order survives
+/// redeliveries).
+pub fn consume_options(c: &SinkConfig) -> ConsumeOptions {
+    let spec = ConsumerSpec {
+        stream: CANDLES_STREAM.into(),
+        durable: c.consumer.clone(),
+        filter_subject: c.filter_subject.clone(),
+        ack_wait: c.ack_wait(),
+        max_ack_pending: i64::from(c.max_ack_pending),
+    };
+    let mut o = ConsumeOptions::new(spec);
+    o.batch_size = c.batch_size as usize;
+    o.start = c.replay_from.clone().unwrap_or(StartFrom::Resume);
+    o
+}
+
+/// Retries `f` with a growing pause until it succeeds or `shutdown` fires (`None`).
+async fn until_ok<T, E: std::fmt::Display, F, Fut>(
+    what: &str,
+    shutdown: &CancellationToken,
+    mut f: F,
+) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    loop {
+        match f().await {
+            Ok(v) => return Some(v),
+            Err(e) => {
+                let d = backoff.fail();
+                tracing::warn!(error = %e, retry_in_ms = d.as_millis() as u64, "cannot reach {what} yet");
+                if !pause(d, shutdown).await {
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// Sleeps `d` unless shutdown comes first; false if it did.
+async fn pause(d: Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = shutdown.cancelled() => false,
+        _ = tokio::time::sleep(d) => true,
+    }
+}
+
+/// Creates the streams only if one this service uses is missing.
+async fn check_streams(js: &Context) -> Result<(), ServiceError> {
+    for name in [CANDLES_STREAM, SIGNALS_STREAM, DLQ_STREAM] {
+        if js.get_stream(name).await.is_err() {
+            tracing::info!(
+                stream = name,
+                "stream missing; creating the klinebus streams"
+            );
+            return bus::ensure_streams(js, &Retention::default())
+                .await
+                .map_err(|e| ServiceError::JetStream(e.to_string()));
+        }
+    }
+    Ok(())
+}
+
+/// Waits for the ownership lock (`None` if shutdown comes first).
+async fn acquire_lock(config: &SinkConfig, shutdown: &CancellationToken) -> Option<OwnerLock> {
+    let mut warned = false;
+    loop {
+        match OwnerLock::try_acquire(&config.database_url, &config.consumer).await {
+            Ok(Some(lock)) => {
+                tracing::info!(consumer = %config.consumer, "ownership lock taken");
+                return Some(lock);
+            }
+            Ok(None) => {
+                if !warned {
+                    tracing::warn!(consumer = %config.consumer,
+                        "another kline-signals instance owns consumer {:?} (PostgreSQL advisory \
+                         lock); signals need one instance per consumer — waiting until it stops",
+                        config.consumer);
+                    warned = true;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot take the ownership lock yet"),
+        }
+        if !pause(Duration::from_secs(2), shutdown).await {
+            return None;
+        }
+    }
+}
+
+/// Runs the service until `shutdown` fires (the pulled batch is finished and acked) and returns
+/// `Ok(())`; returns an error only for what retrying cannot fix.
+pub async fn run(config: SinkConfig, shutdown: CancellationToken) -> Result<(), ServiceError> {
+    tracing::info!(config = ?config, "starting kline-signals");
+    let strategy = match &config.config {
+        Some(path) => crate::Config::load(path)?,
+        None => crate::Config::default(),
+    };
+    let health = Health::default();
+    if let Some(addr) = config
+        .metrics_addr()
+        .map_err(|e| ServiceError::Config(format!("--metrics-addr: {e}")))?
+    {
+        let bound = klinebus_svc::serve_telemetry(addr, health.clone(), shutdown.clone()).await?;
+        tracing::info!(%bound, "serving /metrics and /health");
+    }
+    let opts = bus_options(&config);
+    let Some(client) = until_ok("NATS", &shutdown, || bus::connect(&opts)).await else {
+        return Ok(());
+    };
+    let js = bus::jetstream(client, 1024);
+    check_streams(&js).await?;
+    let max = config.max_connections.max(1);
+    let Some(pool) = until_ok("PostgreSQL", &shutdown, || {
+        PgPoolOptions::new()
+            .max_connections(max)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(&config.database_url)
+    })
+    .await
+    else {
+        return Ok(());
+    };
+    if !config.no_migrate {
+        klinebus_migrations::run(&pool).await?;
+        tracing::info!("migrations applied");
+    }
+    let Some(mut lock) = acquire_lock(&config, &shutdown).await else {
+        pool.close().await;
+        return Ok(());
+    };
+    health.set_ready(true);
+    let lookback = crate::lookback(&strategy);
+    let mut engine = Engine::new(
+        strategy,
+        pool.clone(),
+        Some(js.clone()),
+        config.warm_candles as usize,
+        config.store_insufficient,
+    );
+    tracing::info!(consumer = %config.consumer, filter = %config.filter_subject,
+        lookback, "consuming");
+    let result = consume(
+        &js,
+        &consume_options(&config),
+        &mut engine,
+        &mut lock,
+        &shutdown,
+    )
+    .await;
+    // Acks are fire-and-forget publishes: push them out before returning.
+    if tokio::time::timeout(Duration::from_secs(5), js.client().flush())
+        .await
+        .is_err()
+    {
+        tracing::warn!("flushing acks timed out");
+    }
+    health.set_ready(false);
+    lock.release().await;
+    pool.close().await;
+    tracing::info!(series = engine.series(), "kline-signals stopped");
+    result
+}
+
+/// What to do after a message.
+enum Flow {
+    Next,
+    Stop,
+}
+
+/// The pull loop: batches of at most `batch_size`, each message handled in order.
+async fn consume(
+    js: &Context,
+    opts: &ConsumeOptions,
+    engine: &mut Engine,
+    lock: &mut OwnerLock,
+    shutdown: &CancellationToken,
+) -> Result<(), ServiceError> {
+    let consumer = Consumer::new(js.clone(), opts.clone());
+    let mut pull = consumer.prepare(&opts.start).await?;
+    let durable = opts.spec.durable.as_str();
+    let mut stream_backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    while !shutdown.is_cancelled() {
+        lock.check()
+            .await
+            .map_err(|e| ServiceError::LockLost(e.to_string()))?;
+        let batch = pull
+            .batch()
+            .max_messages(opts.batch_size)
+            .expires(Duration::from_secs(1))
+            .messages()
+            .await;
+        let mut messages = match batch {
+            Ok(m) => m,
+            Err(e) => {
+                metrics::counter!("klinebus_signals_errors_total", "kind" => "pull").increment(1);
+                tracing::warn!(error = %e, "cannot pull; retrying");
+                if !pause(stream_backoff.fail(), shutdown).await {
+                    break;
+                }
+                if let Ok(c) = consumer.prepare(&StartFrom::Resume).await {
+                    pull = c;
+                }
+                continue;
+            }
+        };
+        loop {
+            // Finish what this batch already delivered; stop waiting for more on shutdown.
+            let next = tokio::select! {
+                biased;
+                m = messages.next() => m,
+                _ = shutdown.cancelled() => break,
+            };
+            let m = match next {
+                None => break,
+                Some(Ok(m)) => m,
+                Some(Err(e)) => {
+                    metrics::counter!("klinebus_signals_errors_total", "kind" => "pull")
+                        .increment(1);
+                    tracing::warn!(error = %e, "pull error; pulling again");
+                    pause(stream_backoff.fail(), shutdown).await;
+                    break;
+                }
+            };
+            stream_backoff.reset();
+            if let Flow::Stop = handle_message(js, durable, engine, &m, shutdown).await? {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Decodes a `candles.closed.<venue>.<symbol>.<interval>` message: schema header, MessagePack
+/// `KlineEvent`, `validate()`, the subject matching the payload.
+pub fn decode_closed(
+    subject: &str,
+    headers: Option<&async_nats::HeaderMap>,
+    payload: &[u8],
+) -> Result<KlineEvent, String> {
+    let version = headers
+        .and_then(|h| h.get(SCHEMA_HEADER))
+        .map(|v| v.as_str());
+    codec::check_version(version).map_err(|e| format!("version: {e}"))?;
+    let event: KlineEvent = codec::decode(payload).map_err(|e| format!("undecodable: {e}"))?;
+    event.validate().map_err(|e| format!("invalid: {e}"))?;
+    let expected = subjects::closed(&event.venue, &event.symbol, event.interval);
+    if subject != expected {
+        return Err(format!(
+            "subject: {subject:?} does not match payload {expected}"
+        ));
+    }
+    if !event.closed {
+        return Err(format!(
+            "invalid: candle at {} is not closed",
+            event.open_time
+        ));
+    }
+    Ok(event)
+}
+
+async fn dead_letter(js: &Context, durable: &str, m: &jetstream::Message, seq: u64, reason: &str) {
+    tracing::warn!(subject = %m.subject, stream_seq = seq, %reason, "poison message; dead-lettering");
+    match klinebus_consume::dlq::dead_letter(js, durable, m, seq, reason).await {
+        Ok(()) => {
+            metrics::counter!("klinebus_signals_dead_letters_total").increment(1);
+        }
+        Err(e) => {
+            metrics::counter!("klinebus_signals_errors_total", "kind" => "dlq").increment(1);
+            tracing::warn!(stream_seq = seq, error = %e, "dead-lettering failed; naked");
+            let _ = m.ack_with(AckKind::Nak(Some(Duration::from_secs(5)))).await;
+        }
+    }
+}
+
+/// Processes one message, retrying it in place until it succeeds, is dead-lettered, or
+/// shutdown comes (then it is naked for redelivery and the loop stops).
+async fn handle_message(
+    js: &Context,
+    durable: &str,
+    engine: &mut Engine,
+    m: &jetstream::Message,
+    shutdown: &CancellationToken,
+) -> Result<Flow, ServiceError> {
+    let seq = m.info().map_or(0, |i| i.stream_sequence);
+    metrics::counter!("klinebus_signals_messages_total").increment(1);
+    let event = match decode_closed(m.subject.as_str(), m.headers.as_ref(), &m.payload) {
+        Ok(e) => e,
+        Err(reason) => {
+            dead_letter(js, durable, m, seq, &reason).await;
+            return Ok(Flow::Next);
+        }
+    };
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    loop {
+        match engine.process(&event).await {
+            Ok(_) => {
+                if let Err(e) = m.ack().await {
+                    metrics::counter!("klinebus_signals_errors_total", "kind" => "ack")
+                        .increment(1);
+                    tracing::warn!(error = %e, stream_seq = seq, "ack failed; redelivery is a replay");
+                }
+                return Ok(Flow::Next);
+            }
+            Err(EngineError::Poison(reason)) => {
+                dead_letter(js, durable, m, seq, &format!("invalid: {reason}")).await;
+                return Ok(Flow::Next);
+            }
+            Err(EngineError::Retryable(reason)) => {
+                let d = backoff.fail();
+                tracing::warn!(stream_seq = seq, %reason, retry_in_ms = d.as_millis() as u64,
+                    failures = backoff.failures(), "event failed; retrying it in place");
+                let _ = m.ack_with(AckKind::Progress).await;
+                if !pause(d, shutdown).await {
+                    let _ = m.ack_with(AckKind::Nak(None)).await;
+                    return Ok(Flow::Stop);
+                }
+            }
+            Err(EngineError::Fatal(reason)) => {
+                let _ = m.ack_with(AckKind::Nak(None)).await;
+                tracing::error!(stream_seq = seq, %reason, "event failed fatally; stopping");
+                return Err(ServiceError::Fatal(reason));
+            }
+        }
+    }
+}
+
+/// A pool for tests and tools.
+pub async fn connect_db(url: &str, max: u32) -> Result<PgPool, sqlx::Error> {
+    PgPoolOptions::new()
+        .max_connections(max.max(1))
+        .connect(url)
+        .await
+}

@@ -1,0 +1,150 @@
+//! PostgreSQL: reading history to warm a series, upserting `signals` rows, and the ownership
+//! lock.
+
+use klinebus_schemas::{Interval, Symbol};
+use sqlx::postgres::PgConnection;
+use sqlx::types::Json;
+use sqlx::{Connection, PgPool};
+
+use crate::{Candle, SignalReport};
+
+/// Up to `limit` closed candles of one series opening strictly before `before`, oldest first.
+/// Reads the primary-key index backwards from `before` (no scan of older history). Rows whose
+/// prices cannot be used (never written by kline-pg-sink) end the history there, which the
+/// series treats like a gap.
+pub async fn load_history(
+    pool: &PgPool,
+    symbol: &Symbol,
+    interval: Interval,
+    before: i64,
+    limit: i64,
+) -> Result<Vec<Candle>, sqlx::Error> {
+    let rows: Vec<(i64, String, String, String, String, String)> = sqlx::query_as(
+        r#"SELECT "timestamp", open::text, high::text, low::text, close::text, volume::text
+           FROM ohlcv_candles
+           WHERE symbol = $1 AND timeframe = $2 AND "timestamp" < $3 AND is_closed
+           ORDER BY "timestamp" DESC
+           LIMIT $4"#,
+    )
+    .bind(symbol.as_str())
+    .bind(interval.as_str())
+    .bind(before)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for (t, o, h, l, c, v) in rows {
+        match Candle::from_text(t, &o, &h, &l, &c, &v) {
+            Ok(candle) => out.push(candle),
+            Err(e) => {
+                tracing::warn!(%symbol, %interval, open_time = t, error = %e,
+                    "unusable stored candle; history starts after it");
+                break;
+            }
+        }
+    }
+    out.reverse();
+    Ok(out)
+}
+
+/// One row of `signals`.
+#[derive(Debug, Clone)]
+pub struct SignalRow<'a> {
+    /// Symbol.
+    pub symbol: &'a Symbol,
+    /// Interval.
+    pub interval: Interval,
+    /// Candle open time.
+    pub open_time: i64,
+    /// `BUY`/`SELL`/`HOLD` or `insufficient_data`.
+    pub action: &'a str,
+    /// In [0, 1]; never NaN.
+    pub confidence: f64,
+    /// `trending`, `ranging` or `unknown`.
+    pub regime: &'a str,
+    /// The report (or the insufficient-data reason) as JSON.
+    pub details: serde_json::Value,
+}
+
+impl<'a> SignalRow<'a> {
+    /// The row for a report.
+    pub fn from_report(r: &'a SignalReport, details: serde_json::Value) -> Self {
+        Self {
+            symbol: &r.symbol,
+            interval: r.interval,
+            open_time: r.open_time,
+            action: match r.action {
+                crate::Action::Buy => "BUY",
+                crate::Action::Sell => "SELL",
+                crate::Action::Hold => "HOLD",
+            },
+            confidence: r.confidence,
+            regime: match r.regime {
+                crate::Regime::Trending => "trending",
+                crate::Regime::Ranging => "ranging",
+            },
+            details,
+        }
+    }
+}
+
+/// Inserts or updates one row; an identical row is left alone (its `updated_at` too). Returns
+/// true if something was written.
+pub async fn upsert_signal(pool: &PgPool, row: &SignalRow<'_>) -> Result<bool, sqlx::Error> {
+    let confidence = if row.confidence.is_finite() {
+        row.confidence.clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    let done = sqlx::query(
+        r#"INSERT INTO signals (symbol, timeframe, "timestamp", action, confidence, regime, details)
+           VALUES ($1, $2, $3, $4, $5, $6, $7)
+           ON CONFLICT (symbol, timeframe, "timestamp") DO UPDATE
+             SET action = EXCLUDED.action, confidence = EXCLUDED.confidence,
+                 regime = EXCLUDED.regime, details = EXCLUDED.details, updated_at = now()
+             WHERE (signals.action, signals.confidence, signals.regime, signals.details)
+                   IS DISTINCT FROM
+                   (EXCLUDED.action, EXCLUDED.confidence, EXCLUDED.regime, EXCLUDED.details)"#,
+    )
+    .bind(row.symbol.as_str())
+    .bind(row.interval.as_str())
+    .bind(row.open_time)
+    .bind(row.action)
+    .bind(confidence)
+    .bind(row.regime)
+    .bind(Json(&row.details))
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() > 0)
+}
+
+/// The advisory-lock key of a consumer name (`hashtext('kline-signals/<consumer>')`).
+const LOCK_SQL: &str = "SELECT pg_try_advisory_lock(hashtext('kline-signals/' || $1)::bigint)";
+
+/// A session-level advisory lock on a dedicated connection; released when dropped (the
+/// connection closes) or when the process dies.
+pub struct OwnerLock {
+    conn: PgConnection,
+}
+
+impl OwnerLock {
+    /// Tries to become the one owner of `consumer`; `Ok(None)` if another session holds it.
+    pub async fn try_acquire(url: &str, consumer: &str) -> Result<Option<Self>, sqlx::Error> {
+        let mut conn = PgConnection::connect(url).await?;
+        let (got,): (bool,) = sqlx::query_as(LOCK_SQL)
+            .bind(consumer)
+            .fetch_one(&mut conn)
+            .await?;
+        Ok(got.then_some(Self { conn }))
+    }
+
+    /// Checks the lock's connection is still alive (the lock dies with it).
+    pub async fn check(&mut self) -> Result<(), sqlx::Error> {
+        self.conn.ping().await
+    }
+
+    /// Closes the connection, releasing the lock.
+    pub async fn release(self) {
+        let _ = self.conn.close().await;
+    }
+}
