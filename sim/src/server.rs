@@ -99,6 +99,13 @@ async fn serve_app(
         "binance-sim serving"
     );
     let svc = router(app).into_make_service_with_connect_info::<SocketAddr>();
+    // Every WS event is its own small write: without TCP_NODELAY, Nagle plus the peer's delayed
+    // ACK holds some of them back ~40 ms, which Binance's servers do not do.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, svc)
         .with_graceful_shutdown(async move {
             shutdown.await;

@@ -76,7 +76,8 @@ impl KlineSocket {
     /// Opens `url` (see [`combined_url`]) within `timeout`. A refused upgrade (e.g. HTTP 503 or
     /// 429) is [`BinanceError::Transport`] naming the status.
     pub async fn connect(url: &str, timeout: Duration) -> Result<Self, BinanceError> {
-        let attempt = tokio_tungstenite::connect_async(url);
+        // No Nagle: pongs and control frames are tiny and latency-sensitive.
+        let attempt = tokio_tungstenite::connect_async_with_config(url, None, true);
         match tokio::time::timeout(timeout, attempt).await {
             Err(_) => Err(BinanceError::Transport(format!(
                 "WebSocket connect timed out after {timeout:?}"

@@ -11,8 +11,9 @@
 //!   `NOTIFY`s every inserted or replaced `ohlcv_candles` row; PostgreSQL delivers a
 //!   notification when its transaction commits, so the time it reaches this process, minus the
 //!   row's exchange event time (`E`, read on the simulator's clock), is the event → committed
-//!   latency. Forming and closed candles are reported separately, next to the event → bus
-//!   latency of the same run (a core-NATS subscriber) for a breakdown.
+//!   latency. Forming and closed candles are reported separately, next to a breakdown from the
+//!   same run: event → frame received by kline-live (its `received_at`, at speed 1 only) and
+//!   event → on the bus (a core-NATS subscriber).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -86,11 +87,15 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-/// `n: N  p50 …  p99 …  max …` of unsorted samples (sorted in place).
+/// The latency target of the issue: p99 below this many milliseconds.
+const TARGET_P99_MS: f64 = 25.0;
+
+/// `n …  p50 …  p99 …  max …  >25ms …` of unsorted samples (sorted in place).
 fn summary(samples: &mut [f64]) -> String {
     samples.sort_by(f64::total_cmp);
+    let over = samples.iter().filter(|&&v| v >= TARGET_P99_MS).count();
     format!(
-        "n {:>5}  p50 {:>6.1}  p99 {:>6.1}  max {:>6.1}",
+        "n {:>5}  p50 {:>6.1}  p99 {:>6.1}  max {:>6.1}  >={TARGET_P99_MS}ms {over}",
         samples.len(),
         percentile(samples, 0.5),
         percentile(samples, 0.99),
@@ -415,6 +420,7 @@ async fn measure_latency(args: &BenchArgs, db_url: &str) -> anyhow::Result<()> {
     let end = started + duration;
     let mut committed = Samples::default();
     let mut on_bus = Samples::default();
+    let mut received = Samples::default();
     let mut other_sources = 0u64;
     let mut bad = 0u64;
     loop {
@@ -434,7 +440,13 @@ async fn measure_latency(args: &BenchArgs, db_url: &str) -> anyhow::Result<()> {
             }
             m = sub.next() => match m {
                 Some(m) => match codec::decode::<KlineEvent>(&m.payload) {
-                    Ok(ev) => on_bus.push(ev.closed, since(ev.event_time)),
+                    Ok(ev) => {
+                        on_bus.push(ev.closed, since(ev.event_time));
+                        // `received_at` is kline-live's wall clock: comparable at speed 1 only.
+                        if args.speed == 1.0 {
+                            received.push(ev.closed, (ev.received_at - ev.event_time) as f64);
+                        }
+                    }
                     Err(_) => bad += 1,
                 },
                 None => bail!("bus subscription ended"),
@@ -461,12 +473,16 @@ async fn measure_latency(args: &BenchArgs, db_url: &str) -> anyhow::Result<()> {
         committed.forming.len() + committed.closed.len(),
         (committed.forming.len() + committed.closed.len()) as f64 / elapsed,
     );
+    if args.speed == 1.0 {
+        received.print("exchange event time → frame received by kline-live (received_at)");
+    }
     on_bus.print("exchange event time → on the bus");
     let p99 = committed.p99_all();
     committed.print("exchange event time → row committed in PostgreSQL (NOTIFY received)");
     println!(
-        "target p99 < 25 ms: {} (p99 {p99:.1} ms)",
-        if p99 < 25.0 { "MET" } else { "MISSED" }
+        "target p99 < {TARGET_P99_MS} ms: {} (p99 {p99:.1} ms; event times are whole ms, so \
+         each figure is good to about 1 ms)",
+        if p99 < TARGET_P99_MS { "MET" } else { "MISSED" }
     );
     println!(
         "CPU (% of one core): kline-live {:.1} (RSS {live_rss:.1} MiB), kline-pg-sink {:.1} \

@@ -1,4 +1,5 @@
-//! `live-bench`: see `kline_live::bench`. Run with `--release`.
+//! `live-bench`: see `kline_live::bench`. Run with `--release`; `--mode latency` measures the
+//! whole pipeline (exchange event → row committed in PostgreSQL).
 
 use clap::Parser;
 use kline_live::bench::{run_bench, BenchArgs};
