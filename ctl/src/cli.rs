@@ -70,7 +70,7 @@ pub enum Cmd {
     /// Delete candles older than a age, in bounded batches per series (no table-wide lock).
     ///
     /// The bus keeps its own history independently: the KLINES stream retains 30 days or
-    /// 20 GiB by default (discarding the oldest first), so pruning the table never touches it.
+    /// 8 GiB by default (discarding the oldest first), so pruning the table never touches it.
     Prune(PruneArgs),
 }
 

@@ -38,6 +38,10 @@ const GIB: i64 = 1 << 30;
 const DAY: Duration = Duration::from_secs(86_400);
 
 /// Knobs an operator sets for the streams (env or flags in each binary).
+///
+/// JetStream reserves each stream's `max_bytes` against the server's storage limit (by default
+/// 75 % of the free disk when the server starts), so the defaults stay modest: about 10 GiB for
+/// all four streams. Raise them on a machine with the disk for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retention {
     /// `KLINES` age limit.
@@ -51,13 +55,13 @@ pub struct Retention {
 }
 
 impl Default for Retention {
-    /// 30 days or 20 GiB of producer events (whichever is hit first), a 2-minute dedup window
+    /// 30 days or 8 GiB of producer events (whichever is hit first), a 2-minute dedup window
     /// (the NATS default: covers WebSocket/polling overlap and reconnect repair without holding
     /// millions of ids during a fast backfill), one replica.
     fn default() -> Self {
         Self {
             klines_max_age: 30 * DAY,
-            klines_max_bytes: 20 * GIB,
+            klines_max_bytes: 8 * GIB,
             duplicate_window: Duration::from_secs(120),
             replicas: 1,
         }
@@ -80,7 +84,7 @@ pub fn all_streams(r: &Retention) -> Vec<StreamSpec> {
             name: CANDLES_STREAM.into(),
             subjects: vec![format!("{CLOSED_PREFIX}.>")],
             max_age: 7 * DAY,
-            max_bytes: 4 * GIB,
+            max_bytes: GIB,
             duplicate_window: r.duplicate_window,
             replicas: r.replicas,
             description: "klinebus: closed candles, published after they are committed".into(),
@@ -89,7 +93,7 @@ pub fn all_streams(r: &Retention) -> Vec<StreamSpec> {
             name: SIGNALS_STREAM.into(),
             subjects: vec![format!("{SIGNALS_PREFIX}.>")],
             max_age: 30 * DAY,
-            max_bytes: 4 * GIB,
+            max_bytes: GIB,
             duplicate_window: r.duplicate_window,
             replicas: r.replicas,
             description: "klinebus: strategy signals per closed candle".into(),
@@ -98,7 +102,7 @@ pub fn all_streams(r: &Retention) -> Vec<StreamSpec> {
             name: DLQ_STREAM.into(),
             subjects: vec![format!("{DLQ_PREFIX}.>")],
             max_age: 90 * DAY,
-            max_bytes: GIB,
+            max_bytes: GIB / 4,
             duplicate_window: r.duplicate_window,
             replicas: r.replicas,
             description: "klinebus: messages a sink could not use, with the reason".into(),
