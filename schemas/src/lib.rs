@@ -7,6 +7,7 @@
 //! - [`interval`]: [`Interval`] — every Binance interval, calendar alignment, default history
 //!   depth, freshness limits, polling periods.
 //! - [`event`]: [`KlineEvent`] and [`Source`]; exact decimal strings; the dedup key.
+//! - [`list`]: non-empty symbol and interval lists for `--symbols` / `--timeframes`.
 //! - [`decimal`]: reading the exchange's decimal text without floating point.
 //! - [`subjects`]: `klines.<source>.<venue>.<symbol>.<interval>` and the other subjects.
 //! - [`streams`]: stream and durable-consumer definitions.
@@ -18,6 +19,7 @@ pub mod codec;
 pub mod decimal;
 pub mod event;
 pub mod interval;
+pub mod list;
 pub mod streams;
 pub mod subjects;
 pub mod symbol;

@@ -7,7 +7,6 @@ use chrono::{NaiveDate, NaiveDateTime};
 use clap::{Parser, ValueEnum};
 use klinebus_binance::{DEFAULT_BUDGET, DEFAULT_REST_URL};
 use klinebus_schemas::bus::BusOptions;
-use klinebus_schemas::{Interval, Symbol};
 
 /// Backfills closed Binance klines into NATS JetStream (`klines.backfill.binance.<SYMBOL>.<tf>`),
 /// resuming where an earlier run stopped; the sinks take them from there.
@@ -135,29 +134,10 @@ pub enum ProgressMode {
     Quiet,
 }
 
-/// A validated, non-empty list of symbols.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SymbolList(pub Vec<Symbol>);
-
-/// A validated, non-empty list of intervals.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IntervalList(pub Vec<Interval>);
-
-fn parse_symbols(s: &str) -> Result<SymbolList, String> {
-    let list = Symbol::parse_list(s).map_err(|e| e.to_string())?;
-    if list.is_empty() {
-        return Err("no symbols given (e.g. BTCUSDT,ETHUSDT)".into());
-    }
-    Ok(SymbolList(list))
-}
-
-fn parse_intervals(s: &str) -> Result<IntervalList, String> {
-    let list = Interval::parse_list(s).map_err(|e| e.to_string())?;
-    if list.is_empty() {
-        return Err("no timeframes given (e.g. 15m,1h,4h,1d)".into());
-    }
-    Ok(IntervalList(list))
-}
+use klinebus_schemas::list::{
+    parse_interval_list as parse_intervals, parse_symbol_list as parse_symbols,
+};
+pub use klinebus_schemas::list::{IntervalList, SymbolList};
 
 /// RFC3339, `YYYY-MM-DDTHH:MM:SS` (UTC) or a UTC date `YYYY-MM-DD`, to epoch ms.
 pub fn parse_time(s: &str) -> Result<i64, String> {
@@ -198,6 +178,7 @@ impl Config {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use klinebus_schemas::Interval;
 
     fn parse(args: &[&str]) -> Result<Config, clap::Error> {
         Config::try_parse_from(std::iter::once("kline-backfill").chain(args.iter().copied()))

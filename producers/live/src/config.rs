@@ -144,29 +144,10 @@ pub enum Mode {
     Polling,
 }
 
-/// A validated, non-empty list of symbols.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SymbolList(pub Vec<Symbol>);
-
-/// A validated, non-empty list of intervals.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IntervalList(pub Vec<Interval>);
-
-fn parse_symbols(s: &str) -> Result<SymbolList, String> {
-    let list = Symbol::parse_list(s).map_err(|e| e.to_string())?;
-    if list.is_empty() {
-        return Err("no symbols given (e.g. BTCUSDT,ETHUSDT)".into());
-    }
-    Ok(SymbolList(list))
-}
-
-fn parse_intervals(s: &str) -> Result<IntervalList, String> {
-    let list = Interval::parse_list(s).map_err(|e| e.to_string())?;
-    if list.is_empty() {
-        return Err("no timeframes given (e.g. 1m,1h)".into());
-    }
-    Ok(IntervalList(list))
-}
+use klinebus_schemas::list::{
+    parse_interval_list as parse_intervals, parse_symbol_list as parse_symbols,
+};
+pub use klinebus_schemas::list::{IntervalList, SymbolList};
 
 /// What the library needs, without the process plumbing (tests build it directly).
 #[derive(Debug, Clone)]
