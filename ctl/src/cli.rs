@@ -1,8 +1,7 @@
 //! Command-line surface: every `///` here is `--help` text.
 
-use std::path::PathBuf;
-
 use clap::{Args, Parser, Subcommand};
+use klinebus_svc::{DbArgs, NatsArgs};
 
 /// klinectl — verify, inspect and maintain the klinebus candle store.
 ///
@@ -11,46 +10,14 @@ use clap::{Args, Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None)]
 pub struct Cli {
-    /// PostgreSQL connection URL (credentials and sslmode as URL parameters).
-    #[arg(
-        long,
-        global = true,
-        env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/klinebus",
-        hide_env_values = true
-    )]
-    pub database_url: String,
+    #[command(flatten)]
+    pub db: DbArgs,
 
     #[command(flatten)]
     pub nats: NatsArgs,
 
     #[command(subcommand)]
     pub cmd: Cmd,
-}
-
-/// How to reach NATS (status, replay and verify --repair use it).
-#[derive(Debug, Args)]
-pub struct NatsArgs {
-    /// NATS server URL; `tls://` forces TLS.
-    #[arg(
-        long,
-        global = true,
-        env = "NATS_URL",
-        default_value = "nats://127.0.0.1:4222"
-    )]
-    pub nats_url: String,
-    /// NATS user (with --nats-password).
-    #[arg(long, global = true, env = "NATS_USER")]
-    pub nats_user: Option<String>,
-    /// NATS password.
-    #[arg(long, global = true, env = "NATS_PASSWORD", hide_env_values = true)]
-    pub nats_password: Option<String>,
-    /// NATS token.
-    #[arg(long, global = true, env = "NATS_TOKEN", hide_env_values = true)]
-    pub nats_token: Option<String>,
-    /// NATS `.creds` file.
-    #[arg(long, global = true, env = "NATS_CREDS")]
-    pub nats_creds: Option<PathBuf>,
 }
 
 /// The operators' commands.

@@ -18,7 +18,8 @@ use klinebus_schemas::bus::BusOptions;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 
-use crate::cli::{Cli, Cmd, NatsArgs};
+use crate::cli::{Cli, Cmd};
+use klinebus_svc::NatsArgs;
 
 /// What a command produced.
 #[derive(Debug)]
@@ -44,6 +45,9 @@ pub enum CtlError {
     /// The exchange (REST) could not be used.
     #[error("exchange: {0}")]
     Exchange(String),
+    /// A secret file could not be read.
+    #[error(transparent)]
+    Secret(#[from] klinebus_svc::SecretError),
 }
 
 /// Connects to the database.
@@ -56,25 +60,18 @@ pub async fn pool(url: &str) -> Result<PgPool, CtlError> {
 }
 
 /// The NATS options from the flags.
-pub fn bus_options(n: &NatsArgs) -> BusOptions {
-    BusOptions {
-        url: n.nats_url.clone(),
-        name: "klinectl".into(),
-        creds_file: n.nats_creds.clone(),
-        user: n.nats_user.clone(),
-        password: n.nats_password.clone(),
-        token: n.nats_token.clone(),
-        require_tls: false,
-    }
+pub fn bus_options(n: &NatsArgs) -> Result<BusOptions, CtlError> {
+    n.bus_options("klinectl").map_err(CtlError::Secret)
 }
 
 /// Runs one command.
 pub async fn run(cli: Cli) -> Result<Outcome, CtlError> {
+    let db = cli.db.url().map_err(CtlError::Secret)?;
     match &cli.cmd {
-        Cmd::Verify(a) => verify::run(&cli.database_url, &bus_options(&cli.nats), a).await,
-        Cmd::Status(a) => status::run(&cli.database_url, &bus_options(&cli.nats), a).await,
-        Cmd::Alerts(a) => alerts::run(&cli.database_url, a).await,
-        Cmd::Replay(a) => replay::run(&bus_options(&cli.nats), a).await,
-        Cmd::Prune(a) => prune::run(&cli.database_url, a).await,
+        Cmd::Verify(a) => verify::run(&db, &bus_options(&cli.nats)?, a).await,
+        Cmd::Status(a) => status::run(&db, &bus_options(&cli.nats)?, a).await,
+        Cmd::Alerts(a) => alerts::run(&db, a).await,
+        Cmd::Replay(a) => replay::run(&bus_options(&cli.nats)?, a).await,
+        Cmd::Prune(a) => prune::run(&db, a).await,
     }
 }

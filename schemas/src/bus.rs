@@ -74,6 +74,8 @@ pub struct BusOptions {
     pub token: Option<String>,
     /// Require TLS even for `nats://` URLs.
     pub require_tls: bool,
+    /// PEM file of the CA that signed the server certificate (implies TLS).
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for BusOptions {
@@ -86,6 +88,7 @@ impl std::fmt::Debug for BusOptions {
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("require_tls", &self.require_tls)
+            .field("tls_ca", &self.tls_ca)
             .finish()
     }
 }
@@ -105,11 +108,14 @@ impl BusOptions {
 pub async fn connect(opts: &BusOptions) -> Result<Client, BusError> {
     let mut o = ConnectOptions::new()
         .name(&opts.name)
-        .require_tls(opts.require_tls || opts.url.starts_with("tls://"))
+        .require_tls(opts.require_tls || opts.tls_ca.is_some() || opts.url.starts_with("tls://"))
         .max_reconnects(None)
         .event_callback(|event| async move {
             tracing::info!(%event, "nats connection event");
         });
+    if let Some(ca) = &opts.tls_ca {
+        o = o.add_root_certificates(ca.clone());
+    }
     if let Some(path) = &opts.creds_file {
         o = o
             .credentials_file(path)

@@ -3,6 +3,10 @@
 //! - [`init_tracing`]: structured logs (`RUST_LOG`, `LOG_FORMAT=json`).
 //! - [`shutdown_token`]: a cancellation token fired by SIGINT or SIGTERM.
 //! - [`serve_telemetry`]: `/metrics` (Prometheus text) and `/health` on a configurable address.
+//! - [`NatsArgs`] and [`DbArgs`]: the connection flags, with secrets from env or files.
+
+mod args;
+pub use args::{redact_url, DbArgs, NatsArgs, SecretError};
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -8,20 +8,15 @@ use clap::Parser;
 #[derive(Parser)]
 #[command(version, about)]
 struct Args {
-    /// PostgreSQL connection URL (sslmode and credentials as URL parameters).
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/klinebus",
-        hide_env_values = true
-    )]
-    database_url: String,
+    #[command(flatten)]
+    db: klinebus_svc::DbArgs,
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let pool = sqlx::PgPool::connect(&args.database_url)
+    let url = args.db.url()?;
+    let pool = sqlx::PgPool::connect(&url)
         .await
         .context("cannot connect to the database")?;
     klinebus_migrations::run(&pool)

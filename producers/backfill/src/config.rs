@@ -1,12 +1,12 @@
 //! Command line and environment (a `.env` file is read first). Every `///` is `--help` text.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use chrono::{NaiveDate, NaiveDateTime};
 use clap::{Parser, ValueEnum};
 use klinebus_binance::{DEFAULT_BUDGET, DEFAULT_REST_URL};
 use klinebus_schemas::bus::BusOptions;
+use klinebus_svc::{DbArgs, NatsArgs, SecretError};
 
 /// Backfills closed Binance klines into NATS JetStream (`klines.backfill.binance.<SYMBOL>.<tf>`),
 /// resuming where an earlier run stopped; the sinks take them from there.
@@ -63,29 +63,8 @@ pub struct Config {
     #[arg(long, env = "BINANCE_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
 
-    /// NATS server URL(s), comma-separated; tls:// forces TLS.
-    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    pub nats_url: String,
-
-    /// NATS credentials file (JWT + NKey seed).
-    #[arg(long, env = "NATS_CREDS")]
-    pub nats_creds: Option<PathBuf>,
-
-    /// NATS user name (with --nats-password).
-    #[arg(long, env = "NATS_USER")]
-    pub nats_user: Option<String>,
-
-    /// NATS password (with --nats-user). Prefer the environment variable to the flag.
-    #[arg(long, env = "NATS_PASSWORD", hide_env_values = true)]
-    pub nats_password: Option<String>,
-
-    /// NATS token. Prefer the environment variable to the flag.
-    #[arg(long, env = "NATS_TOKEN", hide_env_values = true)]
-    pub nats_token: Option<String>,
-
-    /// Require TLS even for nats:// URLs.
-    #[arg(long, env = "NATS_TLS")]
-    pub nats_tls: bool,
+    #[command(flatten)]
+    pub nats: NatsArgs,
 
     /// Publish acknowledgements outstanding at once; publishing waits when this many are in
     /// flight.
@@ -111,14 +90,9 @@ pub struct Config {
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     pub verify_timeout: Duration,
 
-    /// PostgreSQL URL that `--verify` reads (credentials and sslmode as URL parameters).
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/klinebus",
-        hide_env_values = true
-    )]
-    pub database_url: String,
+    /// PostgreSQL that `--verify` reads.
+    #[command(flatten)]
+    pub db: DbArgs,
 }
 
 /// How progress is shown.
@@ -161,16 +135,8 @@ pub fn parse_time(s: &str) -> Result<i64, String> {
 
 impl Config {
     /// The NATS connection options (secrets stay out of `Debug`).
-    pub fn bus_options(&self) -> BusOptions {
-        BusOptions {
-            url: self.nats_url.clone(),
-            name: "kline-backfill".into(),
-            creds_file: self.nats_creds.clone(),
-            user: self.nats_user.clone(),
-            password: self.nats_password.clone(),
-            token: self.nats_token.clone(),
-            require_tls: self.nats_tls,
-        }
+    pub fn bus_options(&self) -> Result<BusOptions, SecretError> {
+        self.nats.bus_options("kline-backfill")
     }
 }
 
@@ -244,6 +210,7 @@ mod tests {
             "hunter2",
         ])
         .unwrap();
-        assert!(!format!("{:?}", c.bus_options()).contains("hunter2"));
+        assert!(!format!("{:?}", c.bus_options().unwrap()).contains("hunter2"));
+        assert!(!format!("{c:?}").contains("hunter2"));
     }
 }

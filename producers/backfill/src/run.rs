@@ -9,7 +9,6 @@ use async_nats::jetstream::Context;
 use futures::StreamExt;
 use klinebus_binance::{RestClient, RestConfig, RetryPolicy, WeightLimiter};
 use klinebus_schemas::bus;
-use klinebus_schemas::streams::Retention;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ProgressMode};
@@ -45,9 +44,9 @@ pub fn rest_client(config: &Config) -> anyhow::Result<RestClient> {
 
 /// Connects to NATS and makes sure the streams exist.
 pub async fn connect_bus(config: &Config) -> anyhow::Result<Context> {
-    let client = bus::connect(&config.bus_options()).await?;
+    let client = bus::connect(&config.bus_options()?).await?;
     let js = bus::jetstream(client, config.max_inflight.max(1));
-    bus::ensure_streams(&js, &Retention::default())
+    bus::ensure_streams(&js, &config.nats.retention())
         .await
         .context("creating the klinebus streams")?;
     Ok(js)
@@ -97,7 +96,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     };
     let syms: Vec<_> = config.symbols.0.iter().map(|s| s.as_str()).collect();
     let tfs: Vec<_> = config.timeframes.0.iter().map(|i| i.as_str()).collect();
-    println!("Binance backfill → NATS ({})", config.nats_url);
+    println!("Binance backfill → NATS ({})", config.nats.url);
     println!("Symbols:    {}", syms.join(", "));
     println!("Timeframes: {}", tfs.join(", "));
     match window {
@@ -148,7 +147,7 @@ async fn verify_after_backfill(
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(2)
         .acquire_timeout(std::time::Duration::from_secs(10))
-        .connect(&config.database_url)
+        .connect(&config.db.url().map_err(|e| e.to_string())?)
         .await
         .map_err(|e| format!("cannot connect to the database: {e}"))?;
     // The exchange's own gaps become known, so verification does not count them as missing.

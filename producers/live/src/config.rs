@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
@@ -12,6 +11,7 @@ use klinebus_binance::{
 };
 use klinebus_schemas::bus::BusOptions;
 use klinebus_schemas::{Interval, Symbol};
+use klinebus_svc::{NatsArgs, SecretError};
 
 /// Streams live Binance klines into NATS JetStream: every WebSocket update (forming and closed)
 /// on `klines.ws.binance.<SYMBOL>.<tf>`, candles missed during reconnects on `klines.repair.…`,
@@ -110,29 +110,8 @@ pub struct Config {
     #[arg(long, env = "METRICS_ADDR", default_value = "127.0.0.1:9102")]
     pub metrics_addr: SocketAddr,
 
-    /// NATS server URL(s), comma-separated; tls:// forces TLS.
-    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    pub nats_url: String,
-
-    /// NATS credentials file (JWT + NKey seed).
-    #[arg(long, env = "NATS_CREDS")]
-    pub nats_creds: Option<PathBuf>,
-
-    /// NATS user name (with --nats-password).
-    #[arg(long, env = "NATS_USER")]
-    pub nats_user: Option<String>,
-
-    /// NATS password (with --nats-user). Prefer the environment variable to the flag.
-    #[arg(long, env = "NATS_PASSWORD", hide_env_values = true)]
-    pub nats_password: Option<String>,
-
-    /// NATS token. Prefer the environment variable to the flag.
-    #[arg(long, env = "NATS_TOKEN", hide_env_values = true)]
-    pub nats_token: Option<String>,
-
-    /// Require TLS even for nats:// URLs.
-    #[arg(long, env = "NATS_TLS")]
-    pub nats_tls: bool,
+    #[command(flatten)]
+    pub nats: NatsArgs,
 }
 
 /// How live data is fetched.
@@ -264,16 +243,8 @@ impl Config {
     }
 
     /// The NATS connection options (secrets stay out of `Debug`).
-    pub fn bus_options(&self) -> BusOptions {
-        BusOptions {
-            url: self.nats_url.clone(),
-            name: "kline-live".into(),
-            creds_file: self.nats_creds.clone(),
-            user: self.nats_user.clone(),
-            password: self.nats_password.clone(),
-            token: self.nats_token.clone(),
-            require_tls: self.nats_tls,
-        }
+    pub fn bus_options(&self) -> Result<BusOptions, SecretError> {
+        self.nats.bus_options("kline-live")
     }
 }
 
@@ -351,6 +322,7 @@ mod tests {
             "hunter2",
         ])
         .unwrap();
-        assert!(!format!("{:?}", c.bus_options()).contains("hunter2"));
+        assert!(!format!("{:?}", c.bus_options().unwrap()).contains("hunter2"));
+        assert!(!format!("{c:?}").contains("hunter2"));
     }
 }

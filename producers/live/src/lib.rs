@@ -34,7 +34,6 @@ use anyhow::Context as _;
 use async_nats::jetstream::Context;
 use klinebus_binance::{RestClient, RestConfig, RetryPolicy, WeightLimiter};
 use klinebus_schemas::bus;
-use klinebus_schemas::streams::Retention;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -105,9 +104,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .await?;
     tracing::info!(%addr, "serving /metrics and /health");
     let rest = rest_client(&config)?;
+    let bus_options = config.bus_options()?;
     // NATS down at start-up is waited out (like an outage later on), not a crash loop.
     let client = loop {
-        match bus::connect(&config.bus_options()).await {
+        match bus::connect(&bus_options).await {
             Ok(c) => break c,
             Err(e) => tracing::warn!(error = %e, "NATS unavailable; retrying in 2 s"),
         }
@@ -117,7 +117,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         }
     };
     let js = bus::jetstream(client, 10_000);
-    bus::ensure_streams(&js, &Retention::default())
+    bus::ensure_streams(&js, &config.nats.retention())
         .await
         .context("creating the klinebus streams")?;
     health.set_ready(true);

@@ -1,10 +1,10 @@
 //! Command line and environment. Every doc comment here is `--help` text.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
 use klinebus_consume::StartFrom;
+use klinebus_svc::{DbArgs, NatsArgs};
 
 /// Consumes kline events from the KLINES JetStream stream through a durable pull consumer and
 /// upserts them into PostgreSQL (`ohlcv_candles`, `ingestion_status`). Start several instances
@@ -12,35 +12,11 @@ use klinebus_consume::StartFrom;
 #[derive(Clone, Parser)]
 #[command(name = "kline-pg-sink", version)]
 pub struct Config {
-    /// NATS server URL(s), comma-separated (`tls://` forces TLS).
-    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    pub nats_url: String,
+    #[command(flatten)]
+    pub nats: NatsArgs,
 
-    /// NATS credentials file (JWT + NKey seed).
-    #[arg(long, env = "NATS_CREDS")]
-    pub nats_creds: Option<PathBuf>,
-
-    /// NATS user name (with --nats-password).
-    #[arg(long, env = "NATS_USER")]
-    pub nats_user: Option<String>,
-
-    /// NATS password.
-    #[arg(long, env = "NATS_PASSWORD", hide_env_values = true)]
-    pub nats_password: Option<String>,
-
-    /// NATS authentication token.
-    #[arg(long, env = "NATS_TOKEN", hide_env_values = true)]
-    pub nats_token: Option<String>,
-
-    /// PostgreSQL connection URL.
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/klinebus",
-        hide_env_values = true,
-        hide_default_value = false
-    )]
-    pub database_url: String,
+    #[command(flatten)]
+    pub db: DbArgs,
 
     /// Durable consumer name; instances sharing it split the messages. Also names the dead-letter
     /// subject `dlq.<consumer>`.
@@ -102,30 +78,11 @@ impl Config {
     }
 }
 
-/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let Some((auth, host)) = rest.rsplit_once('@') else {
-        return url.to_owned();
-    };
-    match auth.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_owned(),
-    }
-}
-
 impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let hidden = |o: &Option<String>| o.as_ref().map(|_| "<redacted>");
         f.debug_struct("Config")
-            .field("nats_url", &redact_url(&self.nats_url))
-            .field("nats_creds", &self.nats_creds)
-            .field("nats_user", &self.nats_user)
-            .field("nats_password", &hidden(&self.nats_password))
-            .field("nats_token", &hidden(&self.nats_token))
-            .field("database_url", &redact_url(&self.database_url))
+            .field("nats", &self.nats)
+            .field("db", &self.db)
             .field("consumer", &self.consumer)
             .field("filter_subject", &self.filter_subject)
             .field("batch_size", &self.batch_size)
@@ -170,12 +127,5 @@ mod tests {
         assert!(!dbg.contains("hunter2") && !dbg.contains("s3cret"), "{dbg}");
         assert!(Config::try_parse_from(["x", "--replay-from", "soon"]).is_err());
         assert!(Config::try_parse_from(["x", "--batch-size", "0"]).is_err());
-    }
-
-    #[test]
-    fn redacts_passwords_only() {
-        assert_eq!(redact_url("postgres://a:b@h:5/d"), "postgres://a:***@h:5/d");
-        assert_eq!(redact_url("postgres://a@h/d"), "postgres://a@h/d");
-        assert_eq!(redact_url("nats://h:4222"), "nats://h:4222");
     }
 }

@@ -62,16 +62,10 @@ pub enum SinkError {
 }
 
 /// NATS connection options from the config.
-pub fn bus_options(c: &Config) -> BusOptions {
-    BusOptions {
-        url: c.nats_url.clone(),
-        name: format!("kline-pg-sink/{}", c.consumer),
-        creds_file: c.nats_creds.clone(),
-        user: c.nats_user.clone(),
-        password: c.nats_password.clone(),
-        token: c.nats_token.clone(),
-        require_tls: false,
-    }
+pub fn bus_options(c: &Config) -> Result<BusOptions, SinkError> {
+    c.nats
+        .bus_options(&format!("kline-pg-sink/{}", c.consumer))
+        .map_err(|e| SinkError::Config(e.to_string()))
 }
 
 /// Consumer options from the config.
@@ -114,14 +108,17 @@ where
 
 /// Creates the streams only if one is missing (an existing stream keeps the retention its
 /// operator gave it).
-async fn check_streams(js: &async_nats::jetstream::Context) -> Result<(), SinkError> {
+async fn check_streams(
+    js: &async_nats::jetstream::Context,
+    retention: &Retention,
+) -> Result<(), SinkError> {
     for name in [KLINES_STREAM, CANDLES_STREAM, DLQ_STREAM] {
         if js.get_stream(name).await.is_err() {
             tracing::info!(
                 stream = name,
                 "stream missing; creating the klinebus streams"
             );
-            return bus::ensure_streams(js, &Retention::default())
+            return bus::ensure_streams(js, retention)
                 .await
                 .map_err(|e| SinkError::JetStream(e.to_string()));
         }
@@ -152,14 +149,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Sink
         let bound = klinebus_svc::serve_telemetry(addr, health.clone(), shutdown.clone()).await?;
         tracing::info!(%bound, "serving /metrics and /health");
     }
-    let opts = bus_options(&config);
+    let opts = bus_options(&config)?;
+    let db_url = config
+        .db
+        .url()
+        .map_err(|e| SinkError::Config(e.to_string()))?;
     let Some(client) = until_ok("NATS", &shutdown, || bus::connect(&opts)).await else {
         return Ok(());
     };
     let js = bus::jetstream(client, 4096);
-    check_streams(&js).await?;
-    let Some(pool) = connect_db(&config.database_url, config.max_connections, &shutdown).await
-    else {
+    check_streams(&js, &config.nats.retention()).await?;
+    let Some(pool) = connect_db(&db_url, config.max_connections, &shutdown).await else {
         return Ok(());
     };
     if !config.no_migrate {

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use klinebus_consume::StartFrom;
+use klinebus_svc::{DbArgs, NatsArgs};
 
 /// Consumes closed-candle events (`candles.closed.>` on the CANDLES stream, published by
 /// kline-pg-sink after each commit) through a durable pull consumer, computes indicator and
@@ -17,34 +18,11 @@ use klinebus_consume::StartFrom;
 #[derive(Clone, Parser)]
 #[command(name = "kline-signals", version)]
 pub struct SinkConfig {
-    /// NATS server URL(s), comma-separated (`tls://` forces TLS).
-    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    pub nats_url: String,
+    #[command(flatten)]
+    pub nats: NatsArgs,
 
-    /// NATS credentials file (JWT + NKey seed).
-    #[arg(long, env = "NATS_CREDS")]
-    pub nats_creds: Option<PathBuf>,
-
-    /// NATS user name (with --nats-password).
-    #[arg(long, env = "NATS_USER")]
-    pub nats_user: Option<String>,
-
-    /// NATS password.
-    #[arg(long, env = "NATS_PASSWORD", hide_env_values = true)]
-    pub nats_password: Option<String>,
-
-    /// NATS authentication token.
-    #[arg(long, env = "NATS_TOKEN", hide_env_values = true)]
-    pub nats_token: Option<String>,
-
-    /// PostgreSQL connection URL.
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/klinebus",
-        hide_env_values = true
-    )]
-    pub database_url: String,
+    #[command(flatten)]
+    pub db: DbArgs,
 
     /// Strategy and indicator parameters (TOML; see `signals.example.toml`). Without it the
     /// documented defaults apply.
@@ -129,30 +107,11 @@ impl SinkConfig {
     }
 }
 
-/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let Some((auth, host)) = rest.rsplit_once('@') else {
-        return url.to_owned();
-    };
-    match auth.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_owned(),
-    }
-}
-
 impl std::fmt::Debug for SinkConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let hidden = |o: &Option<String>| o.as_ref().map(|_| "<redacted>");
         f.debug_struct("SinkConfig")
-            .field("nats_url", &redact_url(&self.nats_url))
-            .field("nats_creds", &self.nats_creds)
-            .field("nats_user", &self.nats_user)
-            .field("nats_password", &hidden(&self.nats_password))
-            .field("nats_token", &hidden(&self.nats_token))
-            .field("database_url", &redact_url(&self.database_url))
+            .field("nats", &self.nats)
+            .field("db", &self.db)
             .field("config", &self.config)
             .field("consumer", &self.consumer)
             .field("filter_subject", &self.filter_subject)

@@ -101,16 +101,10 @@ pub enum ServiceError {
 }
 
 /// NATS connection options from the config.
-pub fn bus_options(c: &SinkConfig) -> BusOptions {
-    BusOptions {
-        url: c.nats_url.clone(),
-        name: format!("kline-signals/{}", c.consumer),
-        creds_file: c.nats_creds.clone(),
-        user: c.nats_user.clone(),
-        password: c.nats_password.clone(),
-        token: c.nats_token.clone(),
-        require_tls: false,
-    }
+pub fn bus_options(c: &SinkConfig) -> Result<BusOptions, ServiceError> {
+    c.nats
+        .bus_options(&format!("kline-signals/{}", c.consumer))
+        .map_err(|e| ServiceError::Config(e.to_string()))
 }
 
 /// The durable consumer on the CANDLES stream (`--max-ack-pending`, default 1: the server
@@ -164,14 +158,14 @@ async fn pause(d: Duration, shutdown: &CancellationToken) -> bool {
 }
 
 /// Creates the streams only if one this service uses is missing.
-async fn check_streams(js: &Context) -> Result<(), ServiceError> {
+async fn check_streams(js: &Context, retention: &Retention) -> Result<(), ServiceError> {
     for name in [CANDLES_STREAM, SIGNALS_STREAM, DLQ_STREAM] {
         if js.get_stream(name).await.is_err() {
             tracing::info!(
                 stream = name,
                 "stream missing; creating the klinebus streams"
             );
-            return bus::ensure_streams(js, &Retention::default())
+            return bus::ensure_streams(js, retention)
                 .await
                 .map_err(|e| ServiceError::JetStream(e.to_string()));
         }
@@ -180,10 +174,14 @@ async fn check_streams(js: &Context) -> Result<(), ServiceError> {
 }
 
 /// Waits for the ownership lock (`None` if shutdown comes first).
-async fn acquire_lock(config: &SinkConfig, shutdown: &CancellationToken) -> Option<OwnerLock> {
+async fn acquire_lock(
+    config: &SinkConfig,
+    db_url: &str,
+    shutdown: &CancellationToken,
+) -> Option<OwnerLock> {
     let mut warned = false;
     loop {
-        match OwnerLock::try_acquire(&config.database_url, &config.consumer).await {
+        match OwnerLock::try_acquire(db_url, &config.consumer).await {
             Ok(Some(lock)) => {
                 tracing::info!(consumer = %config.consumer, "ownership lock taken");
                 return Some(lock);
@@ -221,18 +219,22 @@ pub async fn run(config: SinkConfig, shutdown: CancellationToken) -> Result<(), 
         let bound = klinebus_svc::serve_telemetry(addr, health.clone(), shutdown.clone()).await?;
         tracing::info!(%bound, "serving /metrics and /health");
     }
-    let opts = bus_options(&config);
+    let opts = bus_options(&config)?;
+    let db_url = config
+        .db
+        .url()
+        .map_err(|e| ServiceError::Config(e.to_string()))?;
     let Some(client) = until_ok("NATS", &shutdown, || bus::connect(&opts)).await else {
         return Ok(());
     };
     let js = bus::jetstream(client, 1024);
-    check_streams(&js).await?;
+    check_streams(&js, &config.nats.retention()).await?;
     let max = config.max_connections.max(1);
     let Some(pool) = until_ok("PostgreSQL", &shutdown, || {
         PgPoolOptions::new()
             .max_connections(max)
             .acquire_timeout(Duration::from_secs(5))
-            .connect(&config.database_url)
+            .connect(&db_url)
     })
     .await
     else {
@@ -242,7 +244,7 @@ pub async fn run(config: SinkConfig, shutdown: CancellationToken) -> Result<(), 
         klinebus_migrations::run(&pool).await?;
         tracing::info!("migrations applied");
     }
-    let Some(mut lock) = acquire_lock(&config, &shutdown).await else {
+    let Some(mut lock) = acquire_lock(&config, &db_url, &shutdown).await else {
         pool.close().await;
         return Ok(());
     };

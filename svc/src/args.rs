@@ -1,0 +1,299 @@
+//! Connection flags every binary takes the same way: NATS (URL, credentials, TLS, stream
+//! replicas) and PostgreSQL (URL). Secrets come from the environment or from files (`*_FILE`,
+//! e.g. Docker/Compose secrets); `--help` never shows their values and `Debug` redacts them.
+
+use std::path::{Path, PathBuf};
+
+use klinebus_schemas::bus::BusOptions;
+use klinebus_schemas::streams::Retention;
+
+/// A secret that could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    /// The file named by a `*_FILE` flag or variable could not be read.
+    #[error("cannot read {what} from {path}: {source}")]
+    Read {
+        /// Which secret.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file was empty.
+    #[error("{what} file {path} is empty")]
+    Empty {
+        /// Which secret.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+    },
+}
+
+/// Reads a secret file, dropping the trailing newline editors and `echo` add.
+fn read_secret(what: &'static str, path: &Path) -> Result<String, SecretError> {
+    let text = std::fs::read_to_string(path).map_err(|source| SecretError::Read {
+        what,
+        path: path.to_owned(),
+        source,
+    })?;
+    let value = text.trim_end_matches(['\r', '\n']).to_owned();
+    if value.is_empty() {
+        return Err(SecretError::Empty {
+            what,
+            path: path.to_owned(),
+        });
+    }
+    Ok(value)
+}
+
+/// NATS connection flags (flatten into a binary's clap config). They are `global` so that a
+/// binary with subcommands (klinectl) takes them before or after the subcommand.
+#[derive(clap::Args, Clone)]
+pub struct NatsArgs {
+    /// NATS server URL(s), comma-separated; tls:// forces TLS.
+    #[arg(
+        global = true,
+        long = "nats-url",
+        env = "NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    pub url: String,
+
+    /// NATS credentials file (JWT + NKey seed).
+    #[arg(global = true, long = "nats-creds", env = "NATS_CREDS")]
+    pub creds: Option<PathBuf>,
+
+    /// NATS user name (with a password).
+    #[arg(global = true, long = "nats-user", env = "NATS_USER")]
+    pub user: Option<String>,
+
+    /// NATS password (with --nats-user). Prefer the variable or --nats-password-file to the flag.
+    #[arg(
+        global = true,
+        long = "nats-password",
+        env = "NATS_PASSWORD",
+        hide_env_values = true
+    )]
+    pub password: Option<String>,
+
+    /// File holding the NATS password (wins over NATS_PASSWORD).
+    #[arg(global = true, long = "nats-password-file", env = "NATS_PASSWORD_FILE")]
+    pub password_file: Option<PathBuf>,
+
+    /// NATS token. Prefer the variable or --nats-token-file to the flag.
+    #[arg(
+        global = true,
+        long = "nats-token",
+        env = "NATS_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+
+    /// File holding the NATS token (wins over NATS_TOKEN).
+    #[arg(global = true, long = "nats-token-file", env = "NATS_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+
+    /// Require TLS even for nats:// URLs.
+    #[arg(global = true, long = "nats-tls", env = "NATS_TLS")]
+    pub tls: bool,
+
+    /// PEM file of the CA that signed the NATS server's certificate (implies TLS).
+    #[arg(global = true, long = "nats-tls-ca", env = "NATS_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// Replicas of the klinebus streams when this binary creates them (3 on a 3-node
+    /// JetStream cluster). Existing streams are updated to it.
+    #[arg(global = true, long = "stream-replicas", env = "NATS_STREAM_REPLICAS", default_value_t = 1,
+          value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub stream_replicas: u8,
+}
+
+impl std::fmt::Debug for NatsArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsArgs")
+            .field("url", &self.url)
+            .field("creds", &self.creds)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("password_file", &self.password_file)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("token_file", &self.token_file)
+            .field("tls", &self.tls)
+            .field("tls_ca", &self.tls_ca)
+            .field("stream_replicas", &self.stream_replicas)
+            .finish()
+    }
+}
+
+impl NatsArgs {
+    /// Connection options for a client named `name`, with secrets read from their files.
+    pub fn bus_options(&self, name: &str) -> Result<BusOptions, SecretError> {
+        let password = match &self.password_file {
+            Some(p) => Some(read_secret("NATS password", p)?),
+            None => self.password.clone(),
+        };
+        let token = match &self.token_file {
+            Some(p) => Some(read_secret("NATS token", p)?),
+            None => self.token.clone(),
+        };
+        Ok(BusOptions {
+            url: self.url.clone(),
+            name: name.into(),
+            creds_file: self.creds.clone(),
+            user: self.user.clone(),
+            password,
+            token,
+            require_tls: self.tls,
+            tls_ca: self.tls_ca.clone(),
+        })
+    }
+
+    /// Stream limits with the configured replica count.
+    pub fn retention(&self) -> Retention {
+        Retention {
+            replicas: usize::from(self.stream_replicas),
+            ..Retention::default()
+        }
+    }
+}
+
+/// PostgreSQL connection flags (flatten into a binary's clap config).
+#[derive(clap::Args, Clone)]
+pub struct DbArgs {
+    /// PostgreSQL connection URL; credentials and TLS (`sslmode=require`, `verify-full` with
+    /// `sslrootcert=`) as URL parameters.
+    #[arg(
+        global = true,
+        long = "database-url",
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/klinebus",
+        hide_env_values = true
+    )]
+    pub database_url: String,
+
+    /// File holding the PostgreSQL URL (wins over DATABASE_URL; for secrets).
+    #[arg(global = true, long = "database-url-file", env = "DATABASE_URL_FILE")]
+    pub database_url_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for DbArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DbArgs")
+            .field("database_url", &redact_url(&self.database_url))
+            .field("database_url_file", &self.database_url_file)
+            .finish()
+    }
+}
+
+impl DbArgs {
+    /// The URL to connect to.
+    pub fn url(&self) -> Result<String, SecretError> {
+        match &self.database_url_file {
+            Some(p) => read_secret("database URL", p),
+            None => Ok(self.database_url.clone()),
+        }
+    }
+}
+
+/// `url` with any password replaced, for logs and `Debug`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (auth, host) = match rest.rsplit_once('@') {
+        Some(parts) => parts,
+        None => return url.to_owned(),
+    };
+    match auth.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:<redacted>@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser, Debug)]
+    struct Cli {
+        #[command(flatten)]
+        nats: NatsArgs,
+        #[command(flatten)]
+        db: DbArgs,
+    }
+
+    #[test]
+    fn secrets_come_from_files_and_never_print() {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "s3cret\n").unwrap();
+        let url = dir.path().join("url");
+        std::fs::write(&url, "postgres://app:hunter2@db/klinebus\n").unwrap();
+        let cli = Cli::try_parse_from([
+            "x",
+            "--nats-user",
+            "sink",
+            "--nats-password-file",
+            pw.to_str().unwrap(),
+            "--nats-token",
+            "tok",
+            "--database-url-file",
+            url.to_str().unwrap(),
+        ])
+        .unwrap();
+        let o = cli.nats.bus_options("t").unwrap();
+        assert_eq!(o.password.as_deref(), Some("s3cret"));
+        assert_eq!(o.token.as_deref(), Some("tok"));
+        assert_eq!(cli.db.url().unwrap(), "postgres://app:hunter2@db/klinebus");
+        let shown = format!("{cli:?} {o:?}");
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("tok\""),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn missing_or_empty_secret_files_are_clear_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, "\n").unwrap();
+        let cli = Cli::try_parse_from(["x", "--nats-token-file", empty.to_str().unwrap()]).unwrap();
+        let e = cli.nats.bus_options("t").unwrap_err().to_string();
+        assert!(e.contains("NATS token") && e.contains("empty"), "{e}");
+        let cli = Cli::try_parse_from(["x", "--database-url-file", "/nonexistent/x"]).unwrap();
+        assert!(cli
+            .db
+            .url()
+            .unwrap_err()
+            .to_string()
+            .contains("/nonexistent/x"));
+    }
+
+    #[test]
+    fn replicas_are_configuration() {
+        let cli = Cli::try_parse_from(["x", "--stream-replicas", "3"]).unwrap();
+        assert_eq!(cli.nats.retention().replicas, 3);
+        assert!(Cli::try_parse_from(["x", "--stream-replicas", "0"]).is_err());
+        assert_eq!(
+            Cli::try_parse_from(["x"])
+                .unwrap()
+                .nats
+                .retention()
+                .replicas,
+            1
+        );
+    }
+
+    #[test]
+    fn urls_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://u:p@h:5432/d?sslmode=require"),
+            "postgres://u:<redacted>@h:5432/d?sslmode=require"
+        );
+        assert_eq!(redact_url("postgres://u@h/d"), "postgres://u@h/d");
+        assert_eq!(redact_url("nats://h:4222"), "nats://h:4222");
+    }
+}
