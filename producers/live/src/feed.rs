@@ -157,12 +157,21 @@ async fn session(
     let mut last_data = Instant::now();
     let mut rotate_at = Instant::now() + s.rotate_after;
     let mut rotate_failures = 0u32;
-    // Repair starts where things stood before this connection delivered anything.
+    // Repair starts where things stood before this connection delivered anything (and so
+    // covers any repair requested before now).
+    let mut repairs_seen = ctx.stats.repair_requests.load(Relaxed);
     let mut from = Some(repair_from(ctx, &shard.series));
     // Last closed candle per series on this connection.
     let mut seen = HashMap::new();
     loop {
+        // Created before the counter is read: a request after the read wakes it, one before is
+        // seen in the counter, even if this loop was busy elsewhere when it fired.
         let repair_wanted = ctx.stats.repair_wanted.notified();
+        let requests = ctx.stats.repair_requests.load(Relaxed);
+        if requests != repairs_seen {
+            repairs_seen = requests;
+            spawn_repair(ctx, repair_from(ctx, &shard.series));
+        }
         tokio::select! {
             _ = shutdown.cancelled() => {
                 socket.close().await;
@@ -195,7 +204,7 @@ async fn session(
                     }
                 }
             }
-            _ = repair_wanted => spawn_repair(ctx, repair_from(ctx, &shard.series)),
+            _ = repair_wanted => {}
             item = socket.next() => match item {
                 None => return Ended::Lost { reason: "closed", got_data },
                 Some(WsItem::Other) => {}

@@ -71,6 +71,8 @@ pub struct LiveStats {
     pub polling_shards: std::sync::atomic::AtomicUsize,
     /// Fired when a closed candle was dropped locally and must be fetched again.
     pub repair_wanted: Notify,
+    /// Counts those requests, so a connection busy elsewhere when one fires still sees it.
+    pub repair_requests: AtomicU64,
 }
 
 /// What every task shares.

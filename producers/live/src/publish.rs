@@ -40,6 +40,8 @@ struct Queue {
 struct Inner {
     queue: Mutex<Queue>,
     wake: Notify,
+    /// Fired whenever the queue shrank, for [`Publisher::push_when_room`].
+    room: Notify,
     max: usize,
     ack_timeout: Duration,
     stats: Arc<LiveStats>,
@@ -75,6 +77,7 @@ impl Publisher {
                 repair_due: false,
             }),
             wake: Notify::new(),
+            room: Notify::new(),
             max: max.max(1),
             ack_timeout,
             stats,
@@ -90,6 +93,25 @@ impl Publisher {
             metrics::gauge!("klinebus_live_buffered_events").set(q.events.len() as f64);
         }
         self.0.wake.notify_one();
+    }
+
+    /// Queues `event` once the buffer has room (or the publisher is closing). For REST repair
+    /// and polling: they can wait, and pushing a long repair into a full buffer would drop the
+    /// very candles it fetched, and repair them again, forever.
+    pub async fn push_when_room(&self, event: KlineEvent) {
+        loop {
+            let room = self.0.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            {
+                let q = self.0.queue.lock();
+                if q.events.len() < self.0.max || q.closed {
+                    break;
+                }
+            }
+            room.await;
+        }
+        self.push(event);
     }
 
     /// Events waiting to be published.
@@ -153,19 +175,15 @@ impl Publisher {
     pub fn close(&self) {
         self.0.queue.lock().closed = true;
         self.0.wake.notify_one();
+        self.0.room.notify_waiters();
     }
 
     /// Publishes until [`close`](Self::close) was called and the queue is empty.
     pub async fn run(self, js: Context) {
         let mut pause = Duration::from_millis(100);
         loop {
-            let batch: Vec<(KlineEvent, Instant)> = {
-                let mut q = self.0.queue.lock();
-                let n = q.events.len().min(BATCH);
-                if n == 0 && q.closed {
-                    return;
-                }
-                q.events.drain(..n).collect()
+            let Some(batch) = self.take_batch() else {
+                return;
             };
             if batch.is_empty() {
                 self.0.wake.notified().await;
@@ -176,6 +194,7 @@ impl Publisher {
                 pause = Duration::from_millis(100);
                 if std::mem::take(&mut self.0.queue.lock().repair_due) {
                     tracing::info!("publishing works again; repairing dropped closed candles");
+                    self.0.stats.repair_requests.fetch_add(1, Relaxed);
                     self.0.stats.repair_wanted.notify_waiters();
                 }
                 continue;
@@ -199,6 +218,23 @@ impl Publisher {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_secs(5));
         }
+    }
+
+    /// Takes up to [`BATCH`] events off the queue (`None`: closed and empty) and wakes those
+    /// waiting for room.
+    fn take_batch(&self) -> Option<Vec<(KlineEvent, Instant)>> {
+        let batch: Vec<_> = {
+            let mut q = self.0.queue.lock();
+            let n = q.events.len().min(BATCH);
+            if n == 0 && q.closed {
+                return None;
+            }
+            q.events.drain(..n).collect()
+        };
+        if !batch.is_empty() {
+            self.0.room.notify_waiters();
+        }
+        Some(batch)
     }
 
     /// Sends a batch and awaits its acks; returns what was not stored.
@@ -303,5 +339,34 @@ mod tests {
             Some(ev(0, true).open_time),
             "repair restarts just before the dropped candle"
         );
+    }
+
+    #[tokio::test]
+    async fn rest_pushes_wait_for_room_instead_of_dropping() {
+        let tracker = Arc::new(Tracker::default());
+        let stats = Arc::new(LiveStats::default());
+        let p = Publisher::new(2, Duration::from_secs(1), stats.clone(), tracker);
+        p.push(ev(0, true));
+        p.push(ev(1, true));
+        let waiting = tokio::spawn({
+            let p = p.clone();
+            async move { p.push_when_room(ev(2, true)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "must wait while the buffer is full");
+        assert_eq!(contents(&p), vec![(0, true), (1, true)]);
+        assert_eq!(p.take_batch().unwrap().len(), 2);
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(contents(&p), vec![(2, true)]);
+        assert_eq!(stats.dropped.load(Relaxed), 0);
+        // A closing publisher never leaves a REST task waiting.
+        p.push(ev(3, true));
+        p.close();
+        tokio::time::timeout(Duration::from_secs(5), p.push_when_room(ev(4, true)))
+            .await
+            .unwrap();
     }
 }

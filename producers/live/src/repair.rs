@@ -39,10 +39,19 @@ pub(crate) async fn fetch_closed(
     };
     let mut published = 0;
     while start < current {
-        let rows = ctx
+        let rows = match ctx
             .rest
             .klines(symbol, interval, Some(start), None, MAX_KLINES_LIMIT)
-            .await?;
+            .await
+        {
+            Ok(rows) => rows,
+            Err(e) => {
+                // The caller consumed the series' lost-candle mark: put back what is still
+                // unfetched, so the next repair or poll does not skip it.
+                ctx.tracker.lost(symbol, interval, start);
+                return Err(e);
+            }
+        };
         let full = rows.len() == usize::from(MAX_KLINES_LIMIT);
         let mut next = None;
         for row in rows.iter().filter(|r| r.open_time >= start) {
@@ -50,9 +59,15 @@ pub(crate) async fn fetch_closed(
                 next = None;
                 break;
             }
-            let event = row.to_event(symbol, interval, source, server_now, wall_now_ms())?;
+            let event = match row.to_event(symbol, interval, source, server_now, wall_now_ms()) {
+                Ok(e) => e,
+                Err(e) => {
+                    ctx.tracker.lost(symbol, interval, row.open_time);
+                    return Err(e);
+                }
+            };
             ctx.tracker.observe(symbol, interval, row.open_time);
-            ctx.publisher.push(event);
+            ctx.publisher.push_when_room(event).await;
             published += 1;
             next = Some(interval.next_open(row.open_time));
         }

@@ -431,9 +431,28 @@ async fn nats_outage_is_buffered_and_republished() {
     assert_eq!(stats.dropped.load(Relaxed), 0);
 }
 
-// Known race (see the issue note): after a NATS outage that overflowed the buffer, a few
-// dropped closed candles are sometimes not re-fetched. Run with `--run-ignored all` to reproduce.
-#[ignore = "known race: dropped closed candles are not always repaired after a buffer overflow"]
+// A repair longer than the whole buffer must not drop what it fetched (and re-fetch it, forever):
+// REST repair waits for room instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repair_longer_than_the_buffer_completes() {
+    let mut e = env(&[]).await;
+    let mut s = settings(&e);
+    s.ack_timeout = Duration::from_millis(300);
+    // About 30 closed 1m candles per symbol are lost during the outage: 10× the buffer.
+    s.max_buffered = 3;
+    let live = start(&e, s);
+    sleep_ms(800).await;
+    e.nats.stop();
+    sleep_ms(3_000).await;
+    e.nats.restart();
+    sleep_ms(2_500).await;
+    settle(&e).await;
+    let stats = live.finish().await;
+    assert_exact(&e, 25).await;
+    assert!(stats.dropped.load(Relaxed) > 0, "{stats:?}");
+    assert!(stats.repaired.load(Relaxed) > 0, "{stats:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_buffer_drops_but_repair_refetches_closed_candles() {
     let mut e = env(&[]).await;

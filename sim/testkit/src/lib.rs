@@ -24,6 +24,17 @@ pub struct NatsServer {
     port: u16,
     store: tempfile::TempDir,
     extra_args: Vec<String>,
+    config: Option<ConfigRun>,
+}
+
+/// How a server started from a config file is run (see [`NatsServer::start_with_config`]).
+struct ConfigRun {
+    /// The written config file.
+    path: PathBuf,
+    /// Its monitoring port (`-m`).
+    monitor_port: u16,
+    /// Added to the server's environment.
+    env: Vec<(String, String)>,
 }
 
 fn free_port() -> u16 {
@@ -61,27 +72,111 @@ impl NatsServer {
             port: free_port(),
             store,
             extra_args: extra.iter().map(|s| (*s).to_owned()).collect(),
+            config: None,
         };
         s.spawn();
         s
     }
 
+    /// Starts `nats-server -c` with a configuration of the caller's (e.g. a deployment's real
+    /// config, to test its authorization). `config` is the file's text; `files` are written next
+    /// to it as (name, text) for its `include`s; `env` is added to the server's environment (a
+    /// config may refer to `$VARIABLES`). Every `store_dir:` line is replaced by this server's
+    /// temporary store; the listen address and port come from the command line (127.0.0.1 and a
+    /// free port, overriding the file's), and so does the monitoring port (a free one:
+    /// [`NatsServer::monitor_url`]). Panics, with the server's output, if it does not start.
+    pub fn start_with_config(config: &str, files: &[(&str, &str)], env: &[(&str, &str)]) -> Self {
+        let store = match tempfile::tempdir() {
+            Ok(d) => d,
+            Err(e) => panic!("cannot create a temp dir for nats-server: {e}"),
+        };
+        let dir = store.path().join("conf");
+        let js = store.path().join("js");
+        let text: String = config
+            .lines()
+            .map(|l| {
+                if l.trim_start().starts_with("store_dir:") {
+                    format!("  store_dir: {:?}\n", js.display().to_string())
+                } else {
+                    format!("{l}\n")
+                }
+            })
+            .collect();
+        let path = dir.join("nats.conf");
+        let written = std::fs::create_dir_all(&dir)
+            .and_then(|()| std::fs::write(&path, text))
+            .and_then(|()| {
+                files
+                    .iter()
+                    .try_for_each(|(name, body)| std::fs::write(dir.join(name), body))
+            });
+        if let Err(e) = written {
+            panic!(
+                "cannot write the nats-server config into {}: {e}",
+                dir.display()
+            );
+        }
+        let mut s = Self {
+            child: None,
+            port: free_port(),
+            store,
+            extra_args: Vec::new(),
+            config: Some(ConfigRun {
+                path,
+                monitor_port: free_port(),
+                env: env
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+            }),
+        };
+        s.spawn();
+        s
+    }
+
+    /// What a server started from a config printed so far (errors such as permission
+    /// violations); empty for the others.
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(self.store.path().join("nats-server.log")).unwrap_or_default()
+    }
+
+    /// `http://127.0.0.1:PORT` of the monitoring endpoint (servers started from a config).
+    pub fn monitor_url(&self) -> Option<String> {
+        self.config
+            .as_ref()
+            .map(|c| format!("http://127.0.0.1:{}", c.monitor_port))
+    }
+
     fn spawn(&mut self) {
         let bin = std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".into());
-        let child = Command::new(&bin)
-            .args([
-                "-js",
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-sd",
-            ])
-            .arg(self.store.path())
-            .args(&self.extra_args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
+        let mut cmd = Command::new(&bin);
+        let port = self.port.to_string();
+        let log = self.store.path().join("nats-server.log");
+        match &self.config {
+            None => {
+                cmd.args(["-js", "-a", "127.0.0.1", "-p", &port, "-sd"])
+                    .arg(self.store.path())
+                    .args(&self.extra_args)
+                    .stderr(Stdio::null());
+            }
+            Some(c) => {
+                let stderr = match std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log)
+                {
+                    Ok(f) => Stdio::from(f),
+                    Err(e) => panic!("cannot create {}: {e}", log.display()),
+                };
+                cmd.arg("-c")
+                    .arg(&c.path)
+                    .args(["-a", "127.0.0.1", "-p", &port, "-m"])
+                    .arg(c.monitor_port.to_string())
+                    .envs(c.env.iter().map(|(k, v)| (k, v)))
+                    .stderr(stderr);
+            }
+        }
+        let child = cmd.stdout(Stdio::null()).spawn();
         let child = match child {
             Ok(c) => c,
             Err(e) => panic!("cannot start {bin}: {e}; {START_HINT}"),
@@ -89,8 +184,11 @@ impl NatsServer {
         self.child = Some(child);
         assert!(
             wait_for_port(self.port, Duration::from_secs(10)),
-            "nats-server did not listen on port {} within 10 s",
-            self.port
+            "nats-server did not listen on port {} within 10 s{}",
+            self.port,
+            std::fs::read_to_string(&log)
+                .map(|l| format!("; its output:\n{l}"))
+                .unwrap_or_default()
         );
     }
 
