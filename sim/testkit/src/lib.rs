@@ -3,6 +3,8 @@
 //! - [`NatsServer`]: a private `nats-server -js` on a free port with a temporary store, so each
 //!   test owns its streams and can stop/restart the broker for fault injection.
 //! - [`TestDb`]: a fresh, migrated PostgreSQL database on the machine's server, dropped afterwards.
+//! - [`PgServer`]: a private PostgreSQL cluster (initdb in a temporary directory, on a free
+//!   port) that a test may stop and restart without disturbing the machine's shared server.
 //!
 //! A missing service is a loud failure that says what to start — never a silent skip.
 
@@ -237,12 +239,19 @@ pub struct TestDb {
     pub url: String,
     /// Its name.
     pub name: String,
+    /// The admin URL of its server (to drop it).
+    admin: String,
 }
 
 impl TestDb {
-    /// Creates and migrates a database named `kb_test_<pid>_<random>`.
+    /// Creates and migrates a database named `kb_test_<pid>_<random>` on the machine's server.
     pub async fn fresh() -> Self {
-        let admin = admin_url();
+        Self::fresh_on(admin_url()).await
+    }
+
+    /// The same on the server of `admin` (an URL of its `postgres` database), e.g.
+    /// [`PgServer::admin_url`].
+    pub async fn fresh_on(admin: String) -> Self {
         let admin_pool = match PgPoolOptions::new()
             .max_connections(1)
             .acquire_timeout(Duration::from_secs(5))
@@ -275,14 +284,19 @@ impl TestDb {
         if let Err(e) = klinebus_migrations::run(&pool).await {
             panic!("migrations failed on {name}: {e}");
         }
-        Self { pool, url, name }
+        Self {
+            pool,
+            url,
+            name,
+            admin,
+        }
     }
 }
 
 impl Drop for TestDb {
     fn drop(&mut self) {
         let name = self.name.clone();
-        let admin = admin_url();
+        let admin = self.admin.clone();
         // Drop runs inside a runtime; do the async cleanup on a thread of its own.
         let _ = std::thread::spawn(move || {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread()
@@ -303,6 +317,239 @@ impl Drop for TestDb {
             });
         })
         .join();
+    }
+}
+
+/// A private PostgreSQL cluster for fault tests: `initdb` into a temporary directory, served on
+/// a free loopback port with trust authentication, stopped on drop. [`PgServer::stop`] is an
+/// immediate shutdown (no checkpoint, crash recovery on the next start, like a crash of the
+/// server process); [`PgServer::restart`] starts it again on the same port and data.
+///
+/// The binaries come from `PG_BIN_DIR`, else the newest `/usr/lib/postgresql/<v>/bin`, else
+/// `PATH`. PostgreSQL refuses to run as root: as root, the directory is handed to the
+/// `postgres` user and every command runs through `runuser -u postgres --`.
+pub struct PgServer {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    port: u16,
+    as_postgres: bool,
+    running: bool,
+}
+
+fn pg_bin_dir() -> PathBuf {
+    if let Ok(d) = std::env::var("PG_BIN_DIR") {
+        return d.into();
+    }
+    let newest = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let v: u32 = e.file_name().to_str()?.parse().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").exists().then_some((v, bin))
+        })
+        .max_by_key(|(v, _)| *v);
+    newest.map(|(_, b)| b).unwrap_or_default()
+}
+
+/// True when this process runs as root (`/proc/self` belongs to the effective user).
+fn running_as_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+/// The uid and gid of `user` from /etc/passwd.
+fn user_ids(user: &str) -> Option<(u32, u32)> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() > 3 && f[0] == user).then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))?
+    })
+}
+
+impl PgServer {
+    /// Creates the cluster and starts it. Panics, saying why, if it cannot.
+    pub fn start() -> Self {
+        let dir = match tempfile::Builder::new().prefix("kb-pg-").tempdir() {
+            Ok(d) => d,
+            Err(e) => panic!("cannot create a temp dir for PostgreSQL: {e}"),
+        };
+        let as_postgres = running_as_root();
+        if as_postgres {
+            let Some((uid, gid)) = user_ids("postgres") else {
+                panic!("running as root and there is no `postgres` user to run PostgreSQL as");
+            };
+            if let Err(e) = std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)) {
+                panic!("cannot hand {} to postgres: {e}", dir.path().display());
+            }
+        }
+        let mut s = Self {
+            dir,
+            bin: pg_bin_dir(),
+            port: free_port(),
+            as_postgres,
+            running: false,
+        };
+        let data = s.data_dir();
+        s.run_tool(
+            "initdb",
+            &[
+                "-D".as_ref(),
+                data.as_os_str(),
+                "-U".as_ref(),
+                "postgres".as_ref(),
+                "-A".as_ref(),
+                "trust".as_ref(),
+                "-E".as_ref(),
+                "UTF8".as_ref(),
+                "--no-locale".as_ref(),
+                "--no-sync".as_ref(),
+            ],
+        );
+        s.spawn();
+        s
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Runs a PostgreSQL tool to completion (as `postgres` when root); panics with its output
+    /// on failure.
+    fn run_tool(&self, tool: &str, args: &[&std::ffi::OsStr]) {
+        let exe = if self.bin.as_os_str().is_empty() {
+            PathBuf::from(tool)
+        } else {
+            self.bin.join(tool)
+        };
+        let mut cmd = if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&exe);
+            c
+        } else {
+            Command::new(&exe)
+        };
+        let out = cmd
+            .args(args)
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .output();
+        match out {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => panic!(
+                "{} failed ({}):\n{}{}\nserver log:\n{}",
+                exe.display(),
+                o.status,
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr),
+                self.log_tail()
+            ),
+            Err(e) => panic!(
+                "cannot run {}: {e}; install PostgreSQL or set PG_BIN_DIR",
+                exe.display()
+            ),
+        }
+    }
+
+    fn spawn(&mut self) {
+        let data = self.data_dir();
+        let log = self.dir.path().join("postgres.log");
+        let opts = format!(
+            "-p {} -h 127.0.0.1 -k {} -c fsync=off -c max_connections=60",
+            self.port,
+            self.dir.path().display()
+        );
+        self.run_tool(
+            "pg_ctl",
+            &[
+                "-D".as_ref(),
+                data.as_os_str(),
+                "-l".as_ref(),
+                log.as_os_str(),
+                "-w".as_ref(),
+                "-t".as_ref(),
+                "60".as_ref(),
+                "-o".as_ref(),
+                opts.as_ref(),
+                "start".as_ref(),
+            ],
+        );
+        self.running = true;
+        assert!(
+            wait_for_port(self.port, Duration::from_secs(10)),
+            "PostgreSQL did not listen on port {} within 10 s",
+            self.port
+        );
+    }
+
+    /// The last lines of the server's log (for failure messages).
+    pub fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.path().join("postgres.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// The port it listens on (127.0.0.1).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `postgres://postgres@127.0.0.1:PORT/postgres`, for [`TestDb::fresh_on`].
+    pub fn admin_url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Stops the server at once (`pg_ctl stop -m immediate`: every connection is cut, no
+    /// checkpoint, so the next start runs crash recovery). Committed data survives.
+    pub fn stop(&mut self) {
+        if !self.running {
+            return;
+        }
+        let data = self.data_dir();
+        self.run_tool(
+            "pg_ctl",
+            &[
+                "-D".as_ref(),
+                data.as_os_str(),
+                "-m".as_ref(),
+                "immediate".as_ref(),
+                "-w".as_ref(),
+                "stop".as_ref(),
+            ],
+        );
+        self.running = false;
+    }
+
+    /// Stops it (if running) and starts it again on the same port and data.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        if self.running {
+            // No panic while dropping: best effort.
+            let data = self.data_dir();
+            let exe = self.bin.join("pg_ctl");
+            let mut cmd = if self.as_postgres {
+                let mut c = Command::new("runuser");
+                c.args(["-u", "postgres", "--"]).arg(&exe);
+                c
+            } else {
+                Command::new(&exe)
+            };
+            let _ = cmd
+                .arg("-D")
+                .arg(&data)
+                .args(["-m", "immediate", "-w", "stop"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
     }
 }
 
@@ -330,6 +577,34 @@ mod tests {
         let js = async_nats::jetstream::new(client);
         let mut s = js.get_stream("T").await.unwrap();
         assert_eq!(s.info().await.unwrap().state.messages, 1);
+    }
+
+    #[tokio::test]
+    async fn private_postgres_survives_a_restart() {
+        let mut pg = PgServer::start();
+        let db = TestDb::fresh_on(pg.admin_url()).await;
+        sqlx::query("INSERT INTO exchange_gaps (symbol, timeframe, start_time, end_time, candles) VALUES ('X', '1m', 0, 60000, 1)")
+            .execute(&db.pool)
+            .await
+            .unwrap();
+        pg.stop();
+        // Down: a new connection is refused (the pool would retry until its acquire timeout).
+        use sqlx::Connection as _;
+        assert!(sqlx::PgConnection::connect(&db.url).await.is_err());
+        pg.restart();
+        // The pool reconnects; the committed row survived the immediate shutdown.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let n: i64 = loop {
+            match sqlx::query_scalar("SELECT count(*) FROM exchange_gaps")
+                .fetch_one(&db.pool)
+                .await
+            {
+                Ok(n) => break n,
+                Err(e) => assert!(Instant::now() < deadline, "{e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(n, 1);
     }
 
     #[tokio::test]
