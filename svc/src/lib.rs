@@ -113,6 +113,15 @@ pub fn metrics_recorder() -> Result<PrometheusHandle, TelemetryError> {
     Ok(HANDLE.get_or_init(|| handle).clone())
 }
 
+/// Parses a `--metrics-addr` value: `host:port`, or `off` / empty for no endpoint.
+pub fn parse_metrics_addr(a: &str) -> Result<Option<SocketAddr>, std::net::AddrParseError> {
+    let a = a.trim();
+    if a.is_empty() || a.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    a.parse().map(Some)
+}
+
 /// Serves `/metrics` and `/health` on `addr` until `shutdown` fires. Returns the bound address
 /// (useful with port 0).
 pub async fn serve_telemetry(

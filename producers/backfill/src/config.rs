@@ -66,6 +66,11 @@ pub struct Config {
     #[command(flatten)]
     pub nats: NatsArgs,
 
+    /// Address of /metrics (Prometheus) and /health while the backfill runs; `off` (the
+    /// default: a one-shot job) disables it.
+    #[arg(long, env = "METRICS_ADDR", default_value = "off")]
+    pub metrics_addr: String,
+
     /// Publish acknowledgements outstanding at once; publishing waits when this many are in
     /// flight.
     #[arg(long, env = "BACKFILL_MAX_INFLIGHT", default_value_t = 20_000)]
@@ -168,6 +173,8 @@ mod tests {
         );
         assert_eq!(c.days, Some(90));
         assert_eq!(c.weight_budget, 4800);
+        // A one-shot job: no endpoint unless asked for.
+        assert_eq!(klinebus_svc::parse_metrics_addr(&c.metrics_addr), Ok(None));
     }
 
     #[test]

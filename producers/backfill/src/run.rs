@@ -76,8 +76,19 @@ impl RunResult {
 /// The whole command: returns the summary and verification (already printed); the caller turns
 /// them into the exit code with [`RunResult::exit_code`].
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<RunResult> {
+    let health = klinebus_svc::Health::default();
+    // The endpoint lives as long as this run.
+    let telemetry = shutdown.child_token();
+    let _telemetry = telemetry.clone().drop_guard();
+    if let Some(addr) = klinebus_svc::parse_metrics_addr(&config.metrics_addr)
+        .with_context(|| format!("--metrics-addr {:?}", config.metrics_addr))?
+    {
+        let bound = klinebus_svc::serve_telemetry(addr, health.clone(), telemetry).await?;
+        tracing::info!(%bound, "serving /metrics and /health");
+    }
     let rest = rest_client(&config)?;
     let js = connect_bus(&config).await?;
+    health.set_ready(true);
     let server_now = rest
         .server_time()
         .await

@@ -239,6 +239,10 @@ impl Run<'_> {
             }
         }
         self.progress.inc(stored);
+        metrics::counter!("klinebus_backfill_candles_stored_total",
+            "symbol" => self.report.symbol.as_str().to_owned(),
+            "interval" => self.report.interval.as_str())
+        .increment(stored);
         match first_err {
             Some(e) => Err(Stop::Publish(format!("publish not acknowledged: {e}"))),
             None => Ok(()),

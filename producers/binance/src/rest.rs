@@ -254,11 +254,18 @@ impl RestClient {
             let outcome: Result<std::convert::Infallible, BinanceError> = match result {
                 Err(e) => {
                     self.limiter.on_response(permit, None, wall_now_ms());
+                    metrics::counter!("klinebus_rest_requests_total", "status" => "transport_error")
+                        .increment(1);
                     Err(BinanceError::Transport(transport_message(&e)))
                 }
                 Ok(resp) => {
                     let status = resp.status();
+                    metrics::counter!("klinebus_rest_requests_total", "status" => status.as_str().to_owned())
+                        .increment(1);
                     let used = used_weight(resp.headers());
+                    if let Some(u) = used {
+                        metrics::gauge!("klinebus_rest_used_weight_1m").set(u as f64);
+                    }
                     let retry_after = retry_after(resp.headers());
                     let body = resp.bytes().await;
                     let now = wall_now_ms();

@@ -1,12 +1,12 @@
 //! The [`Handler`] that writes batches to Postgres and, after the ack, publishes the closed
 //! candles that changed on `candles.closed.<venue>.<symbol>.<interval>`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::Context;
 use klinebus_consume::{Delivered, Handler, HandlerError};
-use klinebus_schemas::{bus, subjects, KlineEvent};
+use klinebus_schemas::{bus, subjects, Interval, KlineEvent, Symbol};
 use klinebus_svc::Health;
 use sqlx::PgPool;
 use tokio::task::JoinSet;
@@ -28,6 +28,9 @@ pub struct PgSink {
     js: Option<Context>,
     health: Health,
     publishing: JoinSet<usize>,
+    /// Close time (ms) of the newest closed candle committed per series, for the freshness
+    /// gauge.
+    newest: HashMap<(Symbol, Interval), i64>,
 }
 
 impl PgSink {
@@ -38,6 +41,34 @@ impl PgSink {
             js,
             health,
             publishing: JoinSet::new(),
+            newest: HashMap::new(),
+        }
+    }
+
+    /// Sets `klinebus_sink_newest_candle_close_seconds{symbol,timeframe}` to the close time of
+    /// the newest closed candle committed (never backwards: a backfill of old history does not
+    /// make a series look stale). Data age is `time() - gauge` (max over instances).
+    fn record_freshness(&mut self, rows: &[&KlineEvent]) {
+        // Rows come in key order, one series after another: the last row of a run is its
+        // newest, so the gauge is set once per series and batch.
+        let mut it = rows.iter().filter(|e| e.closed).peekable();
+        while let Some(e) = it.next() {
+            if it
+                .peek()
+                .is_some_and(|n| n.symbol == e.symbol && n.interval == e.interval)
+            {
+                continue;
+            }
+            let newest = self
+                .newest
+                .entry((e.symbol.clone(), e.interval))
+                .or_insert(i64::MIN);
+            if e.close_time > *newest {
+                *newest = e.close_time;
+                metrics::gauge!("klinebus_sink_newest_candle_close_seconds",
+                    "symbol" => e.symbol.as_str().to_owned(), "timeframe" => e.interval.as_str())
+                .set((e.close_time + 1) as f64 / 1000.0);
+            }
         }
     }
 
@@ -122,6 +153,7 @@ impl Handler for PgSink {
         metrics::counter!("klinebus_sink_rows_upserted_total").increment(written.rows as u64);
         metrics::counter!("klinebus_sink_rows_changed_total")
             .increment(written.changed.len() as u64);
+        self.record_freshness(&rows);
         tracing::debug!(
             events = batch.len(),
             rows = written.rows,

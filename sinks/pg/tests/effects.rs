@@ -258,3 +258,55 @@ async fn replay_from_all_rewrites_a_wiped_table() {
     stop.cancel();
     h.await.unwrap();
 }
+
+/// GET `path` from `addr` (HTTP/1.0, enough for the telemetry endpoint).
+async fn http_get(addr: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+#[tokio::test]
+async fn metrics_show_ingest_and_freshness_per_series_and_health_turns_ready() {
+    let nats = NatsServer::start();
+    let db = TestDb::fresh().await;
+    let js = js_for(&nats.url()).await;
+    let addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let finals: Vec<_> = (0..30).map(|m| candle("NEARUSDT", m, true, 0)).collect();
+    // A forming update of a later candle must not count as fresh data.
+    let mut all = finals.clone();
+    all.push(candle("NEARUSDT", 30, false, 1));
+    publish_no_id(&js, &all).await;
+    let mut cfg = config(&nats.url(), &db.url, "metrics", &[]);
+    cfg.metrics_addr = addr.clone();
+    let (stop, h) = spawn_sink(cfg);
+    assert_converges(&js, &db.pool, "metrics", &expected(&all)).await;
+    let health = http_get(&addr, "/health").await;
+    assert!(
+        health.starts_with("HTTP/1.0 200") || health.starts_with("HTTP/1.1 200"),
+        "{health}"
+    );
+    let text = http_get(&addr, "/metrics").await;
+    let newest = finals.last().unwrap().close_time + 1;
+    let line = text
+        .lines()
+        .find(|l| {
+            l.starts_with("klinebus_sink_newest_candle_close_seconds")
+                && l.contains("symbol=\"NEARUSDT\"")
+                && l.contains("timeframe=\"1m\"")
+        })
+        .unwrap_or_else(|| panic!("no freshness gauge in:\n{text}"));
+    let value: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert_eq!(value, newest as f64 / 1000.0, "{line}");
+    assert!(text.contains("klinebus_sink_rows_upserted_total"), "{text}");
+    stop.cancel();
+    h.await.unwrap();
+}

@@ -99,11 +99,7 @@ impl SinkConfig {
 
     /// The telemetry address, `None` when disabled.
     pub fn metrics_addr(&self) -> Result<Option<std::net::SocketAddr>, std::net::AddrParseError> {
-        let a = self.metrics_addr.trim();
-        if a.is_empty() || a.eq_ignore_ascii_case("off") {
-            return Ok(None);
-        }
-        a.parse().map(Some)
+        klinebus_svc::parse_metrics_addr(&self.metrics_addr)
     }
 }
 
