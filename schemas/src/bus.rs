@@ -28,6 +28,14 @@ pub enum BusError {
         /// Why.
         source: async_nats::ConnectError,
     },
+    /// A server URL could not be parsed.
+    #[error("invalid NATS URL {url:?}: {reason}")]
+    Url {
+        /// The URL (password redacted).
+        url: String,
+        /// Why.
+        reason: String,
+    },
     /// A credentials file could not be read.
     #[error("cannot read NATS credentials file {path}: {source}")]
     Credentials {
@@ -81,7 +89,7 @@ pub struct BusOptions {
 impl std::fmt::Debug for BusOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BusOptions")
-            .field("url", &self.url)
+            .field("url", &redact_url(&self.url))
             .field("name", &self.name)
             .field("creds_file", &self.creds_file)
             .field("user", &self.user)
@@ -90,6 +98,25 @@ impl std::fmt::Debug for BusOptions {
             .field("require_tls", &self.require_tls)
             .field("tls_ca", &self.tls_ca)
             .finish()
+    }
+}
+
+/// `url` (or comma-separated URLs) with any password replaced (`scheme://user:<redacted>@host`),
+/// for logs and `Debug`.
+pub fn redact_url(url: &str) -> String {
+    url.split(',').map(redact_one).collect::<Vec<_>>().join(",")
+}
+
+fn redact_one(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((auth, host)) = rest.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    match auth.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:<redacted>@{host}"),
+        None => url.to_owned(),
     }
 }
 
@@ -131,12 +158,36 @@ pub async fn connect(opts: &BusOptions) -> Result<Client, BusError> {
     if let Some(t) = &opts.token {
         o = o.token(t.clone());
     }
-    o.connect(opts.url.as_str())
+    let servers = server_addrs(&opts.url)?;
+    o.connect(servers)
         .await
         .map_err(|source| BusError::Connect {
-            url: opts.url.clone(),
+            url: redact_url(&opts.url),
             source,
         })
+}
+
+/// Parses `nats://a:4222,nats://b:4222` (a cluster's seed list) into server addresses.
+pub fn server_addrs(url: &str) -> Result<Vec<async_nats::ServerAddr>, BusError> {
+    let addrs = url
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| {
+            u.parse::<async_nats::ServerAddr>()
+                .map_err(|e| BusError::Url {
+                    url: redact_url(u),
+                    reason: e.to_string(),
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if addrs.is_empty() {
+        return Err(BusError::Url {
+            url: url.to_owned(),
+            reason: "no server given".into(),
+        });
+    }
+    Ok(addrs)
 }
 
 /// A JetStream context that keeps at most `max_inflight` publish acks outstanding and waits

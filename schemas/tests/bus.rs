@@ -113,3 +113,30 @@ async fn streams_are_idempotent_and_closed_candles_dedup() {
     }
     assert_eq!(n, 3);
 }
+
+#[tokio::test]
+async fn a_seed_list_of_urls_connects_and_bad_urls_are_clear_errors() {
+    let nats = NatsServer::start();
+    // A cluster seed list whose first server is down: the client still connects.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let list = format!("nats://127.0.0.1:{dead}, {}", nats.url());
+    let client = bus::connect(&BusOptions::new(list, "test")).await.unwrap();
+    client.flush().await.unwrap();
+    assert_eq!(
+        bus::server_addrs("nats://a:4222,nats://b:4222")
+            .unwrap()
+            .len(),
+        2
+    );
+    let e = bus::server_addrs("nats://u:hunter2@h:notaport")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("invalid NATS URL") && !e.contains("hunter2"),
+        "{e}"
+    );
+    assert!(bus::server_addrs(" , ").is_err());
+}

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+pub use klinebus_schemas::bus::redact_url;
 use klinebus_schemas::bus::BusOptions;
 use klinebus_schemas::streams::Retention;
 
@@ -112,7 +113,7 @@ pub struct NatsArgs {
 impl std::fmt::Debug for NatsArgs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NatsArgs")
-            .field("url", &self.url)
+            .field("url", &redact_url(&self.url))
             .field("creds", &self.creds)
             .field("user", &self.user)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
@@ -193,21 +194,6 @@ impl DbArgs {
             Some(p) => read_secret("database URL", p),
             None => Ok(self.database_url.clone()),
         }
-    }
-}
-
-/// `url` with any password replaced, for logs and `Debug`.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let (auth, host) = match rest.rsplit_once('@') {
-        Some(parts) => parts,
-        None => return url.to_owned(),
-    };
-    match auth.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:<redacted>@{host}"),
-        None => url.to_owned(),
     }
 }
 
@@ -295,5 +281,33 @@ mod tests {
         );
         assert_eq!(redact_url("postgres://u@h/d"), "postgres://u@h/d");
         assert_eq!(redact_url("nats://h:4222"), "nats://h:4222");
+        assert_eq!(
+            redact_url("nats://a:x@h1:4222,nats://a:y@h2:4222"),
+            "nats://a:<redacted>@h1:4222,nats://a:<redacted>@h2:4222"
+        );
+    }
+
+    #[test]
+    fn help_never_shows_secret_values() {
+        // nextest runs each test in its own process: setting the environment is contained.
+        std::env::set_var("NATS_PASSWORD", "pw-from-env");
+        std::env::set_var("NATS_TOKEN", "tok-from-env");
+        std::env::set_var("DATABASE_URL", "postgres://u:db-secret@h/d");
+        let help = <Cli as clap::CommandFactory>::command()
+            .render_long_help()
+            .to_string();
+        for secret in ["pw-from-env", "tok-from-env", "db-secret"] {
+            assert!(!help.contains(secret), "{secret} in --help:\n{help}");
+        }
+        let cli = Cli::try_parse_from(["x", "--nats-url", "nats://a:b-secret@h:4222"]).unwrap();
+        let shown = format!("{cli:?}");
+        assert!(
+            !shown.contains("b-secret") && !shown.contains("pw-from-env"),
+            "{shown}"
+        );
+        assert_eq!(
+            cli.nats.bus_options("t").unwrap().password.as_deref(),
+            Some("pw-from-env")
+        );
     }
 }
