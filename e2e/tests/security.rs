@@ -328,6 +328,8 @@ async fn the_binaries_run_with_their_own_role_only() {
     std::fs::write(&sink_password, format!("{}\n", PG_SINK.1)).unwrap();
     let url = nats.url();
     let rest = sim.base_url();
+    // The sink reaches PostgreSQL over TLS because its URL says so (sslmode), nothing else.
+    let sink_db_url = format!("{}?sslmode=require&application_name=tls-sink", db.url);
 
     let sink = kline_pg_sink::Config::parse_from([
         "kline-pg-sink",
@@ -338,7 +340,7 @@ async fn the_binaries_run_with_their_own_role_only() {
         "--nats-password-file",
         sink_password.to_str().unwrap(),
         "--database-url",
-        &db.url,
+        &sink_db_url,
         "--metrics-addr",
         "off",
         "--flush-interval-ms",
@@ -481,6 +483,19 @@ async fn the_binaries_run_with_their_own_role_only() {
     .await
     .unwrap();
     assert!(status.output.contains("pg-sink"), "{}", status.output);
+
+    let tls: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+         WHERE a.datname = current_database() AND a.application_name = 'tls-sink' AND s.ssl",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert!(
+        tls > 0,
+        "kline-pg-sink holds no TLS connection with sslmode=require \
+         (is ssl = on in this PostgreSQL's postgresql.conf?)"
+    );
 
     stop.cancel();
     sink.await.unwrap().unwrap();
