@@ -43,15 +43,17 @@ pub struct SinkConfig {
     )]
     pub filter_subject: String,
 
-    /// Most messages pulled per request (they are still processed one by one, in stream order).
+    /// Most messages pulled per request, and most processed as one batch (in stream order, one
+    /// upsert statement, signal events published together, acked after).
     #[arg(long, env = "SIGNALS_BATCH_SIZE", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub batch_size: u32,
 
     /// Most delivered, un-acked messages (applies when the consumer is created). 1, the default,
     /// makes the server itself keep stream order even across crashes and redeliveries: the next
-    /// message is delivered only after the previous one was acked. Larger values pipeline
-    /// deliveries (faster replays), but a message redelivered after a crash can then arrive
-    /// after newer ones of its series, which treats it as a replay and skips its signal.
+    /// message is delivered only after the previous one was acked, but then every batch is one
+    /// message. Larger values (e.g. 1000, at least --batch-size) let batches fill, which makes
+    /// replays much faster; order is still kept: un-acked messages a dead previous owner left
+    /// behind make the next owner restart the consumer at its ack floor.
     #[arg(long, env = "SIGNALS_MAX_ACK_PENDING", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub max_ack_pending: u32,
 

@@ -2,7 +2,8 @@
 //!
 //! - [`config`]: flags and environment (`kline-signals --help`).
 //! - [`store`]: warming history from `ohlcv_candles`, upserting `signals`, the ownership lock.
-//! - [`engine`]: per-series [`SeriesState`](crate::SeriesState)s, one event at a time.
+//! - [`engine`]: per-series [`SeriesState`](crate::SeriesState)s, events applied in order, a
+//!   batch at a time.
 //! - [`run`]: wiring and the pull loop.
 //!
 //! ## Delivery and ordering
@@ -12,14 +13,25 @@
 //! [`klinebus_consume::dlq`], like every klinebus sink. The batch loop of
 //! [`klinebus_consume::Consumer::run`] is not used: its decoder accepts only producer subjects
 //! (`klines.…`), and its nak-the-batch retry would let later candles of a series overtake an
-//! earlier one. Instead messages are handled strictly one by one in stream order; a retryable
-//! failure (database, publish) retries the *same* message in place with a growing pause
-//! (keeping it with in-progress acks), so nothing overtakes it. Each message is acked only
-//! after its row is committed and its signal event stored by the SIGNALS stream.
+//! earlier one. Instead messages are handled in stream order, in batches of what one pull has
+//! already delivered (at most `--batch-size`; a lone live candle is never held back waiting
+//! for more): the events are applied in order to copies of their series' states, ONE statement
+//! upserts all resulting rows, all signal events are published and their stream acks awaited,
+//! and only then are the new states kept and the messages acked, in order. A retryable failure
+//! (database, publish) retries the *same* batch in place with a growing pause (keeping its
+//! messages with in-progress acks) from the states before it, so nothing overtakes it and the
+//! retry gives exactly the same rows and events (identical rows are left alone; republished
+//! events carry the same `Nats-Msg-Id`). On shutdown, delivered but unprocessed messages are
+//! naked in order.
 //!
-//! The server keeps that order too: the consumer is created with `max_ack_pending` 1 (flag
-//! `--max-ack-pending`), so a message that was naked or whose process died is redelivered
-//! before anything newer is delivered.
+//! The server keeps that order too. With `max_ack_pending` 1 (flag `--max-ack-pending`, the
+//! default) a message that was naked or whose process died is redelivered before anything
+//! newer is delivered, but each batch is one message. Larger values let batches fill (much
+//! faster replays, see `signals-bench replay`); what they could reorder is only a dead owner's
+//! un-acked messages, which the server would redeliver after the ack wait behind newer ones. So
+//! the new owner (it holds the lock, see below) restarts the durable at its ack floor when it
+//! finds un-acked messages at start-up: they come first, in stream order, and whatever after
+//! the floor was already processed is recomputed to identical rows and deduplicated events.
 //!
 //! Indicator state needs each series in order, so there must be ONE owner: at start the
 //! service takes the PostgreSQL advisory lock `hashtext('kline-signals/<consumer>')` on a
@@ -36,7 +48,7 @@
 //! - `Signal` → upsert into `signals` (`details` = the report as JSON), then publish the same
 //!   JSON on `signals.<venue>.<symbol>.<interval>` (`Nats-Msg-Id` =
 //!   `<venue>:<symbol>:<interval>:<open_time>`, header `Klinebus-Schema: signal/1`,
-//!   `Content-Type: application/json`), then ack.
+//!   `Content-Type: application/json`), then ack (per batch as above).
 //! - `InsufficientData` → counted (`klinebus_signals_outcomes_total{outcome="insufficient_data"}`)
 //!   and logged; stored with action `insufficient_data` only with `--store-insufficient`.
 //!
@@ -51,7 +63,7 @@ pub mod store;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, Context};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use klinebus_consume::{Backoff, ConsumeOptions, Consumer, StartFrom};
 use klinebus_schemas::bus::{self, BusOptions};
 use klinebus_schemas::codec::{self, SCHEMA_HEADER};
@@ -287,6 +299,12 @@ enum Flow {
     Stop,
 }
 
+/// How long a batch waits for more messages after its first one.
+const BATCH_LINGER: Duration = Duration::from_millis(10);
+
+/// How often the ownership lock's connection is checked while consuming.
+const LOCK_CHECK: Duration = Duration::from_secs(1);
+
 /// The pull loop: batches of at most `batch_size`, each message handled in order.
 async fn consume(
     js: &Context,
@@ -296,20 +314,34 @@ async fn consume(
     shutdown: &CancellationToken,
 ) -> Result<(), ServiceError> {
     let consumer = Consumer::new(js.clone(), opts.clone());
-    let mut pull = consumer.prepare(&opts.start).await?;
+    let start = resume_at_ack_floor(js, opts)
+        .await
+        .unwrap_or_else(|| opts.start.clone());
+    let mut pull = consumer.prepare(&start).await?;
     let durable = opts.spec.durable.as_str();
     let mut stream_backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     while !shutdown.is_cancelled() {
         lock.check()
             .await
             .map_err(|e| ServiceError::LockLost(e.to_string()))?;
-        let batch = pull
-            .batch()
-            .max_messages(opts.batch_size)
-            .expires(Duration::from_secs(1))
+        // A continuous pull: the next pull request goes out while a batch is being processed,
+        // so batches can fill (the server still delivers at most --max-ack-pending un-acked).
+        let stream = pull
+            .stream()
+            .max_messages_per_batch(opts.batch_size)
+            .expires(Duration::from_secs(5))
+            .heartbeat(Duration::from_secs(2))
             .messages()
             .await;
-        let mut messages = match batch {
+        // Lingering for more only makes sense when the server may deliver more than one
+        // un-acked message (the consumer's setting, which may predate --max-ack-pending).
+        let linger_for = if pull.cached_info().config.max_ack_pending != 1 {
+            BATCH_LINGER
+        } else {
+            Duration::ZERO
+        };
+        let mut next_check = tokio::time::Instant::now() + LOCK_CHECK;
+        let mut messages = match stream {
             Ok(m) => m,
             Err(e) => {
                 metrics::counter!("klinebus_signals_errors_total", "kind" => "pull").increment(1);
@@ -324,11 +356,18 @@ async fn consume(
             }
         };
         loop {
-            // Finish what this batch already delivered; stop waiting for more on shutdown.
+            // Stop waiting for more on shutdown.
             let next = tokio::select! {
                 biased;
                 m = messages.next() => m,
                 _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep_until(next_check) => {
+                    lock.check()
+                        .await
+                        .map_err(|e| ServiceError::LockLost(e.to_string()))?;
+                    next_check = tokio::time::Instant::now() + LOCK_CHECK;
+                    continue;
+                }
             };
             let m = match next {
                 None => break,
@@ -342,12 +381,78 @@ async fn consume(
                 }
             };
             stream_backoff.reset();
-            if let Flow::Stop = handle_message(js, durable, engine, &m, shutdown).await? {
+            // What else arrives within BATCH_LINGER goes into the same batch (a lone live
+            // candle waits that long at most; a replay gets full batches). Without lingering
+            // (max_ack_pending 1) only what is already here, i.e. nothing.
+            let mut chunk = vec![m];
+            let mut pull_again = false;
+            let linger = tokio::time::Instant::now() + linger_for;
+            while chunk.len() < opts.batch_size {
+                match tokio::time::timeout_at(linger, messages.next()).await.ok() {
+                    Some(Some(Ok(m))) => chunk.push(m),
+                    Some(Some(Err(e))) => {
+                        metrics::counter!("klinebus_signals_errors_total", "kind" => "pull")
+                            .increment(1);
+                        tracing::warn!(error = %e, "pull error; pulling again");
+                        pull_again = true;
+                        break;
+                    }
+                    Some(None) => {
+                        pull_again = true;
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            if let Flow::Stop = handle_batch(js, durable, engine, &chunk, shutdown).await? {
+                nak_rest(&mut messages).await;
                 return Ok(());
             }
+            if pull_again {
+                break;
+            }
+            if tokio::time::Instant::now() >= next_check {
+                lock.check()
+                    .await
+                    .map_err(|e| ServiceError::LockLost(e.to_string()))?;
+                next_check = tokio::time::Instant::now() + LOCK_CHECK;
+            }
+        }
+        if shutdown.is_cancelled() {
+            nak_rest(&mut messages).await;
         }
     }
     Ok(())
+}
+
+/// On shutdown: naks what this pull already delivered but was not processed, in stream order,
+/// so that the next owner gets it before anything newer.
+async fn nak_rest<E>(
+    messages: &mut (impl futures::Stream<Item = Result<jetstream::Message, E>> + Unpin),
+) {
+    while let Some(Some(Ok(m))) = messages.next().now_or_never() {
+        let _ = m.ack_with(AckKind::Nak(None)).await;
+    }
+}
+
+/// With `--max-ack-pending` > 1 a previous owner that died (or lost its lock) can leave
+/// delivered, un-acked messages behind; the server would redeliver them only after the ack wait,
+/// after newer messages of the same series. As the one owner (the lock is held), restart the
+/// durable at its ack floor instead, so they come first and in stream order (anything after the
+/// floor that was processed already is recomputed to identical rows and deduplicated events).
+async fn resume_at_ack_floor(js: &Context, opts: &ConsumeOptions) -> Option<StartFrom> {
+    if !matches!(opts.start, StartFrom::Resume) {
+        return None;
+    }
+    let stream = js.get_stream(&opts.spec.stream).await.ok()?;
+    let info = stream.consumer_info(&opts.spec.durable).await.ok()?;
+    if info.config.max_ack_pending == 1 || info.num_ack_pending == 0 {
+        return None;
+    }
+    let from = info.ack_floor.stream_sequence + 1;
+    tracing::warn!(durable = %opts.spec.durable, un_acked = info.num_ack_pending, from,
+        "a previous owner left un-acked messages; restarting the consumer at its ack floor");
+    Some(StartFrom::Sequence(from))
 }
 
 /// Decodes a `candles.closed.<venue>.<symbol>.<interval>` message: schema header, MessagePack
@@ -392,55 +497,88 @@ async fn dead_letter(js: &Context, durable: &str, m: &jetstream::Message, seq: u
     }
 }
 
-/// Processes one message, retrying it in place until it succeeds, is dead-lettered, or
-/// shutdown comes (then it is naked for redelivery and the loop stops).
-async fn handle_message(
+/// Processes messages in stream order as one batch ([`Engine::process_batch`]): undecodable
+/// ones are dead-lettered first (they change nothing); the rest is retried in place as a whole
+/// until it succeeds, then acked in order (and unusable events dead-lettered). On shutdown during
+/// a retry every message is naked, in order, for redelivery and the loop stops.
+async fn handle_batch(
     js: &Context,
     durable: &str,
     engine: &mut Engine,
-    m: &jetstream::Message,
+    msgs: &[jetstream::Message],
     shutdown: &CancellationToken,
 ) -> Result<Flow, ServiceError> {
-    let seq = m.info().map_or(0, |i| i.stream_sequence);
-    metrics::counter!("klinebus_signals_messages_total").increment(1);
-    let event = match decode_closed(m.subject.as_str(), m.headers.as_ref(), &m.payload) {
-        Ok(e) => e,
-        Err(reason) => {
-            dead_letter(js, durable, m, seq, &reason).await;
-            return Ok(Flow::Next);
+    metrics::counter!("klinebus_signals_messages_total").increment(msgs.len() as u64);
+    let mut good = Vec::with_capacity(msgs.len());
+    let mut events = Vec::with_capacity(msgs.len());
+    for m in msgs {
+        let seq = m.info().map_or(0, |i| i.stream_sequence);
+        match decode_closed(m.subject.as_str(), m.headers.as_ref(), &m.payload) {
+            Ok(e) => {
+                good.push((m, seq));
+                events.push(e);
+            }
+            Err(reason) => dead_letter(js, durable, m, seq, &reason).await,
         }
-    };
+    }
+    if events.is_empty() {
+        return Ok(Flow::Next);
+    }
+    let first = good.first().map_or(0, |g| g.1);
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
-        match engine.process(&event).await {
-            Ok(_) => {
-                if let Err(e) = m.ack().await {
-                    metrics::counter!("klinebus_signals_errors_total", "kind" => "ack")
-                        .increment(1);
-                    tracing::warn!(error = %e, stream_seq = seq, "ack failed; redelivery is a replay");
+        match engine.process_batch(&events).await {
+            Ok(results) => {
+                for ((m, seq), r) in good.iter().zip(results) {
+                    match r {
+                        Ok(_) => {
+                            if let Err(e) = m.ack().await {
+                                metrics::counter!("klinebus_signals_errors_total", "kind" => "ack")
+                                    .increment(1);
+                                tracing::warn!(error = %e, stream_seq = seq,
+                                    "ack failed; redelivery is a replay");
+                            }
+                        }
+                        Err(reason) => {
+                            dead_letter(js, durable, m, *seq, &format!("invalid: {reason}")).await;
+                        }
+                    }
                 }
-                return Ok(Flow::Next);
-            }
-            Err(EngineError::Poison(reason)) => {
-                dead_letter(js, durable, m, seq, &format!("invalid: {reason}")).await;
                 return Ok(Flow::Next);
             }
             Err(EngineError::Retryable(reason)) => {
                 let d = backoff.fail();
-                tracing::warn!(stream_seq = seq, %reason, retry_in_ms = d.as_millis() as u64,
-                    failures = backoff.failures(), "event failed; retrying it in place");
-                let _ = m.ack_with(AckKind::Progress).await;
+                tracing::warn!(stream_seq = first, events = events.len(), %reason,
+                    retry_in_ms = d.as_millis() as u64, failures = backoff.failures(),
+                    "batch failed; retrying it in place");
+                for (m, _) in &good {
+                    let _ = m.ack_with(AckKind::Progress).await;
+                }
                 if !pause(d, shutdown).await {
-                    let _ = m.ack_with(AckKind::Nak(None)).await;
+                    nak_all(&good).await;
                     return Ok(Flow::Stop);
                 }
             }
+            Err(EngineError::Poison(reason)) => {
+                // process_batch reports unusable events per event; should one come as a whole,
+                // stop rather than lose the batch.
+                nak_all(&good).await;
+                tracing::error!(stream_seq = first, %reason, "batch rejected; stopping");
+                return Err(ServiceError::Fatal(reason));
+            }
             Err(EngineError::Fatal(reason)) => {
-                let _ = m.ack_with(AckKind::Nak(None)).await;
-                tracing::error!(stream_seq = seq, %reason, "event failed fatally; stopping");
+                nak_all(&good).await;
+                tracing::error!(stream_seq = first, %reason, "event failed fatally; stopping");
                 return Err(ServiceError::Fatal(reason));
             }
         }
+    }
+}
+
+/// Naks messages in order (redelivered at once, before anything newer).
+async fn nak_all(msgs: &[(&jetstream::Message, u64)]) {
+    for (m, _) in msgs {
+        let _ = m.ack_with(AckKind::Nak(None)).await;
     }
 }
 

@@ -1,5 +1,5 @@
-//! PostgreSQL: reading history to warm a series, upserting `signals` rows, and the ownership
-//! lock.
+//! PostgreSQL: reading history to warm a series, upserting `signals` rows (one or a batch in one
+//! statement), and the ownership lock.
 
 use klinebus_schemas::{Interval, Symbol};
 use sqlx::postgres::PgConnection;
@@ -116,6 +116,68 @@ pub async fn upsert_signal(pool: &PgPool, row: &SignalRow<'_>) -> Result<bool, s
     .execute(pool)
     .await?;
     Ok(done.rows_affected() > 0)
+}
+
+/// One row of `signals` ready for [`upsert_signals`]: owned, `details` already JSON text.
+#[derive(Debug, Clone)]
+pub struct SignalRecord {
+    symbol: String,
+    timeframe: &'static str,
+    open_time: i64,
+    action: String,
+    confidence: f64,
+    regime: String,
+    details: String,
+}
+
+impl SignalRecord {
+    /// The record of `row` (its `details` field is ignored) with `details` as JSON text.
+    pub fn new(row: &SignalRow<'_>, details: String) -> Self {
+        Self {
+            symbol: row.symbol.as_str().to_owned(),
+            timeframe: row.interval.as_str(),
+            open_time: row.open_time,
+            action: row.action.to_owned(),
+            confidence: if row.confidence.is_finite() {
+                row.confidence.clamp(0.0, 1.0)
+            } else {
+                0.0
+            },
+            regime: row.regime.to_owned(),
+            details,
+        }
+    }
+}
+
+/// Inserts or updates many rows in ONE statement (so all or none are committed); identical
+/// rows are left alone. The keys must be distinct. Returns the number of rows written.
+pub async fn upsert_signals(pool: &PgPool, rows: &[SignalRecord]) -> Result<u64, sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let col = |f: fn(&SignalRecord) -> String| -> Vec<String> { rows.iter().map(f).collect() };
+    let done = sqlx::query(
+        r#"INSERT INTO signals (symbol, timeframe, "timestamp", action, confidence, regime, details)
+           SELECT s, tf, t, a, c, r, d::jsonb
+           FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::float8[],
+                       $6::text[], $7::text[]) AS x(s, tf, t, a, c, r, d)
+           ON CONFLICT (symbol, timeframe, "timestamp") DO UPDATE
+             SET action = EXCLUDED.action, confidence = EXCLUDED.confidence,
+                 regime = EXCLUDED.regime, details = EXCLUDED.details, updated_at = now()
+             WHERE (signals.action, signals.confidence, signals.regime, signals.details)
+                   IS DISTINCT FROM
+                   (EXCLUDED.action, EXCLUDED.confidence, EXCLUDED.regime, EXCLUDED.details)"#,
+    )
+    .bind(col(|r| r.symbol.clone()))
+    .bind(col(|r| r.timeframe.to_owned()))
+    .bind(rows.iter().map(|r| r.open_time).collect::<Vec<i64>>())
+    .bind(col(|r| r.action.clone()))
+    .bind(rows.iter().map(|r| r.confidence).collect::<Vec<f64>>())
+    .bind(col(|r| r.regime.clone()))
+    .bind(col(|r| r.details.clone()))
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
 }
 
 /// The advisory-lock key of a consumer name (`hashtext('kline-signals/<consumer>')`).
