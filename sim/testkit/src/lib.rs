@@ -136,8 +136,7 @@ impl NatsServer {
         s
     }
 
-    /// What a server started from a config printed so far (errors such as permission
-    /// violations); empty for the others.
+    /// What the server printed so far (errors such as permission violations).
     pub fn output(&self) -> String {
         std::fs::read_to_string(self.store.path().join("nats-server.log")).unwrap_or_default()
     }
@@ -149,49 +148,80 @@ impl NatsServer {
             .map(|c| format!("http://127.0.0.1:{}", c.monitor_port))
     }
 
+    /// Starts the server, on new free ports if the chosen ones were taken meanwhile (another
+    /// process may grab a "free" port between our probe and the server's bind).
     fn spawn(&mut self) {
+        for attempt in 1..=5 {
+            match self.try_spawn() {
+                Ok(()) => return,
+                Err(output) if attempt < 5 && output.contains("address already in use") => {
+                    self.port = free_port();
+                    if let Some(c) = &mut self.config {
+                        c.monitor_port = free_port();
+                    }
+                }
+                Err(output) => panic!(
+                    "nats-server did not start on port {}; {START_HINT}; its output:\n{output}",
+                    self.port
+                ),
+            }
+        }
+    }
+
+    /// One start: ready once its own log says so (a listening port alone could be another
+    /// process's); `Err(output)` if it exited or never got ready.
+    fn try_spawn(&mut self) -> Result<(), String> {
         let bin = std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".into());
         let mut cmd = Command::new(&bin);
         let port = self.port.to_string();
         let log = self.store.path().join("nats-server.log");
+        let offset = std::fs::metadata(&log).map_or(0, |m| m.len() as usize);
+        let stderr = match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+        {
+            Ok(f) => Stdio::from(f),
+            Err(e) => panic!("cannot create {}: {e}", log.display()),
+        };
         match &self.config {
             None => {
                 cmd.args(["-js", "-a", "127.0.0.1", "-p", &port, "-sd"])
                     .arg(self.store.path())
-                    .args(&self.extra_args)
-                    .stderr(Stdio::null());
+                    .args(&self.extra_args);
             }
             Some(c) => {
-                let stderr = match std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&log)
-                {
-                    Ok(f) => Stdio::from(f),
-                    Err(e) => panic!("cannot create {}: {e}", log.display()),
-                };
                 cmd.arg("-c")
                     .arg(&c.path)
                     .args(["-a", "127.0.0.1", "-p", &port, "-m"])
                     .arg(c.monitor_port.to_string())
-                    .envs(c.env.iter().map(|(k, v)| (k, v)))
-                    .stderr(stderr);
+                    .envs(c.env.iter().map(|(k, v)| (k, v)));
             }
         }
-        let child = cmd.stdout(Stdio::null()).spawn();
-        let child = match child {
+        let child = cmd.stdout(Stdio::null()).stderr(stderr).spawn();
+        let mut child = match child {
             Ok(c) => c,
             Err(e) => panic!("cannot start {bin}: {e}; {START_HINT}"),
         };
-        self.child = Some(child);
-        assert!(
-            wait_for_port(self.port, Duration::from_secs(10)),
-            "nats-server did not listen on port {} within 10 s{}",
-            self.port,
-            std::fs::read_to_string(&log)
-                .map(|l| format!("; its output:\n{l}"))
+        let since_start = || {
+            std::fs::read(&log)
+                .map(|b| String::from_utf8_lossy(b.get(offset..).unwrap_or_default()).into_owned())
                 .unwrap_or_default()
-        );
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = since_start();
+            if out.contains("Server is ready") && wait_for_port(self.port, Duration::from_secs(1)) {
+                self.child = Some(child);
+                return Ok(());
+            }
+            if matches!(child.try_wait(), Ok(Some(_))) || Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(since_start());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// `nats://127.0.0.1:PORT`
