@@ -3,6 +3,9 @@
 use clap::Parser;
 use kline_backfill::Config;
 
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     // A missing .env is fine; a broken one is worth a word.
