@@ -13,6 +13,7 @@ use async_nats::jetstream::stream::{Config, DiscardPolicy, RetentionPolicy, Stor
 use async_nats::jetstream::{self, Context};
 use async_nats::{Client, ConnectOptions, HeaderMap};
 
+use crate::closed::{ClosedCandles, ClosedCandlesRef, CLOSED_SCHEMA_VERSION};
 use crate::codec::{self, CONTENT_TYPE, CONTENT_TYPE_HEADER, SCHEMA_HEADER, SCHEMA_VERSION};
 use crate::streams::{all_streams, ConsumerSpec, Retention, StreamSpec};
 use crate::{subjects, KlineEvent};
@@ -278,4 +279,30 @@ pub async fn publish_event_to(
 /// Publishes a producer event on its `klines.…` subject (see [`publish_event_to`]).
 pub async fn publish_event(js: &Context, event: &KlineEvent) -> Result<PublishAckFuture, BusError> {
     publish_event_to(js, subjects::for_event(event), event).await
+}
+
+/// Publishes committed closed candles of ONE series (ascending, at most
+/// [`MAX_PER_MESSAGE`](crate::closed::MAX_PER_MESSAGE)) as one [`ClosedCandles`] message on
+/// `candles.closed.<venue>.<symbol>.<interval>`, header `Klinebus-Schema: closed/1`. Returns the
+/// ack future; `None` for no candles.
+pub async fn publish_closed(
+    js: &Context,
+    candles: &[&KlineEvent],
+) -> Result<Option<PublishAckFuture>, BusError> {
+    let (Some(first), Some(id)) = (candles.first(), ClosedCandles::msg_id(candles)) else {
+        return Ok(None);
+    };
+    let subject = subjects::closed(&first.venue, &first.symbol, first.interval);
+    let payload = codec::encode(&ClosedCandlesRef { candles })?;
+    let mut headers = HeaderMap::new();
+    headers.insert(SCHEMA_HEADER, CLOSED_SCHEMA_VERSION);
+    headers.insert(CONTENT_TYPE_HEADER, CONTENT_TYPE);
+    let msg = PublishMessage::build()
+        .headers(headers)
+        .payload(payload.into())
+        .message_id(id);
+    js.send_publish(subject.clone(), msg)
+        .await
+        .map(Some)
+        .map_err(|source| BusError::Publish { subject, source })
 }

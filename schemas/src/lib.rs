@@ -15,6 +15,7 @@
 //!   `schemas/golden/`, format described in `schemas/README.md`).
 //! - `bus` (feature `nats`): creating streams and publishing with `Nats-Msg-Id`.
 
+pub mod closed;
 pub mod codec;
 pub mod decimal;
 pub mod event;
@@ -27,6 +28,7 @@ pub mod symbol;
 #[cfg(feature = "nats")]
 pub mod bus;
 
+pub use closed::ClosedCandles;
 pub use event::{KlineEvent, Source};
 pub use interval::Interval;
 pub use symbol::{Symbol, Venue};

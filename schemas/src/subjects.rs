@@ -4,7 +4,7 @@
 //! | subject | carries | stream |
 //! |---|---|---|
 //! | `klines.<source>.<venue>.<symbol>.<interval>` | [`KlineEvent`](crate::KlineEvent) from producers | `KLINES` |
-//! | `candles.closed.<venue>.<symbol>.<interval>` | the same event, re-published after it is committed to Postgres | `CANDLES` |
+//! | `candles.closed.<venue>.<symbol>.<interval>` | closed candles committed to Postgres, one [`ClosedCandles`](crate::ClosedCandles) message per series and flush | `CANDLES` |
 //! | `signals.<venue>.<symbol>.<interval>` | computed signals | `SIGNALS` |
 //! | `dlq.<consumer>` | messages a sink could not use, with the reason in a header | `DLQ` |
 

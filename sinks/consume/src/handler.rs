@@ -13,7 +13,7 @@ pub struct Delivered {
     /// The event.
     pub event: KlineEvent,
     /// The subject it was published on.
-    pub subject: String,
+    pub subject: async_nats::Subject,
     /// Its stream sequence (0 if the server did not say).
     pub stream_sequence: u64,
     /// How many times it has been delivered (1 the first time).

@@ -30,7 +30,7 @@ pub struct Config {
     pub filter_subject: String,
 
     /// Flush (one transaction) once this many messages are collected.
-    #[arg(long, env = "SINK_BATCH_SIZE", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    #[arg(long, env = "SINK_BATCH_SIZE", default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub batch_size: u32,
 
     /// Flush at the latest this many milliseconds after a batch's first message (a quiet
@@ -43,7 +43,13 @@ pub struct Config {
     #[arg(long, env = "SINK_ACK_WAIT_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     pub ack_wait_secs: u64,
 
-    /// Largest number of PostgreSQL connections.
+    /// Batches written at once by this process: each worker pulls from the shared durable
+    /// consumer and commits its own transactions, like separate instances, so one batch is
+    /// decoded and acked while another is in PostgreSQL.
+    #[arg(long, env = "SINK_WORKERS", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=32))]
+    pub workers: u32,
+
+    /// Largest number of PostgreSQL connections (at least --workers + 1 are opened when needed).
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 4)]
     pub max_connections: u32,
 
@@ -84,6 +90,7 @@ impl std::fmt::Debug for Config {
             .field("batch_size", &self.batch_size)
             .field("flush_interval_ms", &self.flush_interval_ms)
             .field("ack_wait_secs", &self.ack_wait_secs)
+            .field("workers", &self.workers)
             .field("max_connections", &self.max_connections)
             .field("metrics_addr", &self.metrics_addr)
             .field("replay_from", &self.replay_from)
@@ -102,7 +109,8 @@ mod tests {
         let c = Config::try_parse_from(["kline-pg-sink"]).unwrap();
         assert_eq!(c.consumer, "pg-sink");
         assert_eq!(c.filter_subject, "");
-        assert_eq!(c.batch_size, 1000);
+        assert_eq!(c.batch_size, 2000);
+        assert_eq!(c.workers, 2);
         assert!(c.flush_interval() <= Duration::from_millis(200));
         assert!(c.metrics_addr().unwrap().is_some());
         let c = Config::try_parse_from([

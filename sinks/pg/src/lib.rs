@@ -9,11 +9,13 @@
 //! - [`upsert`]: one transaction per flush: `UNNEST` bulk upsert with `ON CONFLICT … WHERE …
 //!   RETURNING`, then [`status`] (`ingestion_status`); acked only after the commit.
 //! - [`sink`]: the [`Handler`](klinebus_consume::Handler): quick retries, error status, then
-//!   after the ack a `candles.closed.…` event per closed candle that changed.
+//!   after the ack the closed candles that changed on `candles.closed.…`, one
+//!   [`ClosedCandles`](klinebus_schemas::ClosedCandles) message per series and flush.
 //! - [`run`]: wiring (telemetry, NATS, streams, pool, migrations, consumer, shutdown).
 //!
 //! Poison messages go to `dlq.<consumer>`. Several instances sharing `--consumer` split the work
-//! and converge on the same table contents as one. `--replay-from` recreates the durable
+//! and converge on the same table contents as one; inside one process `--workers` loops do the
+//! same, so one batch is in PostgreSQL while the next is decoded and the last one acked. `--replay-from` recreates the durable
 //! consumer for recovery (one instance only).
 
 pub mod bench;
@@ -34,9 +36,10 @@ use klinebus_svc::Health;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 pub use config::Config;
-pub use sink::PgSink;
+pub use sink::{Newest, PgSink};
 
 /// Why the sink stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -159,7 +162,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Sink
     };
     let js = bus::jetstream(client, 4096);
     check_streams(&js, &config.nats.retention()).await?;
-    let Some(pool) = connect_db(&db_url, config.max_connections, &shutdown).await else {
+    let Some(pool) = connect_db(
+        &db_url,
+        config.max_connections.max(config.workers + 1),
+        &shutdown,
+    )
+    .await
+    else {
         return Ok(());
     };
     if !config.no_migrate {
@@ -167,11 +176,55 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Sink
         tracing::info!("migrations applied");
     }
     health.set_ready(true);
-    let consumer = Consumer::new(js.clone(), consume_options(&config));
-    let mut sink = PgSink::new(pool.clone(), Some(js), health.clone());
-    tracing::info!(consumer = %config.consumer, filter = %config.filter_subject, "consuming");
-    let result = consumer.run(&mut sink, shutdown).await;
-    sink.finish(Duration::from_secs(5)).await;
+    let opts = consume_options(&config);
+    if opts.start.is_replay() {
+        // Reset the durable once; the workers then resume from it.
+        Consumer::new(js.clone(), opts.clone())
+            .prepare(&opts.start)
+            .await?;
+    }
+    tracing::info!(consumer = %config.consumer, filter = %config.filter_subject,
+        workers = config.workers, "consuming");
+    let newest = Newest::default();
+    let mut workers = tokio::task::JoinSet::new();
+    for worker in 0..config.workers {
+        let mut o = opts.clone();
+        o.start = StartFrom::Resume;
+        let consumer = Consumer::new(js.clone(), o);
+        let mut sink = PgSink::new(
+            pool.clone(),
+            Some(js.clone()),
+            health.clone(),
+            newest.clone(),
+        );
+        let shutdown = shutdown.clone();
+        let span = tracing::info_span!("worker", worker);
+        workers.spawn(
+            async move {
+                let result = consumer.run(&mut sink, shutdown).await;
+                sink.finish(Duration::from_secs(5)).await;
+                result
+            }
+            .instrument(span),
+        );
+    }
+    let mut result = Ok(());
+    while let Some(joined) = workers.join_next().await {
+        match joined {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                // One worker failing fatally stops the others: the process exits with the error.
+                shutdown.cancel();
+                if result.is_ok() {
+                    result = Err(e);
+                }
+            }
+            Err(e) => {
+                shutdown.cancel();
+                tracing::error!(error = %e, "worker task failed");
+            }
+        }
+    }
     health.set_ready(false);
     pool.close().await;
     tracing::info!("kline-pg-sink stopped");

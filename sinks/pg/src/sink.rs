@@ -1,12 +1,15 @@
 //! The [`Handler`] that writes batches to Postgres and, after the ack, publishes the closed
-//! candles that changed on `candles.closed.<venue>.<symbol>.<interval>`.
+//! candles that changed on `candles.closed.<venue>.<symbol>.<interval>`, one
+//! [`ClosedCandles`](klinebus_schemas::ClosedCandles) message per series and flush.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::Context;
 use klinebus_consume::{Delivered, Handler, HandlerError};
-use klinebus_schemas::{bus, subjects, Interval, KlineEvent, Symbol};
+use klinebus_schemas::closed::MAX_PER_MESSAGE;
+use klinebus_schemas::{bus, Interval, KlineEvent, Symbol};
 use klinebus_svc::Health;
 use sqlx::PgPool;
 use tokio::task::JoinSet;
@@ -19,8 +22,6 @@ use crate::upsert::write_batch;
 const QUICK_RETRIES: u32 = 2;
 /// Most post-commit publish-ack waiters kept at once.
 const MAX_PUBLISH_TASKS: usize = 64;
-/// Post-commit publishes sent before their acks are handed to a waiter task.
-const PUBLISH_CHUNK: usize = 256;
 
 /// Writes batches to Postgres.
 pub struct PgSink {
@@ -28,27 +29,32 @@ pub struct PgSink {
     js: Option<Context>,
     health: Health,
     publishing: JoinSet<usize>,
-    /// Close time (ms) of the newest closed candle committed per series, for the freshness
-    /// gauge.
-    newest: HashMap<(Symbol, Interval), i64>,
+    newest: Newest,
 }
+
+/// Close time (ms) of the newest closed candle committed per series, for the freshness gauge;
+/// shared by the workers of one process so that the gauge never goes backwards.
+pub type Newest = Arc<Mutex<HashMap<(Symbol, Interval), i64>>>;
 
 impl PgSink {
     /// A sink writing through `pool`; with `js`, committed closed candles are re-published.
-    pub fn new(pool: PgPool, js: Option<Context>, health: Health) -> Self {
+    /// Workers of one process share `newest`.
+    pub fn new(pool: PgPool, js: Option<Context>, health: Health, newest: Newest) -> Self {
         Self {
             pool,
             js,
             health,
             publishing: JoinSet::new(),
-            newest: HashMap::new(),
+            newest,
         }
     }
 
     /// Sets `klinebus_sink_newest_candle_close_seconds{symbol,timeframe}` to the close time of
     /// the newest closed candle committed (never backwards: a backfill of old history does not
     /// make a series look stale). Data age is `time() - gauge` (max over instances).
-    fn record_freshness(&mut self, rows: &[&KlineEvent]) {
+    fn record_freshness(&self, rows: &[&KlineEvent]) {
+        // A poisoned lock only means another worker panicked mid-update: the map is still valid.
+        let mut map = self.newest.lock().unwrap_or_else(|p| p.into_inner());
         // Rows come in key order, one series after another: the last row of a run is its
         // newest, so the gauge is set once per series and batch.
         let mut it = rows.iter().filter(|e| e.closed).peekable();
@@ -59,8 +65,7 @@ impl PgSink {
             {
                 continue;
             }
-            let newest = self
-                .newest
+            let newest = map
                 .entry((e.symbol.clone(), e.interval))
                 .or_insert(i64::MIN);
             if e.close_time > *newest {
@@ -151,13 +156,13 @@ impl Handler for PgSink {
         metrics::histogram!("klinebus_sink_flush_seconds").record(elapsed.as_secs_f64());
         metrics::counter!("klinebus_sink_batches_total").increment(1);
         metrics::counter!("klinebus_sink_rows_upserted_total").increment(written.rows as u64);
-        metrics::counter!("klinebus_sink_rows_changed_total")
-            .increment(written.changed.len() as u64);
+        let changed = written.changed_count();
+        metrics::counter!("klinebus_sink_rows_changed_total").increment(changed as u64);
         self.record_freshness(&rows);
         tracing::debug!(
             events = batch.len(),
             rows = written.rows,
-            changed = written.changed.len(),
+            changed,
             elapsed_ms = elapsed.as_millis() as u64,
             "flush committed"
         );
@@ -166,15 +171,9 @@ impl Handler for PgSink {
         }
         Ok(rows
             .into_iter()
-            .filter(|e| {
-                e.closed
-                    && written.changed.contains(&(
-                        e.symbol.as_str().to_owned(),
-                        e.interval.as_str().to_owned(),
-                        e.open_time,
-                    ))
-            })
-            .cloned()
+            .zip(&written.changed)
+            .filter(|(e, changed)| e.closed && **changed)
+            .map(|(e, _)| e.clone())
             .collect())
     }
 
@@ -183,40 +182,43 @@ impl Handler for PgSink {
         if closed.is_empty() {
             return;
         }
-        // Publish-ack futures hold the context's in-flight permits until awaited: hand each
-        // chunk to a waiter task before sending the next, or a big batch would deadlock.
-        for chunk in closed.chunks(PUBLISH_CHUNK) {
-            let mut acks = Vec::with_capacity(chunk.len());
-            for e in chunk {
-                let subject = subjects::closed(&e.venue, &e.symbol, e.interval);
-                match bus::publish_event_to(js, subject, e).await {
-                    Ok(ack) => acks.push(ack),
+        // One message per series and flush (rows are key-ordered: a series is one run), split
+        // at MAX_PER_MESSAGE candles.
+        let refs: Vec<&KlineEvent> = closed.iter().collect();
+        let mut acks = Vec::new();
+        for series in refs.chunk_by(|a, b| a.symbol == b.symbol && a.interval == b.interval) {
+            for chunk in series.chunks(MAX_PER_MESSAGE) {
+                match bus::publish_closed(js, chunk).await {
+                    Ok(Some(ack)) => acks.push(ack),
+                    Ok(None) => {}
                     Err(err) => {
                         metrics::counter!("klinebus_sink_errors_total", "kind" => "publish_closed")
                             .increment(1);
-                        tracing::warn!(symbol = %e.symbol, interval = %e.interval, error = %err,
-                            "post-commit publish failed");
+                        tracing::warn!(symbol = %chunk[0].symbol, interval = %chunk[0].interval,
+                            candles = chunk.len(), error = %err, "post-commit publish failed");
                     }
                 }
             }
-            while self.publishing.try_join_next().is_some() {}
-            while self.publishing.len() >= MAX_PUBLISH_TASKS {
-                let _ = self.publishing.join_next().await;
-            }
-            self.publishing.spawn(async move {
-                let mut failed = 0;
-                for ack in acks {
-                    if let Err(e) = ack.await {
-                        failed += 1;
-                        tracing::warn!(error = %e, "post-commit publish not confirmed");
-                    }
-                }
-                if failed > 0 {
-                    metrics::counter!("klinebus_sink_errors_total", "kind" => "publish_closed")
-                        .increment(failed as u64);
-                }
-                failed
-            });
         }
+        // Publish-ack futures hold the context's in-flight permits until awaited: a waiter task
+        // awaits them so the next batch can start.
+        while self.publishing.try_join_next().is_some() {}
+        while self.publishing.len() >= MAX_PUBLISH_TASKS {
+            let _ = self.publishing.join_next().await;
+        }
+        self.publishing.spawn(async move {
+            let mut failed = 0;
+            for ack in acks {
+                if let Err(e) = ack.await {
+                    failed += 1;
+                    tracing::warn!(error = %e, "post-commit publish not confirmed");
+                }
+            }
+            if failed > 0 {
+                metrics::counter!("klinebus_sink_errors_total", "kind" => "publish_closed")
+                    .increment(failed as u64);
+            }
+            failed
+        });
     }
 }

@@ -1,12 +1,10 @@
 //! `ingestion_status`: one row per (symbol, timeframe), updated in the flush's transaction on
 //! success, and marked `error` (when the database answers at all) after a failed flush.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
 use klinebus_schemas::KlineEvent;
 use sqlx::{PgPool, Postgres, Transaction};
-
-use crate::upsert::RowKey;
 
 /// What a batch says about one series.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,21 +27,18 @@ pub struct SeriesUpdate {
     newest_event_time: i64,
 }
 
-/// Per-series summary of a batch (key-ordered, so status rows are locked in a fixed order).
-pub fn series_of(rows: &[&KlineEvent], changed: &HashSet<RowKey>) -> Vec<SeriesUpdate> {
+/// Per-series summary of a batch (key-ordered, so status rows are locked in a fixed order);
+/// `changed[i]` says whether `rows[i]` was inserted or replaced.
+pub fn series_of(rows: &[&KlineEvent], changed: &[bool]) -> Vec<SeriesUpdate> {
     let mut map: BTreeMap<(&str, &str), SeriesUpdate> = BTreeMap::new();
-    for e in rows {
+    for (i, e) in rows.iter().enumerate() {
         let key = (e.symbol.as_str(), e.interval.as_str());
         let reference = if e.closed {
             e.close_time + 1
         } else {
             e.event_time
         };
-        let was_changed = changed.contains(&(
-            e.symbol.as_str().to_owned(),
-            e.interval.as_str().to_owned(),
-            e.open_time,
-        ));
+        let was_changed = changed.get(i).copied().unwrap_or(false);
         let s = map.entry(key).or_insert_with(|| SeriesUpdate {
             symbol: key.0.to_owned(),
             timeframe: key.1.to_owned(),
@@ -94,14 +89,14 @@ pub async fn upsert_status(
     tx: &mut Transaction<'_, Postgres>,
     series: &[SeriesUpdate],
 ) -> Result<(), sqlx::Error> {
-    let col = |f: fn(&SeriesUpdate) -> String| series.iter().map(f).collect::<Vec<_>>();
+    let col = |f: fn(&SeriesUpdate) -> &str| series.iter().map(f).collect::<Vec<_>>();
     let int = |f: fn(&SeriesUpdate) -> i64| series.iter().map(f).collect::<Vec<_>>();
     sqlx::query(UPSERT_STATUS)
-        .bind(col(|s| s.symbol.clone()))
-        .bind(col(|s| s.timeframe.clone()))
+        .bind(col(|s| &s.symbol))
+        .bind(col(|s| &s.timeframe))
         .bind(int(|s| s.last_ingested))
         .bind(series.iter().map(|s| s.last_closed).collect::<Vec<_>>())
-        .bind(col(|s| s.mode.to_owned()))
+        .bind(col(|s| s.mode))
         .bind(int(|s| s.latency_ref_ms))
         .bind(int(|s| s.changed))
         .execute(&mut **tx)
@@ -150,10 +145,7 @@ mod tests {
         let mut b3 = candle("ETHUSDT", 3, true, 0);
         b3.source = Source::Backfill;
         let rows = [&a0, &a1, &b3];
-        let changed: HashSet<RowKey> = [("BTCUSDT".to_owned(), "1m".to_owned(), a0.open_time)]
-            .into_iter()
-            .collect();
-        let s = series_of(&rows, &changed);
+        let s = series_of(&rows, &[true, false, false]);
         assert_eq!(s.len(), 2);
         assert_eq!(s[0].symbol, "BTCUSDT");
         assert_eq!(s[0].last_ingested, a1.open_time);
@@ -170,7 +162,7 @@ mod tests {
     #[test]
     fn no_closed_candle_means_no_closed_timestamp() {
         let a = candle("BTCUSDT", 0, false, 0);
-        let s = series_of(&[&a], &HashSet::new());
+        let s = series_of(&[&a], &[false]);
         assert_eq!(s[0].last_closed, None);
     }
 }

@@ -4,10 +4,8 @@
 //! of the series in the batch. Numbers travel as text and are cast to `numeric` by Postgres:
 //! what the exchange sent is what is stored.
 
-use std::collections::HashSet;
-
 use klinebus_schemas::KlineEvent;
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::{PgPool, Postgres, Row, Transaction};
 
 use crate::status::{series_of, upsert_status};
 
@@ -44,41 +42,45 @@ WHERE (EXCLUDED.is_closed AND NOT c.is_closed)
 RETURNING c.symbol::text, c.timeframe::text, c."timestamp"
 "#;
 
-/// The key of a stored row: symbol, timeframe, open time.
-pub type RowKey = (String, String, i64);
-
 /// What one committed flush did.
 #[derive(Debug, Default)]
 pub struct Written {
     /// Candle versions sent (after in-batch dedup).
     pub rows: usize,
-    /// Keys of the rows actually inserted or replaced.
-    pub changed: HashSet<RowKey>,
+    /// Per row sent (same order): whether it was inserted or replaced.
+    pub changed: Vec<bool>,
 }
 
-/// Column arrays for the upsert, built in one pass.
-#[derive(Default)]
-struct Columns {
-    symbol: Vec<String>,
-    timeframe: Vec<String>,
+impl Written {
+    /// Rows actually inserted or replaced.
+    pub fn changed_count(&self) -> usize {
+        self.changed.iter().filter(|c| **c).count()
+    }
+}
+
+/// Column arrays for the upsert, built in one pass. They borrow the events: sqlx encodes at
+/// bind time, so nothing is copied twice.
+struct Columns<'a> {
+    symbol: Vec<&'a str>,
+    timeframe: Vec<&'static str>,
     ts: Vec<i64>,
-    open: Vec<String>,
-    high: Vec<String>,
-    low: Vec<String>,
-    close: Vec<String>,
-    volume: Vec<String>,
-    quote_volume: Vec<String>,
-    tbb: Vec<String>,
-    tbq: Vec<String>,
+    open: Vec<&'a str>,
+    high: Vec<&'a str>,
+    low: Vec<&'a str>,
+    close: Vec<&'a str>,
+    volume: Vec<&'a str>,
+    quote_volume: Vec<&'a str>,
+    tbb: Vec<&'a str>,
+    tbq: Vec<&'a str>,
     trades: Vec<i64>,
     close_time: Vec<i64>,
     is_closed: Vec<bool>,
     event_time: Vec<i64>,
-    source: Vec<String>,
+    source: Vec<&'static str>,
 }
 
-impl Columns {
-    fn of(rows: &[&KlineEvent]) -> Self {
+impl<'a> Columns<'a> {
+    fn of(rows: &[&'a KlineEvent]) -> Self {
         let n = rows.len();
         let mut c = Self {
             symbol: Vec::with_capacity(n),
@@ -99,54 +101,82 @@ impl Columns {
             source: Vec::with_capacity(n),
         };
         for e in rows {
-            c.symbol.push(e.symbol.as_str().to_owned());
-            c.timeframe.push(e.interval.as_str().to_owned());
+            c.symbol.push(e.symbol.as_str());
+            c.timeframe.push(e.interval.as_str());
             c.ts.push(e.open_time);
-            c.open.push(e.open.clone());
-            c.high.push(e.high.clone());
-            c.low.push(e.low.clone());
-            c.close.push(e.close.clone());
-            c.volume.push(e.volume.clone());
-            c.quote_volume.push(e.quote_volume.clone());
-            c.tbb.push(e.taker_buy_base.clone());
-            c.tbq.push(e.taker_buy_quote.clone());
+            c.open.push(&e.open);
+            c.high.push(&e.high);
+            c.low.push(&e.low);
+            c.close.push(&e.close);
+            c.volume.push(&e.volume);
+            c.quote_volume.push(&e.quote_volume);
+            c.tbb.push(&e.taker_buy_base);
+            c.tbq.push(&e.taker_buy_quote);
             // validate() bounds nothing here, but no exchange reports 2^63 trades.
             c.trades.push(i64::try_from(e.trades).unwrap_or(i64::MAX));
             c.close_time.push(e.close_time);
             c.is_closed.push(e.closed);
             c.event_time.push(e.event_time);
-            c.source.push(e.source.as_str().to_owned());
+            c.source.push(e.source.as_str());
         }
         c
     }
 }
 
-/// Upserts the candles (already deduplicated and key-ordered) inside `tx`; returns changed keys.
+/// Upserts the candles (already deduplicated and key-ordered) inside `tx`; returns, per row,
+/// whether it was inserted or replaced.
 pub async fn upsert_candles(
     tx: &mut Transaction<'_, Postgres>,
     rows: &[&KlineEvent],
-) -> Result<HashSet<RowKey>, sqlx::Error> {
+) -> Result<Vec<bool>, sqlx::Error> {
     let c = Columns::of(rows);
-    let changed: Vec<RowKey> = sqlx::query_as(UPSERT_CANDLES)
-        .bind(c.symbol)
-        .bind(c.timeframe)
-        .bind(c.ts)
-        .bind(c.open)
-        .bind(c.high)
-        .bind(c.low)
-        .bind(c.close)
-        .bind(c.volume)
-        .bind(c.quote_volume)
-        .bind(c.tbb)
-        .bind(c.tbq)
-        .bind(c.trades)
-        .bind(c.close_time)
-        .bind(c.is_closed)
-        .bind(c.event_time)
-        .bind(c.source)
+    let returned = sqlx::query(UPSERT_CANDLES)
+        .bind(&c.symbol)
+        .bind(&c.timeframe)
+        .bind(&c.ts)
+        .bind(&c.open)
+        .bind(&c.high)
+        .bind(&c.low)
+        .bind(&c.close)
+        .bind(&c.volume)
+        .bind(&c.quote_volume)
+        .bind(&c.tbb)
+        .bind(&c.tbq)
+        .bind(&c.trades)
+        .bind(&c.close_time)
+        .bind(&c.is_closed)
+        .bind(&c.event_time)
+        .bind(&c.source)
         .fetch_all(&mut **tx)
         .await?;
-    Ok(changed.into_iter().collect())
+    // The usual case (new candles, newer versions): every row changed.
+    if returned.len() == rows.len() {
+        return Ok(vec![true; rows.len()]);
+    }
+    let mut keys = Vec::with_capacity(returned.len());
+    for r in &returned {
+        keys.push((
+            r.try_get::<&str, _>(0)?,
+            r.try_get::<&str, _>(1)?,
+            r.try_get::<i64, _>(2)?,
+        ));
+    }
+    Ok(mark_changed(rows, keys))
+}
+
+/// `rows` (key-ordered, unique) marked by whether their key is among `keys` (any order).
+fn mark_changed(rows: &[&KlineEvent], mut keys: Vec<(&str, &str, i64)>) -> Vec<bool> {
+    keys.sort_unstable();
+    let mut changed = vec![false; rows.len()];
+    let mut k = keys.into_iter().peekable();
+    for (i, e) in rows.iter().enumerate() {
+        let key = (e.symbol.as_str(), e.interval.as_str(), e.open_time);
+        while k.next_if(|r| *r < key).is_some() {}
+        if k.next_if(|r| *r == key).is_some() {
+            changed[i] = true;
+        }
+    }
+    changed
 }
 
 /// One transaction: candles, then status rows; committed before returning `Ok`.
@@ -160,4 +190,28 @@ pub async fn write_batch(pool: &PgPool, rows: &[&KlineEvent]) -> Result<Written,
         rows: rows.len(),
         changed,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::dedup::tests::candle;
+    use crate::dedup::winners;
+
+    #[test]
+    fn marks_returned_keys_in_any_order() {
+        let (b0, b1, e0) = (
+            candle("BTCUSDT", 0, true, 0),
+            candle("BTCUSDT", 1, true, 0),
+            candle("ETHUSDT", 0, true, 0),
+        );
+        let rows = winners([&e0, &b1, &b0]);
+        let keys = vec![
+            ("ETHUSDT", "1m", e0.open_time),
+            ("BTCUSDT", "1m", b0.open_time),
+        ];
+        assert_eq!(mark_changed(&rows, keys), vec![true, false, true]);
+        assert_eq!(mark_changed(&rows, vec![]), vec![false; 3]);
+    }
 }

@@ -178,7 +178,12 @@ async fn two_instances_split_the_work_and_match_one() {
             .await
             .unwrap();
         stats.push(consumer.stats());
-        let mut sink = PgSink::new(db.pool.clone(), Some(js.clone()), Health::default());
+        let mut sink = PgSink::new(
+            db.pool.clone(),
+            Some(js.clone()),
+            Health::default(),
+            Default::default(),
+        );
         let t = stop.clone();
         handles.push(tokio::spawn(async move {
             consumer.run(&mut sink, t).await.unwrap();
@@ -205,22 +210,24 @@ async fn two_instances_split_the_work_and_match_one() {
             .await
             .expect("missing post-commit events")
             .unwrap();
-        let e: klinebus_schemas::KlineEvent = klinebus_schemas::codec::decode(&m.payload).unwrap();
-        assert!(e.closed);
+        let batch: klinebus_schemas::ClosedCandles =
+            klinebus_schemas::codec::decode(&m.payload).unwrap();
+        batch.validate().unwrap();
+        let first = &batch.candles[0];
         assert_eq!(
             m.subject.as_str(),
-            klinebus_schemas::subjects::closed(&e.venue, &e.symbol, e.interval)
+            klinebus_schemas::subjects::closed(&first.venue, &first.symbol, first.interval)
         );
+        let refs: Vec<_> = batch.candles.iter().collect();
         assert_eq!(
             m.headers
                 .as_ref()
                 .unwrap()
                 .get("Nats-Msg-Id")
-                .unwrap()
-                .as_str(),
-            e.candle_key()
+                .map(|v| v.as_str().to_owned()),
+            klinebus_schemas::ClosedCandles::msg_id(&refs)
         );
-        seen.insert(e.candle_key());
+        seen.extend(batch.candles.iter().map(|e| e.candle_key()));
     }
     stop.cancel();
     for h in handles {

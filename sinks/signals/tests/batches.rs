@@ -10,7 +10,7 @@ use clap::Parser;
 use kline_signals::{Candle, Config, Outcome, SeriesState, SignalReport, SinkConfig};
 use klinebus_schemas::bus;
 use klinebus_schemas::streams::{Retention, CANDLES_STREAM, SIGNALS_STREAM};
-use klinebus_schemas::{subjects, Interval, KlineEvent, Source, Venue};
+use klinebus_schemas::{Interval, KlineEvent, Source, Venue};
 use klinebus_testkit::{NatsServer, TestDb};
 use serde::Deserialize;
 use sqlx::PgPool;
@@ -93,8 +93,7 @@ async fn setup(n: usize) -> (NatsServer, TestDb, Context, Vec<KlineEvent>) {
     insert_candles(&db.pool, &events).await;
     let mut acks = Vec::new();
     for e in &events {
-        let subject = subjects::closed(&e.venue, &e.symbol, e.interval);
-        acks.push(bus::publish_event_to(&js, subject, e).await.unwrap());
+        acks.extend(bus::publish_closed(&js, &[e]).await.unwrap());
     }
     for a in acks {
         a.await.unwrap();

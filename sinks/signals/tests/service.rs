@@ -13,7 +13,7 @@ use kline_signals::{Candle, Config, Outcome, SeriesState, SignalReport, SinkConf
 use klinebus_consume::consumer_lag;
 use klinebus_schemas::bus;
 use klinebus_schemas::streams::{Retention, CANDLES_STREAM, SIGNALS_STREAM};
-use klinebus_schemas::{subjects, Interval, KlineEvent, Source, Venue};
+use klinebus_schemas::{Interval, KlineEvent, Source, Venue};
 use klinebus_testkit::{NatsServer, TestDb};
 use serde::Deserialize;
 use sqlx::PgPool;
@@ -96,16 +96,22 @@ async fn js_for(url: &str) -> Context {
     js
 }
 
-/// Publishes as kline-pg-sink does after its commit.
-async fn publish_closed(js: &Context, events: &[KlineEvent]) {
+/// Publishes as kline-pg-sink does after its commits, `per_message` candles a message (1 for
+/// live candles, up to 500 for a backfill's flush).
+async fn publish_closed_in(js: &Context, events: &[KlineEvent], per_message: usize) {
+    let refs: Vec<&KlineEvent> = events.iter().collect();
     let mut acks = Vec::new();
-    for e in events {
-        let subject = subjects::closed(&e.venue, &e.symbol, e.interval);
-        acks.push(bus::publish_event_to(js, subject, e).await.unwrap());
+    for chunk in refs.chunks(per_message) {
+        acks.extend(bus::publish_closed(js, chunk).await.unwrap());
     }
     for a in acks {
         a.await.unwrap();
     }
+}
+
+/// Publishes one candle a message, as kline-pg-sink does for live candles.
+async fn publish_closed(js: &Context, events: &[KlineEvent]) {
+    publish_closed_in(js, events, 1).await;
 }
 
 /// Outcomes of feeding the events to one `SeriesState` directly, by open time.
@@ -334,6 +340,22 @@ async fn signals_equal_direct_computation_and_replays_change_nothing() {
     stop.cancel();
     h.await.unwrap();
     assert_eq!(rows(&db.pool).await, first);
+}
+
+#[tokio::test]
+async fn multi_candle_messages_give_the_same_signals() {
+    // A backfill's flush reaches the sink's CANDLES output as one message per series.
+    let nats = NatsServer::start();
+    let db = TestDb::fresh().await;
+    let js = js_for(&nats.url()).await;
+    let events = fixture_events(200);
+    insert_candles(&db.pool, &events).await;
+    publish_closed_in(&js, &events, 37).await;
+    let (stop, h) = spawn(config(&nats.url(), &db.url, &[]));
+    wait_caught_up(&js, "signals", 200_u64.div_ceil(37)).await;
+    stop.cancel();
+    h.await.unwrap();
+    assert_rows_are(&rows(&db.pool).await, &reports(&direct(&events)));
 }
 
 #[tokio::test]

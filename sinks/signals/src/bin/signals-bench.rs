@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use kline_signals::{Candle, Config, Outcome, SeriesState, SinkConfig};
 use klinebus_schemas::streams::{Retention, CANDLES_STREAM, SIGNALS_STREAM};
-use klinebus_schemas::{bus, subjects, Interval, KlineEvent, Source, Venue};
+use klinebus_schemas::{bus, Interval, KlineEvent, Source, Venue};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
@@ -323,8 +323,8 @@ async fn measure(
                 break 'outer;
             }
             let e = event(sym, &w[warm + k]);
-            let subject = subjects::closed(&e.venue, &e.symbol, e.interval);
-            acks.push(bus::publish_event_to(&js, subject, &e).await?);
+            // One candle per message: what kline-pg-sink publishes for live candles.
+            acks.extend(bus::publish_closed(&js, &[&e]).await?);
             published += 1;
             if acks.len() == 10_000 {
                 for a in acks.drain(..) {

@@ -38,6 +38,10 @@
 //! dedicated connection. A second instance logs that it is waiting and takes over when the
 //! first one stops; if the lock's connection is lost, the service stops with an error.
 //!
+//! A message carries one or more closed candles of one series
+//! ([`ClosedCandles`]: one for a live candle, up to 500 after a backfill's flush); its candles
+//! are events of the batch, in order, and the message is acked once all of them are processed.
+//!
 //! ## Per event
 //!
 //! - open time ≤ the series' last one → `Replay`: nothing recomputed, acked.
@@ -66,11 +70,12 @@ use async_nats::jetstream::{self, AckKind, Context};
 use futures::{FutureExt, StreamExt};
 use klinebus_consume::{Backoff, ConsumeOptions, Consumer, StartFrom};
 use klinebus_schemas::bus::{self, BusOptions};
+use klinebus_schemas::closed::CLOSED_SCHEMA_VERSION;
 use klinebus_schemas::codec::{self, SCHEMA_HEADER};
 use klinebus_schemas::streams::{
     ConsumerSpec, Retention, CANDLES_STREAM, DLQ_STREAM, SIGNALS_STREAM,
 };
-use klinebus_schemas::{subjects, KlineEvent};
+use klinebus_schemas::{subjects, ClosedCandles, KlineEvent};
 use klinebus_svc::Health;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
@@ -455,32 +460,36 @@ async fn resume_at_ack_floor(js: &Context, opts: &ConsumeOptions) -> Option<Star
     Some(StartFrom::Sequence(from))
 }
 
-/// Decodes a `candles.closed.<venue>.<symbol>.<interval>` message: schema header, MessagePack
-/// `KlineEvent`, `validate()`, the subject matching the payload.
+/// Decodes a `candles.closed.<venue>.<symbol>.<interval>` message into its closed candles, in
+/// order: a [`ClosedCandles`] payload (header `Klinebus-Schema: closed/1`, what kline-pg-sink
+/// publishes) or a single `KlineEvent` (header `kline/1` or none); every candle valid and
+/// closed, all of the subject's series.
 pub fn decode_closed(
     subject: &str,
     headers: Option<&async_nats::HeaderMap>,
     payload: &[u8],
-) -> Result<KlineEvent, String> {
+) -> Result<Vec<KlineEvent>, String> {
     let version = headers
         .and_then(|h| h.get(SCHEMA_HEADER))
         .map(|v| v.as_str());
-    codec::check_version(version).map_err(|e| format!("version: {e}"))?;
-    let event: KlineEvent = codec::decode(payload).map_err(|e| format!("undecodable: {e}"))?;
-    event.validate().map_err(|e| format!("invalid: {e}"))?;
-    let expected = subjects::closed(&event.venue, &event.symbol, event.interval);
+    let batch = if version == Some(CLOSED_SCHEMA_VERSION) {
+        codec::decode::<ClosedCandles>(payload).map_err(|e| format!("undecodable: {e}"))?
+    } else {
+        codec::check_version(version).map_err(|e| format!("version: {e}"))?;
+        let event: KlineEvent = codec::decode(payload).map_err(|e| format!("undecodable: {e}"))?;
+        ClosedCandles {
+            candles: vec![event],
+        }
+    };
+    batch.validate().map_err(|e| format!("invalid: {e}"))?;
+    let first = &batch.candles[0];
+    let expected = subjects::closed(&first.venue, &first.symbol, first.interval);
     if subject != expected {
         return Err(format!(
             "subject: {subject:?} does not match payload {expected}"
         ));
     }
-    if !event.closed {
-        return Err(format!(
-            "invalid: candle at {} is not closed",
-            event.open_time
-        ));
-    }
-    Ok(event)
+    Ok(batch.candles)
 }
 
 async fn dead_letter(js: &Context, durable: &str, m: &jetstream::Message, seq: u64, reason: &str) {
@@ -509,14 +518,15 @@ async fn handle_batch(
     shutdown: &CancellationToken,
 ) -> Result<Flow, ServiceError> {
     metrics::counter!("klinebus_signals_messages_total").increment(msgs.len() as u64);
+    // Messages that decoded, with how many of `events` (consecutive, in order) each carries.
     let mut good = Vec::with_capacity(msgs.len());
     let mut events = Vec::with_capacity(msgs.len());
     for m in msgs {
         let seq = m.info().map_or(0, |i| i.stream_sequence);
         match decode_closed(m.subject.as_str(), m.headers.as_ref(), &m.payload) {
-            Ok(e) => {
-                good.push((m, seq));
-                events.push(e);
+            Ok(candles) => {
+                good.push((m, seq, candles.len()));
+                events.extend(candles);
             }
             Err(reason) => dead_letter(js, durable, m, seq, &reason).await,
         }
@@ -529,19 +539,22 @@ async fn handle_batch(
     loop {
         match engine.process_batch(&events).await {
             Ok(results) => {
-                for ((m, seq), r) in good.iter().zip(results) {
-                    match r {
-                        Ok(_) => {
-                            if let Err(e) = m.ack().await {
-                                metrics::counter!("klinebus_signals_errors_total", "kind" => "ack")
-                                    .increment(1);
-                                tracing::warn!(error = %e, stream_seq = seq,
-                                    "ack failed; redelivery is a replay");
-                            }
+                let mut results = results.into_iter();
+                for (m, seq, n) in &good {
+                    // A message is done when all its candles are; one unusable candle
+                    // dead-letters the message (the others were processed all the same).
+                    let unusable: Vec<String> =
+                        results.by_ref().take(*n).filter_map(Result::err).collect();
+                    if unusable.is_empty() {
+                        if let Err(e) = m.ack().await {
+                            metrics::counter!("klinebus_signals_errors_total", "kind" => "ack")
+                                .increment(1);
+                            tracing::warn!(error = %e, stream_seq = seq,
+                                "ack failed; redelivery is a replay");
                         }
-                        Err(reason) => {
-                            dead_letter(js, durable, m, *seq, &format!("invalid: {reason}")).await;
-                        }
+                    } else {
+                        let reason = format!("invalid: {}", unusable.join("; "));
+                        dead_letter(js, durable, m, *seq, &reason).await;
                     }
                 }
                 return Ok(Flow::Next);
@@ -551,7 +564,7 @@ async fn handle_batch(
                 tracing::warn!(stream_seq = first, events = events.len(), %reason,
                     retry_in_ms = d.as_millis() as u64, failures = backoff.failures(),
                     "batch failed; retrying it in place");
-                for (m, _) in &good {
+                for (m, _, _) in &good {
                     let _ = m.ack_with(AckKind::Progress).await;
                 }
                 if !pause(d, shutdown).await {
@@ -576,8 +589,8 @@ async fn handle_batch(
 }
 
 /// Naks messages in order (redelivered at once, before anything newer).
-async fn nak_all(msgs: &[(&jetstream::Message, u64)]) {
-    for (m, _) in msgs {
+async fn nak_all(msgs: &[(&jetstream::Message, u64, usize)]) {
+    for (m, _, _) in msgs {
         let _ = m.ack_with(AckKind::Nak(None)).await;
     }
 }
