@@ -282,7 +282,7 @@ async fn collect_loop(
     while !stop.is_cancelled() {
         let messages = consumer
             .stream()
-            .max_messages_per_batch((limits.size * 2).min(20_000))
+            .max_messages_per_batch(limits.size.min(20_000))
             .heartbeat(Duration::from_secs(5))
             .expires(Duration::from_secs(30))
             .messages()

@@ -27,6 +27,10 @@ use klinebus_schemas::{bus, Interval, KlineEvent, Source, Venue};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
+// The allocator of the service it runs in-process.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 fn main() -> Result<(), BoxError> {
