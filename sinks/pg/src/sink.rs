@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use async_nats::jetstream::context::PublishAckFuture;
 use async_nats::jetstream::Context;
 use klinebus_consume::{Delivered, Handler, HandlerError};
 use klinebus_schemas::closed::MAX_PER_MESSAGE;
@@ -22,6 +23,8 @@ use crate::upsert::write_batch;
 const QUICK_RETRIES: u32 = 2;
 /// Most post-commit publish-ack waiters kept at once.
 const MAX_PUBLISH_TASKS: usize = 64;
+/// Post-commit publishes sent before their acks are handed to a waiter task.
+const ACK_CHUNK: usize = 256;
 
 /// Writes batches to Postgres.
 pub struct PgSink {
@@ -75,6 +78,29 @@ impl PgSink {
                 .set((e.close_time + 1) as f64 / 1000.0);
             }
         }
+    }
+
+    /// Awaits publish acks in a waiter task (at most MAX_PUBLISH_TASKS at once), counting the
+    /// ones not confirmed.
+    async fn await_in_background(&mut self, acks: Vec<PublishAckFuture>) {
+        while self.publishing.try_join_next().is_some() {}
+        while self.publishing.len() >= MAX_PUBLISH_TASKS {
+            let _ = self.publishing.join_next().await;
+        }
+        self.publishing.spawn(async move {
+            let mut failed = 0;
+            for ack in acks {
+                if let Err(e) = ack.await {
+                    failed += 1;
+                    tracing::warn!(error = %e, "post-commit publish not confirmed");
+                }
+            }
+            if failed > 0 {
+                metrics::counter!("klinebus_sink_errors_total", "kind" => "publish_closed")
+                    .increment(failed as u64);
+            }
+            failed
+        });
     }
 
     /// Waits (bounded) for the post-commit publishes still in flight.
@@ -178,7 +204,7 @@ impl Handler for PgSink {
     }
 
     async fn after_ack(&mut self, closed: Vec<KlineEvent>) {
-        let Some(js) = &self.js else { return };
+        let Some(js) = self.js.clone() else { return };
         if closed.is_empty() {
             return;
         }
@@ -188,7 +214,7 @@ impl Handler for PgSink {
         let mut acks = Vec::new();
         for series in refs.chunk_by(|a, b| a.symbol == b.symbol && a.interval == b.interval) {
             for chunk in series.chunks(MAX_PER_MESSAGE) {
-                match bus::publish_closed(js, chunk).await {
+                match bus::publish_closed(&js, chunk).await {
                     Ok(Some(ack)) => acks.push(ack),
                     Ok(None) => {}
                     Err(err) => {
@@ -198,27 +224,16 @@ impl Handler for PgSink {
                             candles = chunk.len(), error = %err, "post-commit publish failed");
                     }
                 }
-            }
-        }
-        // Publish-ack futures hold the context's in-flight permits until awaited: a waiter task
-        // awaits them so the next batch can start.
-        while self.publishing.try_join_next().is_some() {}
-        while self.publishing.len() >= MAX_PUBLISH_TASKS {
-            let _ = self.publishing.join_next().await;
-        }
-        self.publishing.spawn(async move {
-            let mut failed = 0;
-            for ack in acks {
-                if let Err(e) = ack.await {
-                    failed += 1;
-                    tracing::warn!(error = %e, "post-commit publish not confirmed");
+                // Publish-ack futures hold the context's in-flight permits until awaited: hand
+                // them to a waiter task every ACK_CHUNK, or a batch of many series would wait
+                // for permits only its own unawaited futures hold.
+                if acks.len() >= ACK_CHUNK {
+                    self.await_in_background(std::mem::take(&mut acks)).await;
                 }
             }
-            if failed > 0 {
-                metrics::counter!("klinebus_sink_errors_total", "kind" => "publish_closed")
-                    .increment(failed as u64);
-            }
-            failed
-        });
+        }
+        if !acks.is_empty() {
+            self.await_in_background(acks).await;
+        }
     }
 }
