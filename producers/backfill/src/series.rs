@@ -6,7 +6,6 @@ use std::collections::VecDeque;
 use async_nats::jetstream::context::PublishError;
 use async_nats::jetstream::publish::PublishAck;
 use async_nats::jetstream::Context;
-use futures::future::join_all;
 use klinebus_binance::{BinanceError, RestClient, MAX_KLINES_LIMIT};
 use klinebus_schemas::{bus, Source};
 use tokio::task::JoinHandle;
@@ -206,8 +205,16 @@ impl Run<'_> {
                 .map_err(|e| Stop::Publish(e.to_string()))?;
             page.push(ack);
         }
-        let futures = page.into_iter().map(std::future::IntoFuture::into_future);
-        self.acks.push_back(tokio::spawn(join_all(futures)));
+        // In order, one at a time: the server acks a connection's publishes in order, and this
+        // costs no per-future task as join_all's FuturesOrdered does (about 7 % of the producer's
+        // CPU in perf).
+        self.acks.push_back(tokio::spawn(async move {
+            let mut results = Vec::with_capacity(page.len());
+            for ack in page {
+                results.push(ack.await);
+            }
+            results
+        }));
         while self.acks.len() > PAGES_IN_FLIGHT {
             self.flush_oldest().await?;
         }
