@@ -181,13 +181,13 @@ impl Handler for PgSink {
         let elapsed = started.elapsed();
         metrics::histogram!("klinebus_sink_flush_seconds").record(elapsed.as_secs_f64());
         metrics::counter!("klinebus_sink_batches_total").increment(1);
-        metrics::counter!("klinebus_sink_rows_upserted_total").increment(written.rows as u64);
+        metrics::counter!("klinebus_sink_rows_upserted_total").increment(written.rows() as u64);
         let changed = written.changed_count();
         metrics::counter!("klinebus_sink_rows_changed_total").increment(changed as u64);
         self.record_freshness(&rows);
         tracing::debug!(
             events = batch.len(),
-            rows = written.rows,
+            rows = written.rows(),
             changed,
             elapsed_ms = elapsed.as_millis() as u64,
             "flush committed"

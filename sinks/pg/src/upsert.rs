@@ -45,13 +45,17 @@ RETURNING c.symbol::text, c.timeframe::text, c."timestamp"
 /// What one committed flush did.
 #[derive(Debug, Default)]
 pub struct Written {
-    /// Candle versions sent (after in-batch dedup).
-    pub rows: usize,
-    /// Per row sent (same order): whether it was inserted or replaced.
+    /// Per candle version sent (after in-batch dedup, same order): whether it was inserted or
+    /// replaced.
     pub changed: Vec<bool>,
 }
 
 impl Written {
+    /// Candle versions sent.
+    pub fn rows(&self) -> usize {
+        self.changed.len()
+    }
+
     /// Rows actually inserted or replaced.
     pub fn changed_count(&self) -> usize {
         self.changed.iter().filter(|c| **c).count()
@@ -186,10 +190,7 @@ pub async fn write_batch(pool: &PgPool, rows: &[&KlineEvent]) -> Result<Written,
     let series = series_of(rows, &changed);
     upsert_status(&mut tx, &series).await?;
     tx.commit().await?;
-    Ok(Written {
-        rows: rows.len(),
-        changed,
-    })
+    Ok(Written { changed })
 }
 
 #[cfg(test)]
