@@ -30,7 +30,7 @@ pub struct Config {
     pub filter_subject: String,
 
     /// Flush (one transaction) once this many messages are collected.
-    #[arg(long, env = "SINK_BATCH_SIZE", default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    #[arg(long, env = "SINK_BATCH_SIZE", default_value_t = 1500, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub batch_size: u32,
 
     /// Flush at the latest this many milliseconds after a batch's first message (a quiet
@@ -109,7 +109,7 @@ mod tests {
         let c = Config::try_parse_from(["kline-pg-sink"]).unwrap();
         assert_eq!(c.consumer, "pg-sink");
         assert_eq!(c.filter_subject, "");
-        assert_eq!(c.batch_size, 2000);
+        assert_eq!(c.batch_size, 1500);
         assert_eq!(c.workers, 2);
         assert!(c.flush_interval() <= Duration::from_millis(200));
         assert!(c.metrics_addr().unwrap().is_some());
