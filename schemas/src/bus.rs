@@ -250,8 +250,13 @@ pub fn consumer_config(spec: &ConsumerSpec, deliver: DeliverPolicy) -> pull::Con
 
 /// Headers every klinebus message carries.
 pub fn schema_headers() -> HeaderMap {
+    headers_for(SCHEMA_VERSION)
+}
+
+/// The schema header naming `version`, and the content type.
+fn headers_for(version: &str) -> HeaderMap {
     let mut h = HeaderMap::new();
-    h.insert(SCHEMA_HEADER, SCHEMA_VERSION);
+    h.insert(SCHEMA_HEADER, version);
     h.insert(CONTENT_TYPE_HEADER, CONTENT_TYPE);
     h
 }
@@ -294,11 +299,8 @@ pub async fn publish_closed(
     };
     let subject = subjects::closed(&first.venue, &first.symbol, first.interval);
     let payload = codec::encode(&ClosedCandlesRef { candles })?;
-    let mut headers = HeaderMap::new();
-    headers.insert(SCHEMA_HEADER, CLOSED_SCHEMA_VERSION);
-    headers.insert(CONTENT_TYPE_HEADER, CONTENT_TYPE);
     let msg = PublishMessage::build()
-        .headers(headers)
+        .headers(headers_for(CLOSED_SCHEMA_VERSION))
         .payload(payload.into())
         .message_id(id);
     js.send_publish(subject.clone(), msg)

@@ -15,8 +15,8 @@
 //!
 //! Poison messages go to `dlq.<consumer>`. Several instances sharing `--consumer` split the work
 //! and converge on the same table contents as one; inside one process `--workers` loops do the
-//! same, so one batch is in PostgreSQL while the next is decoded and the last one acked. `--replay-from` recreates the durable
-//! consumer for recovery (one instance only).
+//! same, so one batch is in PostgreSQL while the next is decoded and the last one acked.
+//! `--replay-from` recreates the durable consumer for recovery (one instance only).
 
 pub mod bench;
 pub mod config;
@@ -62,6 +62,9 @@ pub enum SinkError {
     /// The consumer loop stopped.
     #[error(transparent)]
     Consume(#[from] klinebus_consume::ConsumeError),
+    /// A worker task panicked.
+    #[error("worker task failed: {0}")]
+    Worker(String),
 }
 
 /// NATS connection options from the config.
@@ -210,23 +213,20 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Sink
     }
     let mut result = Ok(());
     while let Some(joined) = workers.join_next().await {
-        match joined {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                // One worker failing fatally stops the others: the process exits with the error.
-                shutdown.cancel();
-                if result.is_ok() {
-                    result = Err(e);
-                }
-            }
-            Err(e) => {
-                shutdown.cancel();
-                tracing::error!(error = %e, "worker task failed");
-            }
+        let failed = match joined {
+            Ok(Ok(())) => continue,
+            Ok(Err(e)) => SinkError::from(e),
+            Err(e) => SinkError::Worker(e.to_string()),
+        };
+        // One worker failing stops the others: the process exits with the first error.
+        tracing::error!(error = %failed, "worker stopped; stopping the others");
+        shutdown.cancel();
+        if result.is_ok() {
+            result = Err(failed);
         }
     }
     health.set_ready(false);
     pool.close().await;
     tracing::info!("kline-pg-sink stopped");
-    Ok(result?)
+    result
 }
