@@ -35,4 +35,4 @@ pub use decode::{decode_event, Poison};
 pub use handler::{BoxError, Delivered, Handler, HandlerError};
 pub use lag::{consumer_lag, ConsumerLag, Stats};
 pub use options::{ConsumeOptions, StartFrom};
-pub use pull::{ConsumeError, Consumer};
+pub use pull::{flush_acks, ConsumeError, Consumer};

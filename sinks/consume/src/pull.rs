@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use async_nats::connection::State;
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::{self, AckKind, Context};
 use klinebus_schemas::bus::consumer_config;
@@ -55,6 +56,19 @@ pub struct Consumer {
     stats: Arc<Stats>,
 }
 
+/// Pushes out the acks (fire-and-forget publishes) before a consumer stops, for at most 5 s.
+/// Without a connection they cannot go out, and waiting for one would hold up the shutdown:
+/// the server redelivers those messages instead, and sinks write idempotently.
+pub async fn flush_acks(client: &async_nats::Client) {
+    if client.connection_state() != State::Connected {
+        tracing::warn!("NATS unreachable at shutdown; un-acked messages will be redelivered");
+        return;
+    }
+    if let Err(e) = tokio::time::timeout(Duration::from_secs(5), client.flush()).await {
+        tracing::warn!(error = %e, "flushing acks timed out");
+    }
+}
+
 impl Consumer {
     /// A consumer loop on `js` (streams must exist: `bus::ensure_streams`).
     pub fn new(js: Context, opts: ConsumeOptions) -> Self {
@@ -96,11 +110,7 @@ impl Consumer {
         let result = self.pull_loop(&mut consumer, handler, &shutdown).await;
         lag_stop.cancel();
         let _ = lag_task.await;
-        // Acks are fire-and-forget publishes: push them out before returning.
-        if let Err(e) = tokio::time::timeout(Duration::from_secs(5), self.js.client().flush()).await
-        {
-            tracing::warn!(error = %e, "flushing acks timed out");
-        }
+        flush_acks(&self.js.client()).await;
         result
     }
 

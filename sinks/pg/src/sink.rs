@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use async_nats::connection::State;
 use async_nats::jetstream::context::PublishAckFuture;
 use async_nats::jetstream::Context;
 use klinebus_consume::{Delivered, Handler, HandlerError};
@@ -103,8 +104,22 @@ impl PgSink {
         });
     }
 
-    /// Waits (bounded) for the post-commit publishes still in flight.
+    /// Waits (bounded) for the post-commit publishes still in flight; not at all without a
+    /// connection to NATS, which could not confirm them.
     pub async fn finish(&mut self, within: Duration) {
+        let connected = self
+            .js
+            .as_ref()
+            .is_some_and(|js| js.client().connection_state() == State::Connected);
+        while self.publishing.try_join_next().is_some() {}
+        if !connected && !self.publishing.is_empty() {
+            tracing::warn!(
+                unconfirmed = self.publishing.len(),
+                "NATS unreachable at shutdown; post-commit publishes left unconfirmed"
+            );
+            self.publishing.abort_all();
+            return;
+        }
         let all = async { while self.publishing.join_next().await.is_some() {} };
         if tokio::time::timeout(within, all).await.is_err() {
             tracing::warn!("post-commit publishes still unconfirmed at shutdown");

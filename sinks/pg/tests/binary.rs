@@ -87,3 +87,37 @@ async fn sigkill_mid_run_then_restart_is_exactly_once() {
     };
     assert!(exit.success(), "{exit:?}");
 }
+
+/// With the broker gone there is nothing to ack or publish to: SIGTERM must not sit out the
+/// ack-flush and post-commit timeouts (an orchestrator's grace period is often 10 s).
+#[tokio::test]
+async fn sigterm_with_the_broker_gone_exits_promptly() {
+    let mut nats = NatsServer::start();
+    let db = TestDb::fresh().await;
+    let js = js_for(&nats.url()).await;
+    let finals: Vec<_> = (0..50).map(|m| candle("NEARUSDT", m, true, 0)).collect();
+    publish_no_id(&js, &finals).await;
+    let mut child = start(&nats.url(), &db.url);
+    assert_converges(&js, &db.pool, "bin", &expected(&finals)).await;
+    drop(js);
+    nats.stop();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let sent = std::time::Instant::now();
+    let exit = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            sent.elapsed() < Duration::from_secs(4),
+            "still running {:?} after SIGTERM with NATS down",
+            sent.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(exit.success(), "{exit:?}");
+}

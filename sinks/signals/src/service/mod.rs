@@ -284,13 +284,7 @@ pub async fn run(config: SinkConfig, shutdown: CancellationToken) -> Result<(), 
         &shutdown,
     )
     .await;
-    // Acks are fire-and-forget publishes: push them out before returning.
-    if tokio::time::timeout(Duration::from_secs(5), js.client().flush())
-        .await
-        .is_err()
-    {
-        tracing::warn!("flushing acks timed out");
-    }
+    klinebus_consume::flush_acks(&js.client()).await;
     health.set_ready(false);
     lock.release().await;
     pool.close().await;
