@@ -7,8 +7,9 @@
 use std::path::PathBuf;
 
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
-use async_nats::jetstream::context::{PublishAckFuture, PublishError};
+use async_nats::jetstream::context::{PublishAckFuture, PublishError, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::publish::PublishAck;
 use async_nats::jetstream::stream::{Config, DiscardPolicy, RetentionPolicy, StorageType};
 use async_nats::jetstream::{self, Context};
 use async_nats::{Client, ConnectOptions, HeaderMap};
@@ -259,6 +260,28 @@ fn headers_for(version: &str) -> HeaderMap {
     h.insert(SCHEMA_HEADER, version);
     h.insert(CONTENT_TYPE_HEADER, CONTENT_TYPE);
     h
+}
+
+/// Awaits publish acks in order, all against ONE deadline; what is not acknowledged by then
+/// fails as timed out. An ack future starts its own timeout only when first polled, so
+/// awaiting many one after another once their acks are lost (a broker restart) would wait one
+/// whole timeout per message.
+pub async fn await_acks<I>(
+    acks: I,
+    deadline: tokio::time::Instant,
+) -> Vec<Result<PublishAck, PublishError>>
+where
+    I: IntoIterator<Item = PublishAckFuture>,
+{
+    let acks = acks.into_iter();
+    let mut out = Vec::with_capacity(acks.size_hint().0);
+    for ack in acks {
+        out.push(match tokio::time::timeout_at(deadline, ack).await {
+            Ok(r) => r,
+            Err(_) => Err(PublishError::new(PublishErrorKind::TimedOut)),
+        });
+    }
+    out
 }
 
 /// Publishes `event` on `subject` with schema headers and, for closed candles, the dedup

@@ -140,3 +140,34 @@ async fn a_seed_list_of_urls_connects_and_bad_urls_are_clear_errors() {
     );
     assert!(bus::server_addrs(" , ").is_err());
 }
+
+/// Acks that never come (a subscriber that does not answer, like a broker that lost them in a
+/// restart) all fail by the one deadline instead of one publish timeout each.
+#[tokio::test]
+async fn lost_acks_fail_by_one_deadline() {
+    let nats = NatsServer::start();
+    let client = bus::connect(&BusOptions::new(nats.url(), "test"))
+        .await
+        .unwrap();
+    let _silent = client.subscribe("void.>").await.unwrap();
+    let js = async_nats::jetstream::ContextBuilder::new()
+        .timeout(Duration::from_secs(2))
+        .build(client.clone());
+    let mut acks = Vec::new();
+    for i in 0..20 {
+        acks.push(js.publish(format!("void.{i}"), "x".into()).await.unwrap());
+    }
+    let started = tokio::time::Instant::now();
+    let results = bus::await_acks(acks, started + Duration::from_millis(500)).await;
+    let took = started.elapsed();
+    assert_eq!(results.len(), 20);
+    for r in &results {
+        let e = r.as_ref().unwrap_err();
+        assert_eq!(
+            e.kind(),
+            async_nats::jetstream::context::PublishErrorKind::TimedOut
+        );
+    }
+    // One by one they would take 20 × 2 s.
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+}

@@ -4,7 +4,8 @@
 //! - [`plan`]: one window of open times per (symbol, timeframe); the forming candle excluded.
 //! - [`resume`]: what the `KLINES` stream already holds, so a re-run fetches only the rest.
 //! - `series`: one series — pages of 1000 by startTime, closed candles only, many publish acks
-//!   in flight (awaited a page at a time), exchange gaps recorded.
+//!   in flight (awaited a page at a time, republishing what a broker restart left
+//!   unacknowledged for about a minute before the series fails), exchange gaps recorded.
 //! - [`run`](mod@run): [`run()`] for the binary, [`run_backfill`] for benchmarks and tests.
 //! - [`summary`]: per-series outcome, `Success: X/Y`, `Errors: Z/Y`, exit code.
 //! - [`verify`]: waiting until a sink's durable consumer has consumed everything.

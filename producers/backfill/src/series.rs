@@ -2,12 +2,14 @@
 //! the closed candles with many acks in flight, and record exchange gaps.
 
 use std::collections::VecDeque;
+use std::time::Duration;
 
-use async_nats::jetstream::context::PublishError;
+use async_nats::jetstream::context::{PublishAckFuture, PublishError, PublishErrorKind};
 use async_nats::jetstream::publish::PublishAck;
 use async_nats::jetstream::Context;
 use klinebus_binance::{BinanceError, RestClient, MAX_KLINES_LIMIT};
-use klinebus_schemas::{bus, Source};
+use klinebus_schemas::{bus, KlineEvent, Source};
+use rand::Rng;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -18,6 +20,15 @@ use crate::summary::{ExchangeGap, SeriesReport, Status};
 
 /// Pages whose acks may still be outstanding while the next page is fetched.
 const PAGES_IN_FLIGHT: usize = 3;
+/// How long a page's publishes may wait for their acks, all together.
+const PAGE_ACK_WAIT: Duration = Duration::from_secs(10);
+/// Republishing rounds for candles whose publish was not acknowledged (a broker restart, a
+/// stream leader change), with jittered pauses doubling from 250 ms to 5 s: together with the
+/// ack waits, a broker away for about a minute is ridden out. Every candle carries its dedup
+/// id, so republishing one that was stored after all only yields a duplicate ack.
+const PUBLISH_RETRIES: u32 = 8;
+const RETRY_PAUSE_MIN: Duration = Duration::from_millis(250);
+const RETRY_PAUSE_MAX: Duration = Duration::from_secs(5);
 
 /// Why a series stopped early.
 #[derive(Debug, thiserror::Error)]
@@ -42,12 +53,29 @@ struct Run<'a> {
     /// candle sent to the bus is also counted.
     cancel: &'a CancellationToken,
     report: SeriesReport,
-    /// Per page, a task awaiting its acks (so ack permits are released as acks arrive, whatever
-    /// this series is doing; holding unpolled ack futures would block the other series'
-    /// publishes on the shared in-flight limit).
-    acks: VecDeque<JoinHandle<Vec<Result<PublishAck, PublishError>>>>,
+    /// Pages published and not yet confirmed, oldest first.
+    acks: VecDeque<Page>,
     /// Some candle of the series is known to exist before the current position.
     listed: bool,
+}
+
+/// A published page: its candles (to republish what is not acknowledged) and a task awaiting
+/// its acks, so that ack permits are released as acks arrive whatever this series is doing
+/// (unpolled ack futures would hold the other series' publishes on the shared in-flight limit).
+struct Page {
+    events: Vec<KlineEvent>,
+    acks: JoinHandle<Vec<Result<PublishAck, PublishError>>>,
+}
+
+/// Publish failures worth republishing: lost or refused acks while the broker or the stream
+/// is unavailable. Not a message the server rejects as such.
+fn retryable(e: &PublishError) -> bool {
+    !matches!(
+        e.kind(),
+        PublishErrorKind::MaxPayloadExceeded
+            | PublishErrorKind::WrongLastMessageId
+            | PublishErrorKind::WrongLastSequence
+    )
 }
 
 /// Backfills one series; never panics, every outcome is in the report.
@@ -196,64 +224,106 @@ impl Run<'_> {
         }
     }
 
-    async fn publish(&mut self, events: Vec<klinebus_schemas::KlineEvent>) -> Result<(), Stop> {
-        let mut page = Vec::with_capacity(events.len());
+    /// Sends the candles; the ack futures come back in the same order.
+    async fn send(&self, events: &[KlineEvent]) -> Result<Vec<PublishAckFuture>, Stop> {
         let subject = self.plan.subject();
-        for ev in &events {
+        let mut acks = Vec::with_capacity(events.len());
+        for ev in events {
             let ack = bus::publish_event_to(self.js, subject.clone(), ev)
                 .await
                 .map_err(|e| Stop::Publish(e.to_string()))?;
-            page.push(ack);
+            acks.push(ack);
         }
-        // In order, one at a time: the server acks a connection's publishes in order, and this
-        // costs no per-future task as join_all's FuturesOrdered does (about 7 % of the producer's
-        // CPU in perf).
-        self.acks.push_back(tokio::spawn(async move {
-            let mut results = Vec::with_capacity(page.len());
-            for ack in page {
-                results.push(ack.await);
-            }
-            results
-        }));
+        Ok(acks)
+    }
+
+    async fn publish(&mut self, events: Vec<KlineEvent>) -> Result<(), Stop> {
+        let sent = self.send(&events).await?;
+        // In order, in one task: the server acks a connection's publishes in order, and this
+        // costs no per-future task as join_all's FuturesOrdered does (about 7 % of the
+        // producer's CPU in perf).
+        let deadline = tokio::time::Instant::now() + PAGE_ACK_WAIT;
+        let acks = tokio::spawn(bus::await_acks(sent, deadline));
+        self.acks.push_back(Page { events, acks });
         while self.acks.len() > PAGES_IN_FLIGHT {
             self.flush_oldest().await?;
         }
         Ok(())
     }
 
+    /// Settles the oldest page: counts what was stored and republishes what was not
+    /// acknowledged, up to [`PUBLISH_RETRIES`] rounds.
     async fn flush_oldest(&mut self) -> Result<(), Stop> {
-        let Some(task) = self.acks.pop_front() else {
+        let Some(Page { mut events, acks }) = self.acks.pop_front() else {
             return Ok(());
         };
-        let results = task
+        let mut results = acks
             .await
             .map_err(|e| Stop::Publish(format!("ack task failed: {e}")))?;
-        let mut first_err = None;
-        let mut stored = 0;
-        for r in results {
-            match r {
-                Ok(ack) if ack.duplicate => {
-                    self.report.duplicates += 1;
-                    stored += 1;
-                }
-                Ok(_) => {
-                    self.report.published += 1;
-                    stored += 1;
-                }
-                Err(e) => {
-                    first_err.get_or_insert_with(|| e.to_string());
+        let mut pause = RETRY_PAUSE_MIN;
+        let mut round = 0;
+        loop {
+            let mut unconfirmed = Vec::new();
+            let mut last_err = None;
+            let mut stored = 0;
+            for (ev, r) in events.into_iter().zip(results) {
+                match r {
+                    Ok(ack) => {
+                        if ack.duplicate {
+                            self.report.duplicates += 1;
+                        } else {
+                            self.report.published += 1;
+                        }
+                        stored += 1;
+                    }
+                    Err(e) if retryable(&e) => {
+                        last_err = Some(e.to_string());
+                        unconfirmed.push(ev);
+                    }
+                    Err(e) => return Err(Stop::Publish(format!("publish refused: {e}"))),
                 }
             }
+            self.count_stored(stored);
+            let Some(err) = last_err else {
+                return Ok(());
+            };
+            round += 1;
+            if round > PUBLISH_RETRIES {
+                return Err(Stop::Publish(format!(
+                    "{} candles not acknowledged after {PUBLISH_RETRIES} republishing rounds: {err}",
+                    unconfirmed.len()
+                )));
+            }
+            tracing::warn!(symbol = %self.plan.symbol, interval = %self.plan.interval,
+                candles = unconfirmed.len(), round, error = %err,
+                "publishes not acknowledged; republishing");
+            let wait = rand::rng().random_range(pause / 2..=pause);
+            pause = (pause * 2).min(RETRY_PAUSE_MAX);
+            tokio::select! {
+                biased;
+                () = self.cancel.cancelled() => {
+                    return Err(Stop::Publish(format!(
+                        "cancelled with {} candles not acknowledged",
+                        unconfirmed.len()
+                    )));
+                }
+                () = tokio::time::sleep(wait) => {}
+            }
+            let sent = self.send(&unconfirmed).await?;
+            results = bus::await_acks(sent, tokio::time::Instant::now() + PAGE_ACK_WAIT).await;
+            events = unconfirmed;
+        }
+    }
+
+    fn count_stored(&self, stored: u64) {
+        if stored == 0 {
+            return;
         }
         self.progress.inc(stored);
         metrics::counter!("klinebus_backfill_candles_stored_total",
             "symbol" => self.report.symbol.as_str().to_owned(),
             "interval" => self.report.interval.as_str())
         .increment(stored);
-        match first_err {
-            Some(e) => Err(Stop::Publish(format!("publish not acknowledged: {e}"))),
-            None => Ok(()),
-        }
     }
 
     async fn flush_all(&mut self) -> Result<(), Stop> {

@@ -98,7 +98,7 @@ pub struct Config {
     #[arg(long, env = "LIVE_MAX_BUFFERED", default_value_t = 100_000)]
     pub max_buffered: usize,
 
-    /// A publish not acknowledged by JetStream within this time is retried.
+    /// A publish not acknowledged by JetStream within this time of being sent is retried.
     #[arg(long, env = "LIVE_ACK_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub ack_timeout: Duration,
 

@@ -61,8 +61,8 @@ impl std::fmt::Debug for Publisher {
 }
 
 impl Publisher {
-    /// A buffer of at most `max` events; an ack not received within `ack_timeout` counts as a
-    /// failed publish.
+    /// A buffer of at most `max` events; an ack not received within `ack_timeout` of its batch's
+    /// send counts as a failed publish.
     pub fn new(
         max: usize,
         ack_timeout: Duration,
@@ -245,29 +245,36 @@ impl Publisher {
     ) -> Vec<(KlineEvent, Instant)> {
         let mut failed = Vec::new();
         let mut pending = Vec::with_capacity(batch.len());
+        let mut acks = Vec::with_capacity(batch.len());
         for (e, at) in batch {
             match bus::publish_event(js, &e).await {
-                Ok(ack) => pending.push((e, at, ack)),
+                Ok(ack) => {
+                    pending.push((e, at));
+                    acks.push(ack);
+                }
                 Err(err) => {
                     tracing::debug!(error = %err, "publish failed");
                     failed.push((e, at));
                 }
             }
         }
-        for (e, at, ack) in pending {
-            match tokio::time::timeout(self.0.ack_timeout, ack).await {
-                Ok(Ok(_)) => {
+        let deadline = tokio::time::Instant::now() + self.0.ack_timeout;
+        for ((e, at), r) in pending
+            .into_iter()
+            .zip(bus::await_acks(acks, deadline).await)
+        {
+            match r {
+                Ok(_) => {
                     self.0.stats.published.fetch_add(1, Relaxed);
                     metrics::counter!("klinebus_live_published_total", "source" => e.source.as_str())
                         .increment(1);
                     metrics::histogram!("klinebus_live_publish_latency_seconds")
                         .record(at.elapsed().as_secs_f64());
                 }
-                Ok(Err(err)) => {
+                Err(err) => {
                     tracing::debug!(error = %err, "publish not acknowledged");
                     failed.push((e, at));
                 }
-                Err(_) => failed.push((e, at)),
             }
         }
         failed

@@ -242,6 +242,13 @@ impl NatsServer {
         }
     }
 
+    /// Starts it again after [`stop`](Self::stop), on the same port and store.
+    pub fn start_again(&mut self) {
+        if self.child.is_none() {
+            self.spawn();
+        }
+    }
+
     /// Starts it again on the same port and store.
     pub fn restart(&mut self) {
         self.stop();

@@ -26,6 +26,8 @@ const QUICK_RETRIES: u32 = 2;
 const MAX_PUBLISH_TASKS: usize = 64;
 /// Post-commit publishes sent before their acks are handed to a waiter task.
 const ACK_CHUNK: usize = 256;
+/// How long a waiter task waits for its acks, all together.
+const POST_COMMIT_ACK_WAIT: Duration = Duration::from_secs(10);
 
 /// Writes batches to Postgres.
 pub struct PgSink {
@@ -89,9 +91,10 @@ impl PgSink {
             let _ = self.publishing.join_next().await;
         }
         self.publishing.spawn(async move {
+            let deadline = tokio::time::Instant::now() + POST_COMMIT_ACK_WAIT;
             let mut failed = 0;
-            for ack in acks {
-                if let Err(e) = ack.await {
+            for r in bus::await_acks(acks, deadline).await {
+                if let Err(e) = r {
                     failed += 1;
                     tracing::warn!(error = %e, "post-commit publish not confirmed");
                 }
