@@ -265,7 +265,7 @@ fn headers_for(version: &str) -> HeaderMap {
 /// Awaits publish acks in order, all against ONE deadline; what is not acknowledged by then
 /// fails as timed out. An ack future starts its own timeout only when first polled, so
 /// awaiting many one after another once their acks are lost (a broker restart) would wait one
-/// whole timeout per message.
+/// whole timeout per message. One timer for all of them: this runs once per published candle.
 pub async fn await_acks<I>(
     acks: I,
     deadline: tokio::time::Instant,
@@ -273,13 +273,18 @@ pub async fn await_acks<I>(
 where
     I: IntoIterator<Item = PublishAckFuture>,
 {
-    let acks = acks.into_iter();
+    let mut acks = acks.into_iter();
     let mut out = Vec::with_capacity(acks.size_hint().0);
-    for ack in acks {
-        out.push(match tokio::time::timeout_at(deadline, ack).await {
-            Ok(r) => r,
-            Err(_) => Err(PublishError::new(PublishErrorKind::TimedOut)),
-        });
+    let all = async {
+        for ack in acks.by_ref() {
+            out.push(ack.await);
+        }
+    };
+    if tokio::time::timeout_at(deadline, all).await.is_err() {
+        // The deadline can only pass while an ack is awaited: that one, then the rest.
+        let timed_out = || Err(PublishError::new(PublishErrorKind::TimedOut));
+        out.push(timed_out());
+        out.extend(acks.map(|_| timed_out()));
     }
     out
 }
