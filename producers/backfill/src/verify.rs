@@ -6,6 +6,8 @@
 
 use std::time::{Duration, Instant};
 
+use async_nats::jetstream::consumer;
+use async_nats::jetstream::context::{ConsumerInfoErrorKind, GetStreamErrorKind};
 use async_nats::jetstream::Context;
 use klinebus_schemas::streams::KLINES_STREAM;
 use tokio_util::sync::CancellationToken;
@@ -42,7 +44,9 @@ pub enum WaitError {
 }
 
 /// Polls `consumer` on the `KLINES` stream every `poll` until `num_pending == 0` and
-/// `num_ack_pending == 0`, or `timeout` passes.
+/// `num_ack_pending == 0`, or `timeout` passes. A consumer or stream the server says does not
+/// exist ends the wait at once; a broker that does not answer (restarting, say) is asked again
+/// until the timeout.
 pub async fn wait_until_consumed(
     js: &Context,
     consumer: &str,
@@ -55,29 +59,54 @@ pub async fn wait_until_consumed(
         consumer: consumer.to_owned(),
         msg,
     };
-    let stream = js
-        .get_stream(KLINES_STREAM)
-        .await
-        .map_err(|e| fail(e.to_string()))?;
     loop {
-        let info = stream
-            .consumer_info(consumer)
-            .await
-            .map_err(|e| fail(e.to_string()))?;
-        if info.num_pending == 0 && info.num_ack_pending == 0 {
-            return Ok(());
-        }
-        if started.elapsed() >= timeout {
-            return Err(WaitError::Timeout {
-                consumer: consumer.to_owned(),
-                pending: info.num_pending,
-                ack_pending: info.num_ack_pending,
-                waited: started.elapsed(),
-            });
+        match consumer_info(js, consumer).await {
+            Ok(info) if info.num_pending == 0 && info.num_ack_pending == 0 => return Ok(()),
+            Ok(info) if started.elapsed() >= timeout => {
+                return Err(WaitError::Timeout {
+                    consumer: consumer.to_owned(),
+                    pending: info.num_pending,
+                    ack_pending: info.num_ack_pending,
+                    waited: started.elapsed(),
+                });
+            }
+            Ok(_) => {}
+            Err(Lookup::Missing(msg)) => return Err(fail(msg)),
+            Err(Lookup::Unavailable(msg)) if started.elapsed() >= timeout => return Err(fail(msg)),
+            Err(Lookup::Unavailable(msg)) => {
+                tracing::warn!(consumer, error = %msg, "cannot read the consumer yet; asking again");
+            }
         }
         tokio::select! {
             () = cancel.cancelled() => return Err(WaitError::Cancelled(consumer.to_owned())),
             () = tokio::time::sleep(poll) => {}
         }
     }
+}
+
+enum Lookup {
+    /// The server says the stream or consumer does not exist.
+    Missing(String),
+    /// No answer, or not a usable one (worth asking again).
+    Unavailable(String),
+}
+
+async fn consumer_info(js: &Context, consumer: &str) -> Result<consumer::Info, Lookup> {
+    let stream = match js.get_stream(KLINES_STREAM).await {
+        Ok(s) => s,
+        Err(e) if matches!(e.kind(), GetStreamErrorKind::JetStream(_)) => {
+            return Err(Lookup::Missing(e.to_string()))
+        }
+        Err(e) => return Err(Lookup::Unavailable(e.to_string())),
+    };
+    stream
+        .consumer_info(consumer)
+        .await
+        .map_err(|e| match e.kind() {
+            ConsumerInfoErrorKind::NotFound | ConsumerInfoErrorKind::InvalidName => Lookup::Missing(
+                format!("{e} (is the sink that consumes it, e.g. kline-pg-sink --consumer {consumer}, running against this NATS?)"),
+            ),
+            ConsumerInfoErrorKind::StreamNotFound => Lookup::Missing(e.to_string()),
+            _ => Lookup::Unavailable(e.to_string()),
+        })
 }

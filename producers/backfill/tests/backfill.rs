@@ -359,3 +359,71 @@ async fn broker_restart_mid_run_loses_nothing() {
     );
     assert_exact(&e, &plan).await;
 }
+
+/// `--verify`'s wait: a consumer that does not exist is named at once (with a hint); a broker
+/// restart while waiting is ridden out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_wait_names_a_missing_consumer_and_rides_out_a_broker_restart() {
+    use async_nats::jetstream::consumer::pull;
+    use kline_backfill::verify::wait_until_consumed;
+
+    let e = env(&[]).await;
+    let cancel = CancellationToken::new();
+    let poll = Duration::from_millis(50);
+    let started = Instant::now();
+    let err = wait_until_consumed(&e.js, "nobody", Duration::from_secs(30), poll, &cancel)
+        .await
+        .unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(5), "{err}");
+    assert!(
+        err.to_string().contains("kline-pg-sink --consumer nobody"),
+        "{err}"
+    );
+
+    let stream = e.js.get_stream(KLINES_STREAM).await.unwrap();
+    let consumer = stream
+        .create_consumer(pull::Config {
+            durable_name: Some("sink".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let subject = "klines.backfill.binance.BTCUSDT.1m";
+    e.js.publish(subject, "x".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let restart_then_consume = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let nats = e.nats.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut nats = nats.lock().unwrap();
+            nats.stop();
+            std::thread::sleep(Duration::from_secs(1));
+            nats.start_again();
+        })
+        .await
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            assert!(
+                Instant::now() < deadline,
+                "could not consume after the restart"
+            );
+            let Ok(mut batch) = consumer.fetch().max_messages(1).messages().await else {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            };
+            if let Some(Ok(m)) = batch.next().await {
+                m.double_ack().await.unwrap();
+                return;
+            }
+        }
+    };
+    let (waited, ()) = tokio::join!(
+        wait_until_consumed(&e.js, "sink", Duration::from_secs(30), poll, &cancel),
+        restart_then_consume
+    );
+    waited.unwrap();
+}
