@@ -473,6 +473,38 @@ async fn a_restart_mid_stream_gives_the_same_signals_as_one_run() {
 }
 
 #[tokio::test]
+async fn a_broker_restart_mid_stream_loses_nothing() {
+    let mut nats = NatsServer::start();
+    let db = TestDb::fresh().await;
+    let js = js_for(&nats.url()).await;
+    let events = fixture_events(200);
+    insert_candles(&db.pool, &events).await;
+    publish_closed(&js, &events[..120]).await;
+    let (stop, h) = spawn(config(&nats.url(), &db.url, &[]));
+    wait_caught_up(&js, "signals", 120).await;
+    // Crashed and back a second later, while the service waits for more.
+    nats.stop();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    nats.start_again();
+    wait_for(
+        "the test's client to reconnect",
+        Duration::from_secs(20),
+        || async { js.get_stream(CANDLES_STREAM).await.is_ok() },
+    )
+    .await;
+    publish_closed(&js, &events[120..]).await;
+    wait_caught_up(&js, "signals", 200).await;
+    stop.cancel();
+    h.await.unwrap();
+    let expected = reports(&direct(&events));
+    assert_rows_are(&rows(&db.pool).await, &expected);
+    assert_eq!(
+        stream_messages(&js, SIGNALS_STREAM).await,
+        expected.len() as u64
+    );
+}
+
+#[tokio::test]
 async fn poison_is_dead_lettered_and_the_rest_processed() {
     let nats = NatsServer::start();
     let db = TestDb::fresh().await;
