@@ -4,6 +4,7 @@
 //! - [`shutdown_token`]: a cancellation token fired by SIGINT or SIGTERM.
 //! - [`serve_telemetry`]: `/metrics` (Prometheus text) and `/health` on a configurable address.
 //! - [`NatsArgs`] and [`DbArgs`]: the connection flags, with secrets from env or files.
+//! - [`exit_with`]: a binary's last words: its error on one line, and the exit code.
 
 mod args;
 pub use args::{redact_url, DbArgs, NatsArgs, SecretError};
@@ -33,6 +34,39 @@ pub fn init_tracing() {
     } else {
         builder.try_init()
     };
+}
+
+/// An error and its causes on one line, each said once. Most klinebus errors already include
+/// their source's text, which printing the whole chain would repeat.
+pub fn error_line(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = err.to_string();
+    let mut previous = line.clone();
+    let mut cause = err.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !previous.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        previous = text;
+        cause = c.source();
+    }
+    line
+}
+
+/// Ends a binary: on error, prints `error: …` (see [`error_line`]) to stderr and exits 1.
+pub fn exit_with<E>(result: Result<(), E>) -> std::process::ExitCode
+where
+    E: Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+{
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            let e: Box<dyn std::error::Error + Send + Sync + 'static> = e.into();
+            eprintln!("error: {}", error_line(e.as_ref()));
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
 /// A token cancelled on the first SIGINT or SIGTERM. Binaries pass it to their library `run`.
@@ -162,6 +196,35 @@ pub async fn serve_telemetry(
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot connect to {url}: {source}")]
+    struct Connect {
+        url: &'static str,
+        source: std::io::Error,
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("starting up")]
+    struct Startup(#[source] Connect);
+
+    #[test]
+    fn error_line_says_each_cause_once() {
+        let io = || std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let e = Connect {
+            url: "nats://x",
+            source: io(),
+        };
+        assert_eq!(super::error_line(&e), "cannot connect to nats://x: refused");
+        let e = Startup(Connect {
+            url: "nats://x",
+            source: io(),
+        });
+        assert_eq!(
+            super::error_line(&e),
+            "starting up: cannot connect to nats://x: refused"
+        );
+    }
+
     use super::*;
 
     #[tokio::test]

@@ -13,8 +13,11 @@ struct Args {
 }
 
 #[tokio::main(flavor = "current_thread")]
-async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+async fn main() -> std::process::ExitCode {
+    klinebus_svc::exit_with(migrate(Args::parse()).await)
+}
+
+async fn migrate(args: Args) -> anyhow::Result<()> {
     let url = args.db.url()?;
     let pool = sqlx::PgPool::connect(&url)
         .await

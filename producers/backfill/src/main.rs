@@ -18,9 +18,6 @@ async fn main() -> std::process::ExitCode {
     klinebus_svc::init_tracing();
     match kline_backfill::run(config, klinebus_svc::shutdown_token()).await {
         Ok(result) => std::process::ExitCode::from(result.exit_code() as u8),
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
+        Err(e) => klinebus_svc::exit_with(Err(e)),
     }
 }

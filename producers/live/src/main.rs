@@ -16,11 +16,5 @@ async fn main() -> std::process::ExitCode {
     }
     let config = Config::parse();
     klinebus_svc::init_tracing();
-    match kline_live::run(config, klinebus_svc::shutdown_token()).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    klinebus_svc::exit_with(kline_live::run(config, klinebus_svc::shutdown_token()).await)
 }

@@ -6,9 +6,8 @@ use clap::Parser;
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
     let config = kline_pg_sink::Config::parse();
     klinebus_svc::init_tracing();
-    kline_pg_sink::run(config, klinebus_svc::shutdown_token()).await?;
-    Ok(())
+    klinebus_svc::exit_with(kline_pg_sink::run(config, klinebus_svc::shutdown_token()).await)
 }

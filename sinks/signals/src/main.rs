@@ -6,9 +6,8 @@ use clap::Parser;
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
     let config = kline_signals::SinkConfig::parse();
     klinebus_svc::init_tracing();
-    kline_signals::run(config, klinebus_svc::shutdown_token()).await?;
-    Ok(())
+    klinebus_svc::exit_with(kline_signals::run(config, klinebus_svc::shutdown_token()).await)
 }
