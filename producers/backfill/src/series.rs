@@ -4,11 +4,12 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use async_nats::jetstream::context::{PublishAckFuture, PublishError, PublishErrorKind};
+use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 use async_nats::jetstream::publish::PublishAck;
 use async_nats::jetstream::Context;
 use klinebus_binance::{BinanceError, RestClient, MAX_KLINES_LIMIT};
-use klinebus_schemas::{bus, KlineEvent, Source};
+use klinebus_schemas::bus::{self, BusError};
+use klinebus_schemas::{KlineEvent, Source};
 use rand::Rng;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -57,6 +58,9 @@ struct Run<'a> {
     acks: VecDeque<Page>,
     /// Some candle of the series is known to exist before the current position.
     listed: bool,
+    /// A page ran out of republishing rounds: the broker is gone, and the pages still in
+    /// flight are settled without waiting through rounds of their own.
+    gave_up: bool,
 }
 
 /// A published page: its candles (to republish what is not acknowledged) and a task awaiting
@@ -64,8 +68,10 @@ struct Run<'a> {
 /// (unpolled ack futures would hold the other series' publishes on the shared in-flight limit).
 struct Page {
     events: Vec<KlineEvent>,
-    acks: JoinHandle<Vec<Result<PublishAck, PublishError>>>,
+    acks: JoinHandle<Vec<AckResult>>,
 }
+
+type AckResult = Result<PublishAck, PublishError>;
 
 /// Publish failures worth republishing: lost or refused acks while the broker or the stream
 /// is unavailable. Not a message the server rejects as such.
@@ -108,6 +114,7 @@ pub async fn backfill_series(
         },
         acks: VecDeque::new(),
         listed: false,
+        gave_up: false,
     };
     let fetched = run.fetch_all().await;
     // Whatever happened, wait for what was sent: acked candles count, failures are reported.
@@ -224,26 +231,39 @@ impl Run<'_> {
         }
     }
 
-    /// Sends the candles; the ack futures come back in the same order.
-    async fn send(&self, events: &[KlineEvent]) -> Result<Vec<PublishAckFuture>, Stop> {
+    /// Sends the candles in order and returns a task awaiting their acks, one result per
+    /// candle. A candle the client cannot even send (the broker away for longer than the
+    /// client waits for room) fails with that error, as do the rest after it, unsent.
+    async fn send(&self, events: &[KlineEvent]) -> Result<JoinHandle<Vec<AckResult>>, Stop> {
         let subject = self.plan.subject();
         let mut acks = Vec::with_capacity(events.len());
+        let mut unsent = None;
         for ev in events {
-            let ack = bus::publish_event_to(self.js, subject.clone(), ev)
-                .await
-                .map_err(|e| Stop::Publish(e.to_string()))?;
-            acks.push(ack);
+            match bus::publish_event_to(self.js, subject.clone(), ev).await {
+                Ok(ack) => acks.push(ack),
+                Err(BusError::Publish { source, .. }) if retryable(&source) => {
+                    unsent = Some(source.kind());
+                    break;
+                }
+                Err(e) => return Err(Stop::Publish(e.to_string())),
+            }
         }
-        Ok(acks)
-    }
-
-    async fn publish(&mut self, events: Vec<KlineEvent>) -> Result<(), Stop> {
-        let sent = self.send(&events).await?;
+        let n = events.len();
         // In order, in one task: the server acks a connection's publishes in order, and this
         // costs no per-future task as join_all's FuturesOrdered does (about 7 % of the
         // producer's CPU in perf).
         let deadline = tokio::time::Instant::now() + PAGE_ACK_WAIT;
-        let acks = tokio::spawn(bus::await_acks(sent, deadline));
+        Ok(tokio::spawn(async move {
+            let mut results = bus::await_acks(acks, deadline).await;
+            if let Some(kind) = unsent {
+                results.resize_with(n, || Err(PublishError::new(kind)));
+            }
+            results
+        }))
+    }
+
+    async fn publish(&mut self, events: Vec<KlineEvent>) -> Result<(), Stop> {
+        let acks = self.send(&events).await?;
         self.acks.push_back(Page { events, acks });
         while self.acks.len() > PAGES_IN_FLIGHT {
             self.flush_oldest().await?;
@@ -265,6 +285,7 @@ impl Run<'_> {
         loop {
             let mut unconfirmed = Vec::new();
             let mut last_err = None;
+            let mut refused = None;
             let mut stored = 0;
             for (ev, r) in events.into_iter().zip(results) {
                 match r {
@@ -280,15 +301,21 @@ impl Run<'_> {
                         last_err = Some(e.to_string());
                         unconfirmed.push(ev);
                     }
-                    Err(e) => return Err(Stop::Publish(format!("publish refused: {e}"))),
+                    Err(e) => {
+                        refused.get_or_insert_with(|| e.to_string());
+                    }
                 }
             }
             self.count_stored(stored);
+            if let Some(e) = refused {
+                return Err(Stop::Publish(format!("publish refused: {e}")));
+            }
             let Some(err) = last_err else {
                 return Ok(());
             };
             round += 1;
-            if round > PUBLISH_RETRIES {
+            if round > PUBLISH_RETRIES || self.gave_up {
+                self.gave_up = true;
                 return Err(Stop::Publish(format!(
                     "{} candles not acknowledged after {PUBLISH_RETRIES} republishing rounds: {err}",
                     unconfirmed.len()
@@ -309,8 +336,11 @@ impl Run<'_> {
                 }
                 () = tokio::time::sleep(wait) => {}
             }
-            let sent = self.send(&unconfirmed).await?;
-            results = bus::await_acks(sent, tokio::time::Instant::now() + PAGE_ACK_WAIT).await;
+            results = self
+                .send(&unconfirmed)
+                .await?
+                .await
+                .map_err(|e| Stop::Publish(format!("ack task failed: {e}")))?;
             events = unconfirmed;
         }
     }
