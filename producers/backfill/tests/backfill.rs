@@ -322,8 +322,9 @@ async fn invalid_input_is_rejected_before_any_request() {
     assert_eq!(e.rest.stats().requests, 0);
 }
 
-/// The broker crashes mid-run and is back a second later: the publishes whose acks were lost
-/// are republished, the run completes, and the stream holds every candle exactly once.
+/// The broker crashes mid-run and is back 7 s later: publishes whose acks were lost, and those
+/// the client could not even send meanwhile (its buffer full for longer than it waits), are
+/// republished; the run completes and the stream holds every candle exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_restart_mid_run_loses_nothing() {
     let e = env(&["--delay-ms", "30"]).await;
@@ -339,7 +340,7 @@ async fn broker_restart_mid_run_loses_nothing() {
         tokio::task::spawn_blocking(move || {
             let mut nats = nats.lock().unwrap();
             nats.stop();
-            std::thread::sleep(Duration::from_secs(1));
+            std::thread::sleep(Duration::from_secs(7));
             nats.start_again();
         })
         .await
