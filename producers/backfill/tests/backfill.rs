@@ -158,6 +158,20 @@ async fn assert_exact(e: &Env, plan: &Plan) {
     }
 }
 
+/// Kills the private broker (SIGKILL) and starts it again after `away`, on the same port and
+/// store, without blocking the runtime meanwhile.
+async fn crash(e: &Env, away: Duration) {
+    let nats = e.nats.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut nats = nats.lock().unwrap();
+        nats.stop();
+        std::thread::sleep(away);
+        nats.start_again();
+    })
+    .await
+    .unwrap();
+}
+
 fn assert_complete(s: &Summary) {
     for r in &s.series {
         assert_eq!(r.status, Status::Complete, "{r:?}");
@@ -336,15 +350,7 @@ async fn broker_restart_mid_run_loses_nothing() {
             assert!(Instant::now() < deadline, "nothing stored in 30 s");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let nats = e.nats.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut nats = nats.lock().unwrap();
-            nats.stop();
-            std::thread::sleep(Duration::from_secs(7));
-            nats.start_again();
-        })
-        .await
-        .unwrap();
+        crash(&e, Duration::from_secs(7)).await;
     };
     let cancel = CancellationToken::new();
     let both = async { tokio::join!(backfill(&e, &plan, &cancel), restart) };
@@ -397,15 +403,7 @@ async fn verify_wait_names_a_missing_consumer_and_rides_out_a_broker_restart() {
         .unwrap();
     let restart_then_consume = async {
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let nats = e.nats.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut nats = nats.lock().unwrap();
-            nats.stop();
-            std::thread::sleep(Duration::from_secs(1));
-            nats.start_again();
-        })
-        .await
-        .unwrap();
+        crash(&e, Duration::from_secs(1)).await;
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             assert!(
