@@ -92,17 +92,16 @@ impl PgSink {
         }
         self.publishing.spawn(async move {
             let deadline = tokio::time::Instant::now() + POST_COMMIT_ACK_WAIT;
-            let mut failed = 0;
-            for r in bus::await_acks(acks, deadline).await {
-                if let Err(e) = r {
-                    failed += 1;
-                    tracing::warn!(error = %e, "post-commit publish not confirmed");
-                }
-            }
-            if failed > 0 {
-                metrics::counter!("klinebus_sink_errors_total", "kind" => "publish_closed")
-                    .increment(failed as u64);
-            }
+            let results = bus::await_acks(acks, deadline).await;
+            let mut errors = results.iter().filter_map(|r| r.as_ref().err());
+            let Some(first) = errors.next() else {
+                return 0;
+            };
+            let failed = 1 + errors.count();
+            // Once per waiter: a broker outage fails all of its acks at once.
+            tracing::warn!(error = %first, messages = failed, "post-commit publishes not confirmed");
+            metrics::counter!("klinebus_sink_errors_total", "kind" => "publish_closed")
+                .increment(failed as u64);
             failed
         });
     }
