@@ -451,9 +451,17 @@ async fn a_second_instance_waits_for_the_owner_lock() {
     assert_eq!(rows(&db.pool).await.len(), reports(&direct(&events)).len());
 }
 
-#[tokio::test]
-async fn a_restart_mid_stream_gives_the_same_signals_as_one_run() {
-    let nats = NatsServer::start();
+/// A fresh database holding 200 candles, the service running and caught up on the first 120 of
+/// them as events: the database, the test's context, the candles, and the service's stop handles.
+async fn caught_up_on_120_of_200(
+    nats: &NatsServer,
+) -> (
+    TestDb,
+    Context,
+    Vec<KlineEvent>,
+    CancellationToken,
+    JoinHandle<()>,
+) {
     let db = TestDb::fresh().await;
     let js = js_for(&nats.url()).await;
     let events = fixture_events(200);
@@ -461,6 +469,13 @@ async fn a_restart_mid_stream_gives_the_same_signals_as_one_run() {
     publish_closed(&js, &events[..120]).await;
     let (stop, h) = spawn(config(&nats.url(), &db.url, &[]));
     wait_caught_up(&js, "signals", 120).await;
+    (db, js, events, stop, h)
+}
+
+#[tokio::test]
+async fn a_restart_mid_stream_gives_the_same_signals_as_one_run() {
+    let nats = NatsServer::start();
+    let (db, js, events, stop, h) = caught_up_on_120_of_200(&nats).await;
     stop.cancel();
     h.await.unwrap();
     // The new process warms the series from the table, then continues with the events.
@@ -475,13 +490,7 @@ async fn a_restart_mid_stream_gives_the_same_signals_as_one_run() {
 #[tokio::test]
 async fn a_broker_restart_mid_stream_loses_nothing() {
     let mut nats = NatsServer::start();
-    let db = TestDb::fresh().await;
-    let js = js_for(&nats.url()).await;
-    let events = fixture_events(200);
-    insert_candles(&db.pool, &events).await;
-    publish_closed(&js, &events[..120]).await;
-    let (stop, h) = spawn(config(&nats.url(), &db.url, &[]));
-    wait_caught_up(&js, "signals", 120).await;
+    let (db, js, events, stop, h) = caught_up_on_120_of_200(&nats).await;
     // Crashed and back a second later, while the service waits for more.
     nats.stop();
     tokio::time::sleep(Duration::from_secs(1)).await;
