@@ -1,8 +1,10 @@
 //! Fault injection, switchable at start-up (flags) and at run time (this handle or the admin
-//! API): WS drops, stalls and refusals, REST 5xx/429 bursts and delays, exchange-side gaps.
+//! API): WS drops, stalls, refusals and `serverShutdown` announcements, REST 5xx/429 bursts and
+//! delays, exchange-side gaps.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -46,6 +48,8 @@ pub struct FaultSnapshot {
     pub ws_connections: usize,
     /// How many times all WS connections were dropped on request.
     pub ws_drops: u64,
+    /// How many `serverShutdown` events were announced on request.
+    pub ws_shutdowns: u64,
     pub now_ms: i64,
     pub speed: f64,
     pub start_ms: i64,
@@ -78,6 +82,9 @@ pub struct FaultPatch {
 struct Inner {
     state: Mutex<State>,
     drops: watch::Sender<u64>,
+    /// Count of `serverShutdown` announcements, with the wall time each connection keeps
+    /// running after one.
+    shutdowns: watch::Sender<(u64, Duration)>,
     connections: AtomicUsize,
 }
 
@@ -100,6 +107,7 @@ impl Faults {
             inner: Arc::new(Inner {
                 state: Mutex::new(state),
                 drops: watch::channel(0).0,
+                shutdowns: watch::channel((0, Duration::ZERO)).0,
                 connections: AtomicUsize::new(0),
             }),
             market,
@@ -110,6 +118,14 @@ impl Faults {
     /// Drops every open WebSocket connection (no close frame, like a network cut).
     pub fn drop_ws(&self) {
         self.inner.drops.send_modify(|n| *n += 1);
+    }
+
+    /// Sends Binance's `serverShutdown` event on every open WebSocket connection now and closes
+    /// each `close_after` (wall time) later, as a server about to restart does.
+    pub fn announce_shutdown(&self, close_after: Duration) {
+        self.inner
+            .shutdowns
+            .send_modify(|(n, after)| (*n, *after) = (*n + 1, close_after));
     }
 
     /// Stalls (true) or resumes (false) kline streams; connections stay open and answer pings.
@@ -210,6 +226,7 @@ impl Faults {
             gaps: self.market.gaps(),
             ws_connections: self.inner.connections.load(Ordering::Relaxed),
             ws_drops: *self.inner.drops.borrow(),
+            ws_shutdowns: self.inner.shutdowns.borrow().0,
             now_ms: self.clock.now_ms(),
             speed: self.clock.speed(),
             start_ms: self.clock.start_ms(),
@@ -240,6 +257,10 @@ impl Faults {
             return Some(RestFault::Throttle(s.rest_throttle_retry_after_secs));
         }
         None
+    }
+
+    pub(crate) fn shutdown_signal(&self) -> watch::Receiver<(u64, Duration)> {
+        self.inner.shutdowns.subscribe()
     }
 
     pub(crate) fn drop_signal(&self) -> watch::Receiver<u64> {

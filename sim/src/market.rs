@@ -44,53 +44,142 @@ struct Entry {
     gen: Gen,
 }
 
-struct GapState {
+/// A symbol's trading state as `exchangeInfo` shows it (a delisted symbol is not shown at all).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum SymbolStatus {
+    /// Trading: candles form.
+    Trading,
+    /// Halted (Binance's `BREAK`): no trades, so no candles, until resumed.
+    Break,
+    /// Gone: absent from exchangeInfo, REST answers -1121 "Invalid symbol.", streams are silent.
+    Delisted,
+}
+
+impl SymbolStatus {
+    /// Binance's word (`DELISTED` is the simulator's own: Binance just stops listing the symbol).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Trading => "TRADING",
+            Self::Break => "BREAK",
+            Self::Delisted => "DELISTED",
+        }
+    }
+}
+
+/// One halt of a symbol: no 1m candle opens in `[start_ms, end_ms)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Halt {
+    /// First minute without candles.
+    pub start_ms: i64,
+    /// First minute with candles again; `None` while still halted.
+    pub end_ms: Option<i64>,
+}
+
+/// A symbol's lifecycle, as `GET /_sim/symbols` returns it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SymbolState {
+    pub symbol: String,
+    pub status: SymbolStatus,
+    /// Open time of its first 1m candle.
+    pub listed_ms: i64,
+    pub halts: Vec<Halt>,
+}
+
+/// Why a lifecycle change was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LifecycleError {
+    #[error("unknown symbol {0:?}")]
+    UnknownSymbol(String),
+    #[error("symbol {0:?} is not upper-case A-Z0-9-_. (1-20)")]
+    BadName(String),
+    #[error("symbol {0:?} already exists")]
+    AlreadyListed(String),
+    #[error("symbol {0:?} is {1:?}, not trading")]
+    NotTrading(String, SymbolStatus),
+    #[error("symbol {0:?} is not halted")]
+    NotHalted(String),
+    #[error("symbol {0:?} is already delisted")]
+    Delisted(String),
+}
+
+struct Life {
+    status: SymbolStatus,
+    /// `[start, end)` minute ranges without candles; the open one ends at `i64::MAX`.
+    halts: Vec<(i64, i64)>,
+}
+
+struct State {
+    entries: Vec<Arc<Entry>>,
+    by_name: HashMap<String, usize>,
+    life: Vec<Life>,
+    /// Bumped on every change of gaps or halts: cached aggregates of older ones are ignored.
     generation: u64,
     list: Vec<Gap>,
+    /// Per symbol: its gaps and halts, the ranges without candles.
     per_symbol: Vec<Arc<[(i64, i64)]>>,
 }
 
 type CacheKey = (u32, i64, i64);
 
-/// Deterministic market data for a fixed set of symbols. Cheap to share (`Arc<Market>`).
+/// Deterministic market data. Symbols can be listed, halted, resumed and delisted at run time.
+/// Cheap to share (`Arc<Market>`).
 pub struct Market {
     seed: u64,
-    entries: Vec<Entry>,
-    by_name: HashMap<String, usize>,
-    gaps: RwLock<GapState>,
+    state: RwLock<State>,
     /// (symbol, chunk length in minutes, first minute) → (gap generation, aggregate).
     cache: Mutex<HashMap<CacheKey, (u64, Option<Agg>)>>,
+}
+
+/// The first minute boundary at or after `ms`: a halt or resume takes effect there, so the
+/// minute in progress keeps the trades it already had.
+fn ceil_minute(ms: i64) -> i64 {
+    (ms + MINUTE - 1).div_euclid(MINUTE) * MINUTE
 }
 
 impl Market {
     /// A market over `symbols` (upper-case names); `listed_since` overrides every listing time.
     pub fn new(seed: u64, symbols: &[String], listed_since: Option<i64>) -> Self {
-        let mut entries = Vec::new();
-        let mut by_name = HashMap::new();
+        let m = Self {
+            seed,
+            state: RwLock::new(State {
+                entries: Vec::new(),
+                by_name: HashMap::new(),
+                life: Vec::new(),
+                generation: 0,
+                list: Vec::new(),
+                per_symbol: Vec::new(),
+            }),
+            cache: Mutex::new(HashMap::new()),
+        };
         for name in symbols {
-            if by_name.contains_key(name) {
-                continue;
-            }
             let mut spec = SymbolSpec::for_name(name);
             if let Some(t) = listed_since {
                 spec.listed_ms = t.div_euclid(MINUTE) * MINUTE;
             }
-            let gen = Gen::new(seed, &spec);
-            by_name.insert(name.clone(), entries.len());
-            entries.push(Entry { spec, gen });
+            let _ = m.insert(spec); // a repeated name is served once
         }
-        let per_symbol = vec![Arc::from(Vec::new()); entries.len()];
-        Self {
-            seed,
-            entries,
-            by_name,
-            gaps: RwLock::new(GapState {
-                generation: 0,
-                list: Vec::new(),
-                per_symbol,
-            }),
-            cache: Mutex::new(HashMap::new()),
+        m
+    }
+
+    fn insert(&self, spec: SymbolSpec) -> Result<SymbolSpec, LifecycleError> {
+        let mut st = self.state.write();
+        if st.by_name.contains_key(&spec.name) {
+            return Err(LifecycleError::AlreadyListed(spec.name));
         }
+        let gen = Gen::new(self.seed, &spec);
+        let idx = st.entries.len();
+        st.by_name.insert(spec.name.clone(), idx);
+        st.entries.push(Arc::new(Entry {
+            spec: spec.clone(),
+            gen,
+        }));
+        st.life.push(Life {
+            status: SymbolStatus::Trading,
+            halts: Vec::new(),
+        });
+        st.per_symbol.push(Arc::from(Vec::new()));
+        Ok(spec)
     }
 
     /// The seed every figure derives from.
@@ -98,22 +187,138 @@ impl Market {
         self.seed
     }
 
-    /// Specs of all symbols, in configuration order.
-    pub fn symbols(&self) -> impl Iterator<Item = &SymbolSpec> {
-        self.entries.iter().map(|e| &e.spec)
+    /// Specs of the listed symbols (delisted ones left out), in listing order.
+    pub fn symbols(&self) -> Vec<SymbolSpec> {
+        let st = self.state.read();
+        st.entries
+            .iter()
+            .zip(&st.life)
+            .filter(|(_, l)| l.status != SymbolStatus::Delisted)
+            .map(|(e, _)| e.spec.clone())
+            .collect()
     }
 
-    /// The spec of `name` (upper-case), if served.
-    pub fn spec(&self, name: &str) -> Option<&SymbolSpec> {
-        self.index(name).map(|i| &self.entries[i].spec)
+    /// The spec of `name` (upper-case), if listed.
+    pub fn spec(&self, name: &str) -> Option<SymbolSpec> {
+        let i = self.index(name)?;
+        Some(self.state.read().entries[i].spec.clone())
     }
 
+    /// Index of a listed (not delisted) symbol.
     pub(crate) fn index(&self, name: &str) -> Option<usize> {
-        self.by_name.get(name).copied()
+        let st = self.state.read();
+        st.by_name
+            .get(name)
+            .copied()
+            .filter(|&i| st.life[i].status != SymbolStatus::Delisted)
     }
 
-    /// Every existing candle of `symbol`/`interval` (Binance names) whose open time lies in
-    /// `[start_ms, end_ms]` and is not after `now_ms`, ascending. The candle containing
+    /// Status of symbol `idx` now.
+    pub(crate) fn status_of(&self, idx: usize) -> SymbolStatus {
+        self.state
+            .read()
+            .life
+            .get(idx)
+            .map_or(SymbolStatus::Delisted, |l| l.status)
+    }
+
+    /// The status of `name` (delisted included), if it was ever listed.
+    pub fn status(&self, name: &str) -> Option<SymbolStatus> {
+        let st = self.state.read();
+        st.by_name.get(name).map(|&i| st.life[i].status)
+    }
+
+    /// Every symbol ever listed, with its status and halts.
+    pub fn lifecycle(&self) -> Vec<SymbolState> {
+        let st = self.state.read();
+        st.entries
+            .iter()
+            .zip(&st.life)
+            .map(|(e, l)| SymbolState {
+                symbol: e.spec.name.clone(),
+                status: l.status,
+                listed_ms: e.spec.listed_ms,
+                halts: l
+                    .halts
+                    .iter()
+                    .map(|&(s, e)| Halt {
+                        start_ms: s,
+                        end_ms: (e != i64::MAX).then_some(e),
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// Lists a new symbol whose first 1m candle opens at `listed_ms` (rounded down to the
+    /// minute; may lie in the past, which serves history since then).
+    pub fn list_symbol(&self, name: &str, listed_ms: i64) -> Result<SymbolSpec, LifecycleError> {
+        if !crate::rest::params::symbol_ok(name) {
+            return Err(LifecycleError::BadName(name.to_owned()));
+        }
+        let mut spec = SymbolSpec::for_name(name);
+        spec.listed_ms = listed_ms.div_euclid(MINUTE) * MINUTE;
+        self.insert(spec)
+    }
+
+    /// Halts `name` at `now_ms`: status `BREAK` at once, no candles from the next minute boundary.
+    pub fn halt(&self, name: &str, now_ms: i64) -> Result<(), LifecycleError> {
+        self.edit_life(name, |l| match l.status {
+            SymbolStatus::Trading => {
+                l.status = SymbolStatus::Break;
+                l.halts.push((ceil_minute(now_ms), i64::MAX));
+                Ok(())
+            }
+            s => Err(LifecycleError::NotTrading(name.to_owned(), s)),
+        })
+    }
+
+    /// Resumes a halted `name`: `TRADING` at once, candles again from the next minute boundary.
+    pub fn resume(&self, name: &str, now_ms: i64) -> Result<(), LifecycleError> {
+        self.edit_life(name, |l| match (l.status, l.halts.last_mut()) {
+            (SymbolStatus::Break, Some(h)) => {
+                l.status = SymbolStatus::Trading;
+                h.1 = ceil_minute(now_ms).max(h.0);
+                if h.1 == h.0 {
+                    l.halts.pop(); // halted and resumed inside one minute: no minute lost
+                }
+                Ok(())
+            }
+            _ => Err(LifecycleError::NotHalted(name.to_owned())),
+        })
+    }
+
+    /// Delists `name`: it disappears from exchangeInfo and REST, and its streams go silent.
+    pub fn delist(&self, name: &str) -> Result<(), LifecycleError> {
+        self.edit_life(name, |l| match l.status {
+            SymbolStatus::Delisted => Err(LifecycleError::Delisted(name.to_owned())),
+            _ => {
+                l.status = SymbolStatus::Delisted;
+                Ok(())
+            }
+        })
+    }
+
+    fn edit_life(
+        &self,
+        name: &str,
+        f: impl FnOnce(&mut Life) -> Result<(), LifecycleError>,
+    ) -> Result<(), LifecycleError> {
+        let mut st = self.state.write();
+        let idx = *st
+            .by_name
+            .get(name)
+            .ok_or_else(|| LifecycleError::UnknownSymbol(name.to_owned()))?;
+        f(&mut st.life[idx])?;
+        Self::rebuild(&mut st);
+        drop(st);
+        // Cached aggregates of the old generation are ignored from here on; free them now.
+        self.cache.lock().clear();
+        Ok(())
+    }
+
+    /// Every existing candle of `symbol`/`interval` (Binance names, delisted symbols included)
+    /// whose open time lies in `[start_ms, end_ms]` and is not after `now_ms`, ascending. The candle containing
     /// `now_ms` is the forming one (`closed == false`), as REST would show it at that instant.
     pub fn klines(
         &self,
@@ -125,8 +330,13 @@ impl Market {
     ) -> Result<Vec<Kline>, MarketError> {
         let iv = Interval::parse(interval)
             .ok_or_else(|| MarketError::UnknownInterval(interval.to_owned()))?;
+        // Delisted symbols included: their history is what tests compare with.
         let idx = self
-            .index(symbol)
+            .state
+            .read()
+            .by_name
+            .get(symbol)
+            .copied()
             .ok_or_else(|| MarketError::UnknownSymbol(symbol.to_owned()))?;
         let page = self.page(idx, iv, 0, Some(start_ms), Some(end_ms), usize::MAX, now_ms);
         Ok(page.iter().map(Kline::from).collect())
@@ -213,35 +423,44 @@ impl Market {
 
     /// The active gaps.
     pub fn gaps(&self) -> Vec<Gap> {
-        self.gaps.read().list.clone()
+        self.state.read().list.clone()
     }
 
     fn edit_gaps(&self, f: impl FnOnce(&mut Vec<Gap>)) {
-        let mut st = self.gaps.write();
+        let mut st = self.state.write();
         f(&mut st.list);
-        st.generation += 1;
-        let list = st.list.clone();
-        st.per_symbol = self
-            .entries
-            .iter()
-            .map(|e| {
-                list.iter()
-                    .filter(|g| g.symbol.as_deref().is_none_or(|s| s == e.spec.name))
-                    .map(|g| (g.start_ms, g.end_ms))
-                    .collect::<Vec<_>>()
-                    .into()
-            })
-            .collect();
+        Self::rebuild(&mut st);
+        drop(st);
         // Cached aggregates of the old generation are ignored from here on; free them now.
         self.cache.lock().clear();
     }
 
+    /// Recomputes every symbol's ranges without candles (gaps and halts) under a new generation.
+    fn rebuild(st: &mut State) {
+        st.generation += 1;
+        let per_symbol = st
+            .entries
+            .iter()
+            .zip(&st.life)
+            .map(|(e, l)| {
+                st.list
+                    .iter()
+                    .filter(|g| g.symbol.as_deref().is_none_or(|s| s == e.spec.name))
+                    .map(|g| (g.start_ms, g.end_ms))
+                    .chain(l.halts.iter().copied())
+                    .collect::<Vec<_>>()
+                    .into()
+            })
+            .collect();
+        st.per_symbol = per_symbol;
+    }
+
     fn view(&self, idx: usize) -> View<'_> {
-        let st = self.gaps.read();
+        let st = self.state.read();
         View {
             m: self,
             idx,
-            e: &self.entries[idx],
+            e: st.entries[idx].clone(),
             gaps: st.per_symbol[idx].clone(),
             generation: st.generation,
         }
@@ -252,7 +471,7 @@ impl Market {
 struct View<'a> {
     m: &'a Market,
     idx: usize,
-    e: &'a Entry,
+    e: Arc<Entry>,
     gaps: Arc<[(i64, i64)]>,
     generation: u64,
 }

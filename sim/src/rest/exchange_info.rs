@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use super::params::{check_duplicates, check_unread, illegal, parse_query, symbol_ok};
 use super::{gate, respond, ApiError};
+use crate::market::SymbolStatus;
 use crate::server::Shared;
 use crate::symbols::{units_str, SymbolSpec};
 
@@ -180,10 +181,10 @@ fn filters(s: &SymbolSpec) -> Vec<Filter> {
     ]
 }
 
-fn sym(s: &SymbolSpec) -> Sym<'_> {
+fn sym((s, status): &(SymbolSpec, SymbolStatus)) -> Sym<'_> {
     Sym {
         symbol: &s.name,
-        status: "TRADING",
+        status: status.as_str(),
         base_asset: &s.base_asset,
         base_asset_precision: 8,
         quote_asset: &s.quote_asset,
@@ -225,8 +226,9 @@ fn sym(s: &SymbolSpec) -> Sym<'_> {
     }
 }
 
-/// Which symbols the query selects (all when neither `symbol` nor `symbols` is given).
-fn select<'a>(app: &'a Shared, raw: &str) -> Result<Vec<&'a SymbolSpec>, ApiError> {
+/// Which symbols the query selects (all listed ones when neither `symbol` nor `symbols` is
+/// given), with their status; a delisted symbol is gone, as on Binance.
+fn select(app: &Shared, raw: &str) -> Result<Vec<(SymbolSpec, SymbolStatus)>, ApiError> {
     let q = parse_query(raw);
     check_duplicates(&q)?;
     check_unread(&q, KNOWN)?;
@@ -248,13 +250,14 @@ fn select<'a>(app: &'a Shared, raw: &str) -> Result<Vec<&'a SymbolSpec>, ApiErro
             Ok(v) if v.iter().all(|s| symbol_ok(s)) => v,
             _ => return Err(illegal("symbols", SYMBOLS_RANGE)),
         },
-        (None, None) => return Ok(app.market.symbols().collect()),
+        (None, None) => app.market.symbols().into_iter().map(|s| s.name).collect(),
     };
     names
         .iter()
         .map(|n| {
-            app.market
-                .spec(n)
+            let spec = app.market.spec(n);
+            let status = app.market.status(n);
+            spec.zip(status)
                 .ok_or_else(|| ApiError::bad(-1121, "Invalid symbol."))
         })
         .collect()
@@ -289,7 +292,7 @@ pub(super) async fn handler(
             limit("RAW_REQUESTS", "MINUTE", 5, 300_000),
         ],
         exchange_filters: [],
-        symbols: specs.into_iter().map(sym).collect(),
+        symbols: specs.iter().map(sym).collect(),
     };
     respond(
         StatusCode::OK,

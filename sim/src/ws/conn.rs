@@ -21,6 +21,17 @@ async fn send(socket: &mut WebSocket, msg: Message) -> bool {
     matches!(timeout(SEND_TIMEOUT, socket.send(msg)).await, Ok(Ok(())))
 }
 
+/// Binance's `serverShutdown` event, raw or wrapped in the combined form (stream
+/// `!serverShutdown`), as in `ws_methods.json`.
+fn shutdown_event(now_ms: i64, combined: bool) -> String {
+    let data = format!(r#"{{"e":"serverShutdown","E":{now_ms}}}"#);
+    if combined {
+        format!(r#"{{"stream":"!serverShutdown","data":{data}}}"#)
+    } else {
+        data
+    }
+}
+
 pub(super) async fn run(app: Shared, mut socket: WebSocket, streams: Vec<String>, combined: bool) {
     let _guard = app.faults.connection_guard();
     let cfg = &app.config;
@@ -32,6 +43,10 @@ pub(super) async fn run(app: Shared, mut socket: WebSocket, streams: Vec<String>
     let pong_timeout = Duration::from_secs(cfg.ws_pong_timeout_secs);
     let mut drops = app.faults.drop_signal();
     drops.borrow_and_update();
+    let mut announcements = app.faults.shutdown_signal();
+    announcements.borrow_and_update();
+    // After a `serverShutdown` announcement: when this connection closes.
+    let mut closing_at: Option<Instant> = None;
     let mut shutdown = app.shutdown.clone();
 
     let mut combined = combined;
@@ -58,6 +73,7 @@ pub(super) async fn run(app: Shared, mut socket: WebSocket, streams: Vec<String>
             Some(next_update),
             Some(next_ping),
             Some(lifetime_end),
+            closing_at,
             close_at,
             pong_deadline,
         ]
@@ -96,8 +112,8 @@ pub(super) async fn run(app: Shared, mut socket: WebSocket, streams: Vec<String>
             }
             _ = sleep_until(wake) => {
                 let now = Instant::now();
-                if now >= lifetime_end {
-                    tracing::debug!("closing WebSocket connection: lifetime reached");
+                if now >= lifetime_end || closing_at.is_some_and(|t| now >= t) {
+                    tracing::debug!("closing WebSocket connection: lifetime reached or shutdown announced");
                     let _ = send(&mut socket, Message::Close(None)).await;
                     break;
                 }
@@ -126,6 +142,15 @@ pub(super) async fn run(app: Shared, mut socket: WebSocket, streams: Vec<String>
                     if !send(&mut socket, Message::Text(e.into())).await {
                         return;
                     }
+                }
+            }
+            _ = announcements.changed() => {
+                let after = announcements.borrow_and_update().1;
+                tracing::debug!(?after, "announcing serverShutdown");
+                closing_at.get_or_insert(Instant::now() + after);
+                let event = shutdown_event(clock.now_ms(), combined);
+                if !send(&mut socket, Message::Text(event.into())).await {
+                    break;
                 }
             }
             _ = drops.changed() => {

@@ -2,7 +2,7 @@
 
 use crate::format::ws_event;
 use crate::interval::{Interval, HOUR};
-use crate::market::Market;
+use crate::market::{Market, SymbolStatus};
 
 /// Binance's cap on streams per connection.
 pub(crate) const MAX_STREAMS: usize = 1024;
@@ -109,6 +109,10 @@ impl Subs {
             let Some(t) = sub.target.as_mut() else {
                 continue;
             };
+            let status = market.status_of(t.idx);
+            if status == SymbolStatus::Delisted {
+                continue; // a delisted symbol's streams go silent; the others carry on
+            }
             let stream = combined.then_some(sub.name.as_str());
             let iv = t.interval;
             let current = iv.open_of(now, t.tz_ms);
@@ -122,7 +126,9 @@ impl Subs {
                 replayed += 1;
                 t.tracked = iv.next_open(t.tracked, t.tz_ms);
             }
-            if updates {
+            // Halted: no trades, so no forming candle to push. A coarser candle holding minutes
+            // from before the halt is still closed (above) when its time is up.
+            if updates && status == SymbolStatus::Trading {
                 if let Some(c) = market.candle(t.idx, iv, t.tz_ms, current, now) {
                     out.push(ws_event(&t.symbol, iv.as_str(), now, &c, stream));
                 }
