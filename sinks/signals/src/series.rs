@@ -187,6 +187,8 @@ pub struct SeriesState {
     prior_high: RollingExtremum<f64>,
     prev: Option<IndicatorValues>,
     last_open_time: Option<i64>,
+    /// Open time of the first candle of the current consecutive run.
+    run_start: Option<i64>,
     /// Consecutive candles applied since creation or the last reset.
     seen: usize,
     lookback: usize,
@@ -208,6 +210,7 @@ impl SeriesState {
             prior_high: RollingExtremum::new(n, Extreme::Max),
             prev: None,
             last_open_time: None,
+            run_start: None,
             seen: 0,
         }
     }
@@ -230,6 +233,18 @@ impl SeriesState {
     /// Open time of the last candle applied.
     pub fn last_open_time(&self) -> Option<i64> {
         self.last_open_time
+    }
+
+    /// Open time of the first candle of the consecutive run ending at
+    /// [`last_open_time`](Self::last_open_time): every candle from there to the last one has been
+    /// applied, nothing before it has (since creation or the last reset).
+    pub fn run_start(&self) -> Option<i64> {
+        self.run_start
+    }
+
+    /// Consecutive candles applied since creation or the last reset (the length of the run).
+    pub fn run_len(&self) -> usize {
+        self.seen
     }
 
     /// True once the next candle in sequence will produce a report.
@@ -300,6 +315,9 @@ impl SeriesState {
         }
         let prev = std::mem::replace(&mut self.prev, cur);
         self.last_open_time = Some(open_time);
+        if self.seen == 0 {
+            self.run_start = Some(open_time);
+        }
         self.seen += 1;
 
         let ready = (cur, prev, prior_low, prior_high);

@@ -69,6 +69,15 @@ pub struct SinkConfig {
     #[arg(long, env = "SIGNALS_WARM_CANDLES", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub warm_candles: u32,
 
+    /// Most candles recomputed when an older candle arrives after newer ones and fills the hole
+    /// before a series' run (a bootstrap landing after live candles, a gap repair, a
+    /// redelivery): the series is rebuilt from `ohlcv_candles` (one read) and every candle from
+    /// the filled hole to the newest that has no stored signal yet gets one, in candle order.
+    /// If the hole is further back, only the newest this many are recomputed. 0 turns it off
+    /// (older candles are only replays, as before).
+    #[arg(long, env = "SIGNALS_MAX_RECOMPUTE", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    pub max_recompute: u32,
+
     /// Also store warm-up/gap outcomes as rows with action `insufficient_data` (confidence 0,
     /// regime `unknown`). Without it they are only logged and counted.
     #[arg(long, env = "SIGNALS_STORE_INSUFFICIENT")]
@@ -117,6 +126,7 @@ impl std::fmt::Debug for SinkConfig {
             .field("max_ack_pending", &self.max_ack_pending)
             .field("ack_wait_secs", &self.ack_wait_secs)
             .field("warm_candles", &self.warm_candles)
+            .field("max_recompute", &self.max_recompute)
             .field("store_insufficient", &self.store_insufficient)
             .field("max_connections", &self.max_connections)
             .field("metrics_addr", &self.metrics_addr)
@@ -138,6 +148,10 @@ mod tests {
         assert_eq!(c.filter_subject, "candles.closed.>");
         assert_eq!(c.warm_candles, 1000);
         assert_eq!(c.max_ack_pending, 1);
+        assert_eq!(
+            c.max_recompute as usize,
+            crate::service::engine::DEFAULT_MAX_RECOMPUTE
+        );
         assert!(!c.store_insufficient && !c.no_migrate && c.config.is_none());
         assert_eq!(
             c.metrics_addr().unwrap(),

@@ -1,17 +1,19 @@
 //! Closed-candle events in (one or a batch, in order), at most one signal each out: the
 //! per-series states, warming from Postgres, the upsert and the post-commit publication.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::Context;
 use async_nats::HeaderMap;
-use klinebus_schemas::{subjects, Interval, KlineEvent, Symbol};
+use klinebus_schemas::{subjects, Interval, KlineEvent, Source, Symbol};
 use sqlx::PgPool;
 
-use super::store::{load_history, upsert_signals, SignalRecord, SignalRow};
-use crate::{Candle, Config, Outcome, SeriesState};
+use super::store::{
+    earliest_signal, load_history, signalled_between, upsert_signals, SignalRecord, SignalRow,
+};
+use crate::{Candle, Config, Outcome, SeriesState, SignalReport};
 
 /// Header naming the payload format of a signal event.
 pub const SIGNAL_SCHEMA_HEADER: &str = "Klinebus-Schema";
@@ -53,18 +55,72 @@ pub fn signal_msg_id(e: &KlineEvent) -> String {
     e.candle_key()
 }
 
+/// Default of `--max-recompute`: most candles one recompute evaluates.
+pub const DEFAULT_MAX_RECOMPUTE: usize = 1000;
+
+type SeriesKey = (Symbol, Interval);
+
+/// One series as the engine holds it.
+#[derive(Debug, Clone)]
+struct Series {
+    state: SeriesState,
+    /// Earliest open time this process answers for: a candle from here on that the state had
+    /// not applied (it arrived late or filled a hole) gets its signal when a recompute reaches
+    /// it; older candles are history, which only warms the series.
+    floor: i64,
+}
+
+/// A row of the batch's upsert and, for a signal, its event.
+struct PendingRow {
+    /// Candle key, also the event's `Nats-Msg-Id`.
+    key: String,
+    record: SignalRecord,
+    /// `(subject, JSON)`; `None` for an `insufficient_data` row, which is not published.
+    event: Option<(String, Vec<u8>)>,
+    /// Written by a recompute (see [`Engine::unconfirmed`]).
+    recomputed: bool,
+}
+
+/// The rows of a batch: one per candle key (the upsert needs distinct keys; a later value of
+/// the same candle replaces the earlier one and moves to the end, so events stay in candle
+/// order per series).
+#[derive(Default)]
+struct PendingRows {
+    slots: Vec<Option<PendingRow>>,
+    index: HashMap<String, usize>,
+}
+
+impl PendingRows {
+    fn push(&mut self, row: PendingRow) {
+        if let Some(old) = self.index.insert(row.key.clone(), self.slots.len()) {
+            self.slots[old] = None;
+        }
+        self.slots.push(Some(row));
+    }
+
+    fn rows(&self) -> impl Iterator<Item = &PendingRow> {
+        self.slots.iter().flatten()
+    }
+}
+
 /// Every series' state and where results go.
 pub struct Engine {
     cfg: Config,
     pool: PgPool,
     js: Option<Context>,
-    states: HashMap<(Symbol, Interval), SeriesState>,
+    states: HashMap<SeriesKey, Series>,
     warm_candles: i64,
     store_insufficient: bool,
+    max_recompute: usize,
+    /// Keys of recomputed signals whose rows were committed but whose events were not yet
+    /// confirmed by the stream (a failed batch). A recompute skips candles that already have a
+    /// signal row, so without this a retried batch would not publish them again.
+    unconfirmed: HashSet<String>,
 }
 
 impl Engine {
-    /// An engine with no series yet; `js` publishes signal events when set.
+    /// An engine with no series yet; `js` publishes signal events when set. Recomputes are on
+    /// with [`DEFAULT_MAX_RECOMPUTE`] (see [`with_max_recompute`](Self::with_max_recompute)).
     pub fn new(
         cfg: Config,
         pool: PgPool,
@@ -80,7 +136,16 @@ impl Engine {
             states: HashMap::new(),
             warm_candles: warm,
             store_insufficient,
+            max_recompute: DEFAULT_MAX_RECOMPUTE,
+            unconfirmed: HashSet::new(),
         }
+    }
+
+    /// At most `n` candles evaluated by one recompute (an older candle filling a hole before a
+    /// series' run); 0 turns recomputing off (older candles are then only replays).
+    pub fn with_max_recompute(mut self, n: usize) -> Self {
+        self.max_recompute = n;
+        self
     }
 
     /// Series currently held.
@@ -99,14 +164,22 @@ impl Engine {
         }
     }
 
-    /// Processes closed-candle events in order, all or nothing. Per event: replay → nothing;
-    /// otherwise apply (warming the series from Postgres first if it is new or the event does
-    /// not follow its last candle). Then ONE statement upserts every resulting row, every
-    /// signal event is published and all their stream acks awaited, and only then the new
-    /// series states are kept. On `Err` nothing of the batch is kept in memory and no row of it
-    /// is committed (some of its signal events may be stored already; a retry republishes them
-    /// under the same `Nats-Msg-Id`), so the same batch can simply be retried and gives the
-    /// same results.
+    /// Processes closed-candle events in order, all or nothing. Per event:
+    ///
+    /// - it follows the series' last candle → applied (a signal once warm);
+    /// - a new series, or a later candle that does not follow (a gap in the events) → the
+    ///   series is warmed from Postgres first, then the event applied;
+    /// - not newer than the last candle → a replay, unless it is older than the series' run
+    ///   while that run is shorter than `--warm-candles` and the table now holds the candle
+    ///   just before the run (the hole before it is filled): then the series is recomputed
+    ///   from the table (once per series and batch, at most `max_recompute` candles) and every
+    ///   candle from the series' floor on that has no stored signal yet gets one.
+    ///
+    /// Then ONE statement upserts every resulting row, every signal event is published and
+    /// all their stream acks awaited, and only then the new series states are kept. On `Err`
+    /// nothing of the batch is kept in memory and no row of it is committed (some of its signal
+    /// events may be stored already; a retry republishes them under the same `Nats-Msg-Id`), so
+    /// the same batch can simply be retried and gives the same results.
     ///
     /// Returns one entry per event: its outcome, or `Err(reason)` for an unusable event
     /// (dead-letter it; it changes nothing).
@@ -116,12 +189,22 @@ impl Engine {
     ) -> Result<Vec<Result<Outcome, String>>, EngineError> {
         let batch_started = Instant::now();
         // Series touched by this batch, advanced on copies.
-        let mut staged: HashMap<(Symbol, Interval), SeriesState> = HashMap::new();
+        let mut staged: HashMap<SeriesKey, Series> = HashMap::new();
+        // The oldest candle of each series in the batch: a recompute triggered anywhere in the
+        // batch starts no later than that, so no late candle of the batch is skipped.
+        let mut oldest: HashMap<SeriesKey, i64> = HashMap::new();
+        for e in events {
+            oldest
+                .entry((e.symbol.clone(), e.interval))
+                .and_modify(|t| *t = (*t).min(e.open_time))
+                .or_insert(e.open_time);
+        }
+        // Series whose run was checked for a filled hole in this batch (one check each).
+        let mut checked: HashSet<SeriesKey> = HashSet::new();
         let mut results = Vec::with_capacity(events.len());
-        let mut rows: Vec<SignalRecord> = Vec::new();
-        let mut to_publish: Vec<(usize, Vec<u8>)> = Vec::new();
-        let (mut n_signal, mut n_insufficient, mut n_replay) = (0u64, 0u64, 0u64);
-        for (i, e) in events.iter().enumerate() {
+        let mut rows = PendingRows::default();
+        let (mut n_signal, mut n_insufficient, mut n_replay, mut n_history) = (0u64, 0, 0, 0);
+        for e in events {
             let candle = match Candle::from_event(e) {
                 Ok(c) => c,
                 Err(err) => {
@@ -130,13 +213,52 @@ impl Engine {
                 }
             };
             let key = (e.symbol.clone(), e.interval);
-            let last = staged
-                .get(&key)
-                .or_else(|| self.states.get(&key))
-                .and_then(SeriesState::last_open_time);
-            if let Some(last) = last {
+            let held = staged.get(&key).or_else(|| self.states.get(&key)).map(|s| {
+                (
+                    s.state.last_open_time(),
+                    s.state.run_start(),
+                    s.state.run_len(),
+                    s.floor,
+                )
+            });
+            if let Some((Some(last), run_start, run_len, mut floor)) = held {
                 if e.open_time <= last {
-                    n_replay += 1;
+                    let run_start = run_start.unwrap_or(last);
+                    let in_run = e.open_time >= run_start;
+                    // A late live candle before the floor is one this series owes a signal to:
+                    // lower the floor; if it was applied as history already, recompute to
+                    // give it its signal.
+                    let late_live = is_live(e.source) && e.open_time < floor;
+                    if late_live {
+                        floor = e.open_time;
+                        if let Some(s) = staged.get_mut(&key) {
+                            s.floor = floor;
+                        } else if let Some(s) = self.states.get(&key) {
+                            let mut s = s.clone();
+                            s.floor = floor;
+                            staged.insert(key.clone(), s);
+                        }
+                    }
+                    if in_run {
+                        n_replay += 1;
+                    } else {
+                        n_history += 1;
+                    }
+                    // Older than the run while the run is short: the hole before it may be
+                    // filled now (checked once per series and batch).
+                    let may_fill =
+                        (late_live && in_run) || (!in_run && (run_len as i64) < self.warm_candles);
+                    if may_fill
+                        && self.max_recompute > 0
+                        && checked.insert(key.clone())
+                        && (in_run || self.adjoins(e, run_start).await?)
+                    {
+                        let oldest = oldest.get(&key).copied().unwrap_or(e.open_time);
+                        let from = floor.max(oldest.min(run_start));
+                        if let Some(state) = self.recompute(e, last, from, &mut rows).await? {
+                            staged.insert(key, Series { state, floor });
+                        }
+                    }
                     results.push(Ok(Outcome::Replay {
                         open_time: e.open_time,
                         last_open_time: last,
@@ -144,29 +266,32 @@ impl Engine {
                     continue;
                 }
             }
-            let follows = last.is_some_and(|l| e.interval.next_open(l) == e.open_time);
-            let mut state = match staged.remove(&key) {
+            let follows = held
+                .and_then(|h| h.0)
+                .is_some_and(|l| e.interval.next_open(l) == e.open_time);
+            let mut series = match staged.remove(&key) {
                 Some(s) if follows => s,
                 _ => match self.states.get(&key) {
                     Some(s) if follows => s.clone(),
-                    _ => self.warm(&e.symbol, e.interval, e.open_time).await?,
+                    _ => {
+                        let floor = match held {
+                            Some(h) => h.3,
+                            None => self.first_floor(e).await?,
+                        };
+                        let state = self.warm(&e.symbol, e.interval, e.open_time).await?;
+                        Series { state, floor }
+                    }
                 },
             };
             let started = Instant::now();
-            let outcome = state.apply(&candle);
+            let outcome = series.state.apply(&candle);
             metrics::histogram!("klinebus_signals_compute_seconds")
                 .record(started.elapsed().as_secs_f64());
-            staged.insert(key, state);
+            staged.insert(key, series);
             match &outcome {
                 Outcome::Signal(report) => {
                     n_signal += 1;
-                    let details = serde_json::to_string(report.as_ref())
-                        .map_err(|err| EngineError::Fatal(format!("serialising report: {err}")))?;
-                    let row = SignalRow::from_report(report, serde_json::Value::Null);
-                    rows.push(SignalRecord::new(&row, details.clone()));
-                    if self.js.is_some() {
-                        to_publish.push((i, details.into_bytes()));
-                    }
+                    rows.push(self.signal_row(e, report, false)?);
                     tracing::debug!(symbol = %e.symbol, interval = %e.interval,
                         open_time = e.open_time, action = ?report.action,
                         confidence = report.confidence, "signal");
@@ -176,22 +301,14 @@ impl Engine {
                     tracing::debug!(symbol = %e.symbol, interval = %e.interval,
                         open_time = e.open_time, have, need, %reason, "insufficient data");
                     if self.store_insufficient {
-                        let row = SignalRow {
-                            symbol: &e.symbol,
-                            interval: e.interval,
-                            open_time: e.open_time,
-                            action: "insufficient_data",
-                            confidence: 0.0,
-                            regime: "unknown",
-                            details: serde_json::Value::Null,
-                        };
-                        let details = serde_json::json!({
-                            "outcome": "insufficient_data",
-                            "reason": reason,
-                            "have": have,
-                            "need": need,
-                        });
-                        rows.push(SignalRecord::new(&row, details.to_string()));
+                        rows.push(insufficient_row(
+                            e,
+                            e.open_time,
+                            reason,
+                            *have,
+                            *need,
+                            false,
+                        ));
                     }
                 }
                 Outcome::Replay { .. } => n_replay += 1,
@@ -199,12 +316,31 @@ impl Engine {
             results.push(Ok(outcome));
         }
         let computed = Instant::now();
-        upsert_signals(&self.pool, &rows).await.map_err(db_error)?;
+        let records: Vec<SignalRecord> = rows.rows().map(|r| r.record.clone()).collect();
+        upsert_signals(&self.pool, &records)
+            .await
+            .map_err(db_error)?;
         let upserted = Instant::now();
         if let Some(js) = &self.js {
-            publish_all(js, events, to_publish).await?;
+            let recomputed: Vec<String> = rows
+                .rows()
+                .filter(|r| r.recomputed && r.event.is_some())
+                .map(|r| r.key.clone())
+                .collect();
+            // Committed now: until the stream confirms their events a retry must publish them.
+            self.unconfirmed.extend(recomputed.iter().cloned());
+            let to_publish = rows
+                .slots
+                .into_iter()
+                .flatten()
+                .filter_map(|r| r.event.map(|(subject, payload)| (subject, r.key, payload)))
+                .collect();
+            publish_all(js, to_publish).await?;
+            for k in &recomputed {
+                self.unconfirmed.remove(k);
+            }
         }
-        tracing::debug!(target: "kline_signals::batch", events = events.len(), rows = rows.len(),
+        tracing::debug!(target: "kline_signals::batch", events = events.len(), rows = records.len(),
             compute_us = (computed - batch_started).as_micros() as u64,
             upsert_us = (upserted - computed).as_micros() as u64,
             publish_us = upserted.elapsed().as_micros() as u64, "batch done");
@@ -213,6 +349,7 @@ impl Engine {
             ("signal", n_signal),
             ("insufficient_data", n_insufficient),
             ("replay", n_replay),
+            ("history", n_history),
         ] {
             if n > 0 {
                 metrics::counter!("klinebus_signals_outcomes_total", "outcome" => outcome)
@@ -220,6 +357,135 @@ impl Engine {
             }
         }
         Ok(results)
+    }
+
+    /// The row and event of a signal for `e`'s series.
+    fn signal_row(
+        &self,
+        e: &KlineEvent,
+        report: &SignalReport,
+        recomputed: bool,
+    ) -> Result<PendingRow, EngineError> {
+        let details = serde_json::to_string(report)
+            .map_err(|err| EngineError::Fatal(format!("serialising report: {err}")))?;
+        let row = SignalRow::from_report(report, serde_json::Value::Null);
+        let record = SignalRecord::new(&row, details.clone());
+        let event = self.js.is_some().then(|| {
+            let subject = subjects::signals(&e.venue, &e.symbol, e.interval);
+            (subject, details.into_bytes())
+        });
+        Ok(PendingRow {
+            key: candle_key(e, report.open_time),
+            record,
+            event,
+            recomputed,
+        })
+    }
+
+    /// The floor of a series seen for the first time: its first candle, or the oldest signal
+    /// row within the recompute bound before it (a previous run answered for those candles,
+    /// so a hole among them that is filled later still gets its signals).
+    async fn first_floor(&self, e: &KlineEvent) -> Result<i64, EngineError> {
+        if self.max_recompute == 0 {
+            return Ok(e.open_time);
+        }
+        let span = e
+            .interval
+            .nominal_ms()
+            .saturating_mul(self.max_recompute as i64);
+        let from = e.open_time.saturating_sub(span);
+        let earliest = earliest_signal(&self.pool, &e.symbol, e.interval, from, e.open_time)
+            .await
+            .map_err(db_error)?;
+        Ok(earliest.map_or(e.open_time, |t| t.min(e.open_time)))
+    }
+
+    /// True if the table holds the closed candle just before `run_start` (the hole before the
+    /// series' run has been filled): one primary-key lookup.
+    async fn adjoins(&self, e: &KlineEvent, run_start: i64) -> Result<bool, EngineError> {
+        let before = load_history(&self.pool, &e.symbol, e.interval, run_start, 1)
+            .await
+            .map_err(db_error)?;
+        Ok(before
+            .last()
+            .is_some_and(|c| e.interval.next_open(c.open_time()) == run_start))
+    }
+
+    /// Rebuilds `e`'s series from the table up to its last candle `last`: ONE read of the
+    /// `--warm-candles` before the recomputed range plus the range (`from`..=`last`, at most
+    /// `max_recompute` candles, the newest if longer). Every candle of the range that has no
+    /// stored signal gets one (rows into `rows`). `None` (state kept as it was) if the table
+    /// does not end at `last`.
+    async fn recompute(
+        &self,
+        e: &KlineEvent,
+        last: i64,
+        from: i64,
+        rows: &mut PendingRows,
+    ) -> Result<Option<SeriesState>, EngineError> {
+        let started = Instant::now();
+        let (symbol, interval) = (&e.symbol, e.interval);
+        let span = interval
+            .count_between(from, interval.next_open(last))
+            .max(1) as usize;
+        let n = span.min(self.max_recompute);
+        let history = load_history(
+            &self.pool,
+            symbol,
+            interval,
+            interval.next_open(last),
+            self.warm_candles + n as i64,
+        )
+        .await
+        .map_err(db_error)?;
+        if history.last().map(Candle::open_time) != Some(last) {
+            tracing::warn!(%symbol, %interval, last,
+                "cannot recompute: ohlcv_candles does not end at the series' last candle");
+            return Ok(None);
+        }
+        let first = history
+            .len()
+            .saturating_sub(n)
+            .max(history.partition_point(|c| c.open_time() < from));
+        let range = &history[first..];
+        let done: HashSet<i64> = match range.first() {
+            Some(c) => signalled_between(&self.pool, symbol, interval, c.open_time(), last)
+                .await
+                .map_err(db_error)?
+                .into_iter()
+                .filter(|t| !self.unconfirmed.contains(&candle_key(e, *t)))
+                .collect(),
+            None => HashSet::new(),
+        };
+        let mut state = SeriesState::new(&self.cfg, symbol.clone(), interval);
+        state.warm(&history[..first]);
+        let mut signals = 0u64;
+        for c in range {
+            let t = c.open_time();
+            match state.apply(c) {
+                Outcome::Signal(report) if !done.contains(&t) => {
+                    signals += 1;
+                    rows.push(self.signal_row(e, &report, true)?);
+                }
+                Outcome::InsufficientData { reason, have, need }
+                    if self.store_insufficient && !done.contains(&t) =>
+                {
+                    rows.push(insufficient_row(e, t, &reason, have, need, true));
+                }
+                _ => {}
+            }
+        }
+        metrics::counter!("klinebus_signals_recomputes_total").increment(1);
+        metrics::counter!("klinebus_signals_recomputed_signals_total").increment(signals);
+        if span > n {
+            tracing::warn!(%symbol, %interval, from, candles = span, max_recompute = n,
+                "hole filled further back than --max-recompute; older candles not recomputed");
+        }
+        tracing::info!(%symbol, %interval, from = range.first().map(Candle::open_time), last,
+            candles = range.len(), signals, already_signalled = done.len(),
+            warm = state.is_warm(), elapsed_ms = started.elapsed().as_millis() as u64,
+            "older candle filled the hole before the series: recomputed from ohlcv_candles");
+        Ok(Some(state))
     }
 
     /// A fresh state fed the stored closed candles before `open_time`.
@@ -243,12 +509,60 @@ impl Engine {
     }
 }
 
-/// Publishes the signal events of a batch (`(event index, JSON)`), then waits until the stream
-/// stored all of them (deduplicated by `Nats-Msg-Id`, so a retry after a failure is harmless).
+/// A candle that closed while the producers ran (WebSocket, polling, gap repair), as opposed
+/// to history fetched by a backfill.
+fn is_live(source: Source) -> bool {
+    matches!(source, Source::Ws | Source::Poll | Source::Repair)
+}
+
+/// The candle key (`Nats-Msg-Id` of its signal event) of `e`'s series at `open_time`.
+fn candle_key(e: &KlineEvent, open_time: i64) -> String {
+    format!(
+        "{}:{}:{}:{open_time}",
+        e.venue,
+        e.symbol,
+        e.interval.as_str()
+    )
+}
+
+/// An `insufficient_data` row (`--store-insufficient`).
+fn insufficient_row(
+    e: &KlineEvent,
+    open_time: i64,
+    reason: &str,
+    have: usize,
+    need: usize,
+    recomputed: bool,
+) -> PendingRow {
+    let row = SignalRow {
+        symbol: &e.symbol,
+        interval: e.interval,
+        open_time,
+        action: "insufficient_data",
+        confidence: 0.0,
+        regime: "unknown",
+        details: serde_json::Value::Null,
+    };
+    let details = serde_json::json!({
+        "outcome": "insufficient_data",
+        "reason": reason,
+        "have": have,
+        "need": need,
+    });
+    PendingRow {
+        key: candle_key(e, open_time),
+        record: SignalRecord::new(&row, details.to_string()),
+        event: None,
+        recomputed,
+    }
+}
+
+/// Publishes the signal events of a batch (`(subject, Nats-Msg-Id, JSON)`), then waits until
+/// the stream stored all of them (deduplicated by `Nats-Msg-Id`, so a retry after a failure is
+/// harmless).
 async fn publish_all(
     js: &Context,
-    events: &[KlineEvent],
-    payloads: Vec<(usize, Vec<u8>)>,
+    payloads: Vec<(String, String, Vec<u8>)>,
 ) -> Result<(), EngineError> {
     let failed = |subject: &str, err: String| {
         metrics::counter!("klinebus_signals_errors_total", "kind" => "publish").increment(1);
@@ -259,19 +573,17 @@ async fn publish_all(
     const PUBLISH_WINDOW: usize = 256;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let mut acks = Vec::with_capacity(payloads.len().min(PUBLISH_WINDOW));
-    for (i, payload) in payloads {
+    for (subject, msg_id, payload) in payloads {
         if acks.len() == PUBLISH_WINDOW {
             await_acks(&mut acks, deadline, &failed).await?;
         }
-        let e = &events[i];
-        let subject = subjects::signals(&e.venue, &e.symbol, e.interval);
         let mut headers = HeaderMap::new();
         headers.insert(SIGNAL_SCHEMA_HEADER, SIGNAL_SCHEMA);
         headers.insert("Content-Type", "application/json");
         let msg = PublishMessage::build()
             .headers(headers)
             .payload(payload.into())
-            .message_id(signal_msg_id(e));
+            .message_id(msg_id);
         let ack = js
             .send_publish(subject.clone(), msg)
             .await

@@ -273,7 +273,8 @@ pub async fn run(config: SinkConfig, shutdown: CancellationToken) -> Result<(), 
         Some(js.clone()),
         config.warm_candles as usize,
         config.store_insufficient,
-    );
+    )
+    .with_max_recompute(config.max_recompute as usize);
     tracing::info!(consumer = %config.consumer, filter = %config.filter_subject,
         lookback, "consuming");
     let result = consume(

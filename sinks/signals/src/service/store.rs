@@ -47,6 +47,50 @@ pub async fn load_history(
     Ok(out)
 }
 
+/// Open times of the stored signals (not `insufficient_data` rows) of one series in
+/// `[from, to]`: candles a recompute must leave alone, since their signal was published.
+pub async fn signalled_between(
+    pool: &PgPool,
+    symbol: &Symbol,
+    interval: Interval,
+    from: i64,
+    to: i64,
+) -> Result<Vec<i64>, sqlx::Error> {
+    sqlx::query_scalar(
+        r#"SELECT "timestamp" FROM signals
+           WHERE symbol = $1 AND timeframe = $2 AND "timestamp" >= $3 AND "timestamp" <= $4
+             AND action <> 'insufficient_data'"#,
+    )
+    .bind(symbol.as_str())
+    .bind(interval.as_str())
+    .bind(from)
+    .bind(to)
+    .fetch_all(pool)
+    .await
+}
+
+/// Open time of the oldest `signals` row of one series in `[from, before)`, if any (a previous
+/// run of the service answered for the candles from there on).
+pub async fn earliest_signal(
+    pool: &PgPool,
+    symbol: &Symbol,
+    interval: Interval,
+    from: i64,
+    before: i64,
+) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar(
+        r#"SELECT "timestamp" FROM signals
+           WHERE symbol = $1 AND timeframe = $2 AND "timestamp" >= $3 AND "timestamp" < $4
+           ORDER BY "timestamp" LIMIT 1"#,
+    )
+    .bind(symbol.as_str())
+    .bind(interval.as_str())
+    .bind(from)
+    .bind(before)
+    .fetch_optional(pool)
+    .await
+}
+
 /// One row of `signals`.
 #[derive(Debug, Clone)]
 pub struct SignalRow<'a> {
