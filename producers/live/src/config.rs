@@ -88,10 +88,18 @@ pub struct Config {
     #[arg(long, env = "LIVE_POLL_DELAY", default_value = "2s", value_parser = humantime::parse_duration)]
     pub poll_delay: Duration,
 
-    /// Closed candles published at start-up per series when nothing was seen yet (history is
-    /// kline-backfill's job).
+    /// Closed candles published at start-up per series that the KLINES stream holds nothing of
+    /// (history is kline-backfill's job). A series the stream knows resumes after its newest
+    /// closed candle there, whichever producer stored it.
     #[arg(long, env = "LIVE_INITIAL_CANDLES", default_value_t = 1)]
     pub initial_candles: u32,
+
+    /// Most closed candles one repair fetches per series (at start-up, after a reconnect or a
+    /// NATS outage); older missing candles are logged, counted
+    /// (klinebus_live_repair_skipped_candles_total) and left to `klinectl audit`. The default is
+    /// about 3.5 days of 1m candles.
+    #[arg(long, env = "LIVE_MAX_REPAIR_CANDLES", default_value_t = 5000)]
+    pub max_repair_candles: u32,
 
     /// Events held in memory while NATS is unreachable. When full, forming updates are dropped
     /// first; closed candles only when none is left, and those are fetched again by REST repair.
@@ -157,8 +165,10 @@ pub struct Settings {
     pub poll_intervals: HashMap<Interval, Duration>,
     /// Delay after a close before polling for it.
     pub poll_delay: Duration,
-    /// Closed candles published per series at start-up.
+    /// Closed candles published per series at start-up when the stream knows nothing of it.
     pub initial_candles: u32,
+    /// Most closed candles one repair fetches per series.
+    pub max_repair_candles: u32,
     /// Buffered events while NATS is away.
     pub max_buffered: usize,
     /// Publish ack deadline before a retry.
@@ -185,6 +195,7 @@ impl Settings {
             poll_intervals: HashMap::new(),
             poll_delay: Duration::from_secs(2),
             initial_candles: 1,
+            max_repair_candles: 5000,
             max_buffered: 100_000,
             ack_timeout: Duration::from_secs(5),
             flush_timeout: Duration::from_secs(10),
@@ -236,6 +247,7 @@ impl Config {
         s.poll_intervals = poll_overrides(&self.timeframes.0, |k| std::env::var(k).ok())?;
         s.poll_delay = self.poll_delay;
         s.initial_candles = self.initial_candles;
+        s.max_repair_candles = self.max_repair_candles.max(1);
         s.max_buffered = self.max_buffered.max(1);
         s.ack_timeout = self.ack_timeout;
         s.flush_timeout = self.flush_timeout;

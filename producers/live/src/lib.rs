@@ -3,7 +3,9 @@
 //! - [`config`]: flags and environment ([`Config`]) and the library's [`Settings`].
 //! - `feed`: WebSocket connections (sharded, watchdog, rotation, backoff, polling fallback).
 //! - `poll`: REST polling just after candle closes (or every `POLLING_INTERVAL_<tf>`).
-//! - `repair`: REST fetch of closed candles after the last one seen (gap repair and polling).
+//! - `repair`: REST fetch of closed candles after the last one seen (gap repair and polling),
+//!   retried until it succeeds.
+//! - `resume`: where each series left off, read from the `KLINES` stream at start-up.
 //! - [`publish`]: the bounded buffer in front of JetStream ([`Publisher`]).
 //! - [`series`]: the last closed candle seen per series ([`Tracker`]).
 //! - [`run()`] for the binary, [`run_live`] for tests and benchmarks.
@@ -12,8 +14,11 @@
 //! Delivery: every closed candle carries `Nats-Msg-Id` (its candle key), whichever path
 //! delivered it, so the overlaps between WebSocket, repair, polling and rotated connections are
 //! server-side duplicates: each closed candle is stored once. Forming updates carry no id.
-//! After every (re)connect the closed candles since the last one seen are fetched over REST, so
-//! a disconnect of any length leaves no missing candle. While NATS is away events wait in a
+//! At start-up each series resumes from the newest closed candle the `KLINES` stream holds for
+//! it (any source), and after every (re)connect the closed candles since the last one seen are
+//! fetched over REST, so a restart or a disconnect leaves no missing candle (up to
+//! `--max-repair-candles` per series; older holes are the auditor's). A repair that meets a REST
+//! failure keeps its place and is retried with backoff until it succeeds. While NATS is away events wait in a
 //! bounded buffer; closed candles dropped from it are fetched again by REST (see [`publish`]).
 //! NATS unreachable at start-up is waited out too.
 
@@ -22,12 +27,14 @@ mod feed;
 mod poll;
 pub mod publish;
 mod repair;
+mod resume;
 pub mod series;
 
 #[cfg(feature = "bench")]
 pub mod bench;
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -73,6 +80,17 @@ pub struct LiveStats {
     pub repair_wanted: Notify,
     /// Counts those requests, so a connection busy elsewhere when one fires still sees it.
     pub repair_requests: AtomicU64,
+    /// Closed candles that repairs still have to fetch (`klinebus_live_repair_pending_candles`).
+    pub repair_pending: AtomicI64,
+}
+
+impl LiveStats {
+    pub(crate) fn add_repair_pending(&self, delta: i64) {
+        if delta != 0 {
+            let now = self.repair_pending.fetch_add(delta, Relaxed) + delta;
+            metrics::gauge!("klinebus_live_repair_pending_candles").set(now as f64);
+        }
+    }
 }
 
 /// What every task shares.
@@ -82,6 +100,8 @@ pub(crate) struct Ctx {
     pub publisher: Publisher,
     pub tracker: Arc<Tracker>,
     pub stats: Arc<LiveStats>,
+    /// Ends repairs that are still retrying.
+    pub shutdown: CancellationToken,
 }
 
 /// The REST client a [`Config`] describes (with its own limiter).
@@ -144,6 +164,12 @@ pub async fn run_live(
     shutdown: CancellationToken,
 ) {
     let tracker = Arc::new(Tracker::default());
+    let series: Vec<_> = settings
+        .symbols
+        .iter()
+        .flat_map(|s| settings.timeframes.iter().map(move |i| (s.clone(), *i)))
+        .collect();
+    resume::seed(&js, &tracker, &series, &shutdown).await;
     let publisher = Publisher::new(
         settings.max_buffered,
         settings.ack_timeout,
@@ -151,11 +177,6 @@ pub async fn run_live(
         tracker.clone(),
     );
     let publishing = tokio::spawn(publisher.clone().run(js));
-    let series: Vec<_> = settings
-        .symbols
-        .iter()
-        .flat_map(|s| settings.timeframes.iter().map(move |i| (s.clone(), *i)))
-        .collect();
     let mode = settings.mode;
     let per_conn = settings.streams_per_connection;
     let ctx = Arc::new(Ctx {
@@ -164,6 +185,7 @@ pub async fn run_live(
         publisher: publisher.clone(),
         tracker,
         stats,
+        shutdown: shutdown.clone(),
     });
     let mut tasks = JoinSet::new();
     match mode {

@@ -60,6 +60,13 @@ async fn poll_once(
 ) -> Result<i64, klinebus_binance::BinanceError> {
     let server_now = ctx.rest.server_time().await?;
     let after = ctx.tracker.repair_start(symbol, interval);
-    fetch_closed(ctx, symbol, interval, Source::Poll, after, server_now).await?;
+    if let Err(f) = fetch_closed(ctx, symbol, interval, Source::Poll, after, server_now).await {
+        // repair_start consumed the series' lost-candle mark: put back what is still
+        // unfetched, so the next poll does not skip it.
+        if let Some(a) = f.resume_after {
+            ctx.tracker.lost(symbol, interval, interval.next_open(a));
+        }
+        return Err(f.error);
+    }
     Ok(server_now)
 }

@@ -9,9 +9,18 @@ use klinebus_schemas::{Interval, Source, Symbol};
 
 use crate::Ctx;
 
+/// Why [`fetch_closed`] stopped: the error, and where a retry resumes (the open time of the
+/// last closed candle published, as `after`).
+pub(crate) struct FetchFailed {
+    pub error: BinanceError,
+    pub resume_after: Option<i64>,
+}
+
 /// Fetches and publishes (as `source`) the closed candles of `symbol`/`interval` after
 /// `after` (open time of the last closed candle known), at exchange time `server_now`. With
-/// nothing known, the last `initial_candles` closed candles. Returns how many were published.
+/// nothing known, the last `initial_candles` closed candles. At most `max_repair_candles` are
+/// fetched: older ones are counted and left to the auditor (`klinectl audit`). Returns how many
+/// were published.
 pub(crate) async fn fetch_closed(
     ctx: &Ctx,
     symbol: &Symbol,
@@ -19,7 +28,7 @@ pub(crate) async fn fetch_closed(
     source: Source,
     after: Option<i64>,
     server_now: i64,
-) -> Result<u64, BinanceError> {
+) -> Result<u64, FetchFailed> {
     let current = interval.align(server_now);
     let mut start = match after {
         Some(t) => interval.next_open(t),
@@ -37,7 +46,21 @@ pub(crate) async fn fetch_closed(
             t
         }
     };
+    let earliest = earliest_repaired(interval, current, ctx.settings.max_repair_candles);
+    if start < earliest {
+        let skipped = interval.count_between(start, earliest);
+        tracing::warn!(%symbol, %interval, skipped, from = start, to = earliest,
+            max = ctx.settings.max_repair_candles,
+            "more closed candles to repair than --max-repair-candles; the oldest are left to the auditor");
+        metrics::counter!("klinebus_live_repair_skipped_candles_total").increment(skipped as u64);
+        start = earliest;
+    }
     let mut published = 0;
+    let mut last_published = after;
+    let fail = |error, resume_after| FetchFailed {
+        error,
+        resume_after,
+    };
     while start < current {
         let rows = match ctx
             .rest
@@ -45,12 +68,7 @@ pub(crate) async fn fetch_closed(
             .await
         {
             Ok(rows) => rows,
-            Err(e) => {
-                // The caller consumed the series' lost-candle mark: put back what is still
-                // unfetched, so the next repair or poll does not skip it.
-                ctx.tracker.lost(symbol, interval, start);
-                return Err(e);
-            }
+            Err(e) => return Err(fail(e, last_published.or(Some(interval.align(start - 1))))),
         };
         let full = rows.len() == usize::from(MAX_KLINES_LIMIT);
         let mut next = None;
@@ -61,14 +79,12 @@ pub(crate) async fn fetch_closed(
             }
             let event = match row.to_event(symbol, interval, source, server_now, wall_now_ms()) {
                 Ok(e) => e,
-                Err(e) => {
-                    ctx.tracker.lost(symbol, interval, row.open_time);
-                    return Err(e);
-                }
+                Err(e) => return Err(fail(e, Some(interval.align(row.open_time - 1)))),
             };
             ctx.tracker.observe(symbol, interval, row.open_time);
             ctx.publisher.push_when_room(event).await;
             published += 1;
+            last_published = Some(row.open_time);
             next = Some(interval.next_open(row.open_time));
         }
         match next {
@@ -87,6 +103,52 @@ pub(crate) async fn fetch_closed(
     Ok(published)
 }
 
+/// Open time of the oldest candle a repair at `current` fetches: `max` candles back.
+fn earliest_repaired(interval: Interval, current: i64, max: u32) -> i64 {
+    match interval.fixed_ms() {
+        Some(ms) => current - i64::from(max) * ms,
+        None => {
+            let mut t = current;
+            for _ in 0..max.min(1200) {
+                t = interval.align(t - 1);
+            }
+            t
+        }
+    }
+}
+
+/// Closed candles a repair of `symbol`/`interval` from `after` still has to fetch, up to the
+/// exchange's `server_now` or, while that cannot be read, up to the newest closed candle the
+/// live connection has delivered since (an estimate within the repair bound, for the gauge).
+fn awaiting(
+    ctx: &Ctx,
+    symbol: &Symbol,
+    interval: Interval,
+    after: Option<i64>,
+    server_now: Option<i64>,
+) -> i64 {
+    let current = match server_now {
+        Some(t) => interval.align(t),
+        None => match ctx.tracker.last_closed(symbol, interval) {
+            Some(l) => interval.next_open(l),
+            None => return 0,
+        },
+    };
+    let Some(after) = after else {
+        return i64::from(
+            ctx.settings
+                .initial_candles
+                .min(ctx.settings.max_repair_candles),
+        );
+    };
+    let from = interval.next_open(after).max(earliest_repaired(
+        interval,
+        current,
+        ctx.settings.max_repair_candles,
+    ));
+    interval.count_between(from, current).max(0)
+}
+
 /// Where each series' repair starts: the last closed candle seen *before* a connection opened.
 /// Taken when it opens, because the new connection's own closed candles move the tracker
 /// forward before the repair runs, and the gap would be skipped.
@@ -100,20 +162,59 @@ pub(crate) fn repair_from(ctx: &Ctx, series: &[(Symbol, Interval)]) -> RepairFro
         .collect()
 }
 
-/// Repairs every series of a connection after a (re)connect, logging instead of failing.
+/// Repairs every series of a connection after a (re)connect. Never forgets: a series whose
+/// repair cannot run (REST failing, 429/418, `/time` failing) keeps its starting point and is
+/// retried with backoff until it succeeds or the process stops; meanwhile
+/// `klinebus_live_repair_pending_candles` counts the candles still awaited.
 pub(crate) async fn repair_all(ctx: &Ctx, series: &RepairFrom) {
-    let server_now = match ctx.rest.server_time().await {
-        Ok(t) => t,
-        Err(e) => {
-            tracing::warn!(error = %e, "gap repair skipped: cannot read the exchange time");
+    let mut pending: Vec<_> = series.clone();
+    let mut counted: i64 = pending
+        .iter()
+        .map(|(s, iv, after)| awaiting(ctx, s, *iv, *after, None))
+        .sum();
+    ctx.stats.add_repair_pending(counted);
+    let mut failures = 0u32;
+    loop {
+        let server_now = match ctx.rest.server_time().await {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::warn!(error = %e, series = pending.len(),
+                    "gap repair waits: cannot read the exchange time");
+                None
+            }
+        };
+        if let Some(now) = server_now {
+            let mut left = Vec::new();
+            for (symbol, interval, after) in pending {
+                match fetch_closed(ctx, &symbol, interval, Source::Repair, after, now).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(%symbol, %interval, candles = n, "gap repaired"),
+                    Err(f) => {
+                        tracing::warn!(%symbol, %interval, error = %f.error,
+                            "gap repair failed; it will be retried");
+                        left.push((symbol, interval, f.resume_after));
+                    }
+                }
+            }
+            pending = left;
+        }
+        let still: i64 = pending
+            .iter()
+            .map(|(s, iv, after)| awaiting(ctx, s, *iv, *after, server_now))
+            .sum();
+        ctx.stats.add_repair_pending(still - counted);
+        counted = still;
+        if pending.is_empty() {
             return;
         }
-    };
-    for (symbol, interval, after) in series {
-        match fetch_closed(ctx, symbol, *interval, Source::Repair, *after, server_now).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(%symbol, %interval, candles = n, "gap repaired"),
-            Err(e) => tracing::warn!(%symbol, %interval, error = %e, "gap repair failed"),
+        failures += 1;
+        let wait = crate::feed::backoff(&ctx.settings, failures);
+        tokio::select! {
+            _ = ctx.shutdown.cancelled() => {
+                ctx.stats.add_repair_pending(-counted);
+                return;
+            }
+            _ = tokio::time::sleep(wait) => {}
         }
     }
 }

@@ -472,3 +472,42 @@ async fn full_buffer_drops_but_repair_refetches_closed_candles() {
     assert!(stats.dropped.load(Relaxed) > 0, "{stats:?}");
     assert!(stats.repaired.load(Relaxed) > 0, "{stats:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repair_that_meets_a_rest_outage_is_retried_until_it_succeeds() {
+    let e = env(&[]).await;
+    let live = start(&e, settings(&e));
+    sleep_ms(800).await;
+    let faults = e.sim.faults();
+    // Down for ~6 candles; the reconnect's repair then finds REST failing (`/time` included).
+    faults.set_ws_refuse(true);
+    faults.drop_ws();
+    sleep_ms(600).await;
+    faults.fail_next_rest(u64::MAX, 503);
+    faults.set_ws_refuse(false);
+    sleep_ms(1_500).await;
+    let pending = live.stats.repair_pending.load(Relaxed);
+    assert!(pending > 0, "the gauge shows the candles awaiting repair");
+    faults.fail_next_rest(0, 503);
+    settle(&e).await;
+    let stats = live.finish().await;
+    assert_exact(&e, 25).await;
+    assert_eq!(stats.repair_pending.load(Relaxed), 0);
+    assert!(stats.repaired.load(Relaxed) >= 5, "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_resumes_where_the_stream_left_off() {
+    let e = env(&[]).await;
+    let live = start(&e, settings(&e));
+    sleep_ms(1_000).await;
+    live.finish().await;
+    // Down for ~10 candles; the new process knows nothing but what the stream holds.
+    sleep_ms(1_000).await;
+    let live = start(&e, settings(&e));
+    sleep_ms(800).await;
+    settle(&e).await;
+    let stats = live.finish().await;
+    assert_exact(&e, 25).await;
+    assert!(stats.repaired.load(Relaxed) >= 2 * 8, "{stats:?}");
+}
