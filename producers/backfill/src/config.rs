@@ -59,6 +59,13 @@ pub struct Config {
     #[arg(long, env = "BINANCE_MAX_ATTEMPTS", default_value_t = 6)]
     pub max_attempts: u32,
 
+    /// How long a request keeps retrying 5xx answers, timeouts and connection errors after its
+    /// first failure (once --max-attempts are spent), so an exchange incident or maintenance
+    /// window of minutes is waited out, each wait logged, before a series fails (e.g. 10m; 0s:
+    /// give up after --max-attempts).
+    #[arg(long, env = "BACKFILL_PATIENCE", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub patience: Duration,
+
     /// Timeout of one REST request (e.g. 30s, 2m).
     #[arg(long, env = "BINANCE_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,

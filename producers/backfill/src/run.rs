@@ -33,6 +33,7 @@ pub fn rest_client(config: &Config) -> anyhow::Result<RestClient> {
         timeout: config.request_timeout,
         retry: RetryPolicy {
             max_attempts: config.max_attempts.max(1),
+            patience: (!config.patience.is_zero()).then_some(config.patience),
             ..RetryPolicy::default()
         },
     };

@@ -426,3 +426,69 @@ async fn verify_wait_names_a_missing_consumer_and_rides_out_a_broker_restart() {
     );
     waited.unwrap();
 }
+
+/// An exchange outage longer than `--max-attempts` cover is waited out with `patience`; without
+/// it the same outage fails the series (so the first half can fail).
+#[tokio::test]
+async fn an_outage_of_5xx_answers_is_ridden_out_with_patience() {
+    let e = env(&[]).await;
+    let plan = plan(&e, "BTCUSDT,ETHUSDT", &[Interval::M1, Interval::H1], 3000).await;
+    let outage = Duration::from_secs(8);
+    let patient = |patience| {
+        let cfg = RestConfig {
+            base_url: e.sim.base_url(),
+            timeout: Duration::from_secs(10),
+            retry: RetryPolicy {
+                base_delay: Duration::from_millis(10),
+                max_delay: Duration::from_millis(500),
+                patience,
+                ..RetryPolicy::default()
+            },
+        };
+        RestClient::new(cfg, Arc::new(WeightLimiter::default())).unwrap()
+    };
+    let opts = RunOptions {
+        concurrency: 4,
+        progress: ProgressMode::Quiet,
+    };
+    let outage_for = |d: Duration| {
+        let faults = e.sim.faults();
+        faults.fail_next_rest(u64::MAX, 502);
+        tokio::spawn(async move {
+            tokio::time::sleep(d).await;
+            faults.fail_next_rest(0, 502);
+        })
+    };
+
+    let impatient = outage_for(outage);
+    let s = run_backfill(
+        &plan,
+        &patient(None),
+        &e.js,
+        opts,
+        &CancellationToken::new(),
+    )
+    .await;
+    assert_ne!(
+        s.exit_code(),
+        0,
+        "without patience the outage fails the run"
+    );
+    assert!(s.series.iter().any(|r| r.status != Status::Complete));
+    impatient.await.unwrap();
+
+    let started = Instant::now();
+    let ends = outage_for(outage);
+    let s = run_backfill(
+        &plan,
+        &patient(Some(Duration::from_secs(120))),
+        &e.js,
+        opts,
+        &CancellationToken::new(),
+    )
+    .await;
+    assert!(started.elapsed() >= outage, "the run spanned the outage");
+    ends.await.unwrap();
+    assert_complete(&s);
+    assert_exact(&e, &plan).await;
+}

@@ -5,7 +5,7 @@
 //! |---|---|
 //! | 429 + `Retry-After` | every request of the process pauses that long, then this one retries |
 //! | 418 + `Retry-After` | everyone pauses until the ban ends (if within `max_ban_wait`), then retries |
-//! | 5xx, timeout, transport | jittered exponential backoff, at most `max_attempts` tries |
+//! | 5xx, timeout, transport | jittered exponential backoff, at most `max_attempts` tries, or for as long as `patience` allows |
 //! | -1121, -1120, other 4xx, malformed body | returned at once, never retried |
 
 use std::sync::Arc;
@@ -45,6 +45,10 @@ pub struct RetryPolicy {
     pub max_throttled: u32,
     /// Longest 418 ban to wait out; a longer one is returned as [`BinanceError::IpBanned`].
     pub max_ban_wait: Duration,
+    /// With `Some`, 5xx / timeout / transport failures are retried past `max_attempts` until
+    /// this long has passed since the request's first failure: an exchange incident or
+    /// maintenance window of minutes is waited out (each wait logged) instead of failing.
+    pub patience: Option<Duration>,
 }
 
 impl Default for RetryPolicy {
@@ -55,6 +59,7 @@ impl Default for RetryPolicy {
             max_delay: Duration::from_secs(15),
             max_throttled: 20,
             max_ban_wait: Duration::from_secs(15 * 60),
+            patience: None,
         }
     }
 }
@@ -247,6 +252,7 @@ impl RestClient {
         }
         let mut failures = 0u32;
         let mut throttled = 0u32;
+        let mut first_failure: Option<std::time::Instant> = None;
         loop {
             let permit = self.limiter.acquire(weight).await;
             self.counters.requests.fetch_add(1, Relaxed);
@@ -304,7 +310,12 @@ impl RestClient {
                 }
                 BinanceError::Server { .. } | BinanceError::Transport(_) => {
                     failures += 1;
-                    (failures < self.retry.max_attempts.max(1)).then(|| self.backoff(failures))
+                    let since = *first_failure.get_or_insert_with(std::time::Instant::now);
+                    if failures < self.retry.max_attempts.max(1) {
+                        Some(self.backoff(failures))
+                    } else {
+                        self.patient_wait(since, failures, &err, path)
+                    }
                 }
                 _ => None,
             };
@@ -316,6 +327,22 @@ impl RestClient {
             // 429/418 waits happen in the limiter (shared by every request).
             tokio::time::sleep(wait).await;
         }
+    }
+
+    /// The wait before another try once `max_attempts` are spent, while `patience` lasts.
+    fn patient_wait(
+        &self,
+        since: std::time::Instant,
+        failures: u32,
+        err: &BinanceError,
+        path: &str,
+    ) -> Option<Duration> {
+        let left = self.retry.patience?.checked_sub(since.elapsed())?;
+        let wait = self.backoff(failures).min(left);
+        tracing::warn!(error = %err, path, failures, retry_in = ?wait, patience_left = ?left,
+            "Binance unavailable; waiting for it");
+        metrics::counter!("klinebus_rest_patient_retries_total").increment(1);
+        (!wait.is_zero()).then_some(wait)
     }
 
     fn backoff(&self, failures: u32) -> Duration {
