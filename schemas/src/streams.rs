@@ -126,13 +126,15 @@ pub struct ConsumerSpec {
 }
 
 impl ConsumerSpec {
-    /// A durable consumer of `KLINES` with defaults sized for batched sinks.
+    /// A durable consumer of `KLINES` with defaults sized for batched sinks. The ack wait is
+    /// short (10 s) so that another instance gets a dead one's messages soon; a sink keeps the
+    /// batches it still holds alive with progress acks.
     pub fn klines(durable: &str, filter_subject: String) -> Self {
         Self {
             stream: KLINES_STREAM.into(),
             durable: durable.into(),
             filter_subject,
-            ack_wait: Duration::from_secs(60),
+            ack_wait: Duration::from_secs(10),
             max_ack_pending: 50_000,
         }
     }

@@ -1,6 +1,7 @@
 //! What a sink plugs into the pull loop.
 
 use std::future::Future;
+use std::pin::Pin;
 
 use klinebus_schemas::KlineEvent;
 
@@ -32,10 +33,17 @@ pub enum HandlerError {
     Fatal(BoxError),
 }
 
+/// What must still succeed before a committed batch is acked, e.g. post-commit announcements
+/// awaiting their stream acks. The loop awaits it in the background (the next batch goes on
+/// meanwhile) and keeps the batch's messages alive with progress acks: `Ok` acks them, `Err`
+/// naks them with a backoff delay, so the batch comes back (marked [`Delivered::delivered`] > 1)
+/// and the handler can do its follow-up again.
+pub type Confirmation = Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send + 'static>>;
+
 /// The sink side of the pull loop. `handle` must have a durable, idempotent effect before it
 /// returns `Ok`: the loop acks the batch only afterwards (at-least-once delivery).
 pub trait Handler: Send {
-    /// What `handle` hands on to `after_ack` (e.g. the rows that changed).
+    /// What `handle` hands on to `after_commit` (e.g. the rows that changed).
     type Committed: Send;
 
     /// Persists a batch. Called with at least one event.
@@ -44,9 +52,14 @@ pub trait Handler: Send {
         batch: &[Delivered],
     ) -> impl Future<Output = Result<Self::Committed, HandlerError>> + Send;
 
-    /// Runs after every message of the batch was acked (e.g. publish post-commit events).
-    fn after_ack(&mut self, committed: Self::Committed) -> impl Future<Output = ()> + Send {
+    /// Runs after `handle` committed, before the batch is acked: starts what must succeed
+    /// first (e.g. publishes post-commit events) and returns it to be awaited, or `None` to ack
+    /// at once (the default).
+    fn after_commit(
+        &mut self,
+        committed: Self::Committed,
+    ) -> impl Future<Output = Option<Confirmation>> + Send {
         let _ = committed;
-        async {}
+        async { None }
     }
 }

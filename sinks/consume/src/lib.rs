@@ -11,10 +11,19 @@
 //! - [`dlq`]: poison is copied to `dlq.<consumer>` with `Klinebus-Dlq-Reason`/`-Subject`/
 //!   `-Consumer` headers, the copy's ack awaited, then the original terminated (`AckKind::Term`):
 //!   never dropped silently, never blocking, never redelivered forever.
-//! - [`Handler::handle`] `Ok` → every message of the batch is acked (explicitly, one by one —
-//!   never ack-all, which would ack other instances' messages), then [`Handler::after_ack`].
+//! - [`Handler::handle`] `Ok` → [`Handler::after_commit`] may start a follow-up that must
+//!   succeed first (a [`Confirmation`], e.g. post-commit publishes awaiting their stream acks),
+//!   awaited in the background while the next batch goes on; then every message of the batch
+//!   is acked (explicitly, one by one — never ack-all, which would ack other instances'
+//!   messages). A failed confirmation naks them with a backoff delay: the batch comes back
+//!   (`delivered` > 1) and the follow-up is done again.
 //!   [`HandlerError::Retryable`] → every message is naked with a bounded exponential
 //!   [`Backoff`] delay and the loop pauses as long; nothing is lost or skipped.
+//! - Progress acks: every batch held (queued for the handler, in its transaction, awaiting its
+//!   confirmation) longer than a quarter of the consumer's ack wait is kept alive with
+//!   `AckKind::Progress`, so a short ack wait redelivers only what a dead instance held, never
+//!   a slow batch mid-flight. [`ConsumeOptions::update_ack_wait`] brings an existing durable's
+//!   ack wait to the configured one at start-up.
 //! - Broker restarts: the client reconnects; the pull stream is rebuilt and the consumer
 //!   fetched again when needed.
 //! - [`Stats`] / [`consumer_lag`]: received, acked, dead letters, consumer lag.
@@ -28,11 +37,12 @@ pub mod dlq;
 mod handler;
 mod lag;
 mod options;
+mod progress;
 mod pull;
 
 pub use backoff::Backoff;
 pub use decode::{decode_event, Poison};
-pub use handler::{BoxError, Delivered, Handler, HandlerError};
+pub use handler::{BoxError, Confirmation, Delivered, Handler, HandlerError};
 pub use lag::{consumer_lag, ConsumerLag, Stats};
 pub use options::{ConsumeOptions, StartFrom};
 pub use pull::{flush_acks, ConsumeError, Consumer};

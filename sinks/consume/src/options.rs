@@ -78,11 +78,15 @@ pub struct ConsumeOptions {
     pub start: StartFrom,
     /// How often the consumer lag is refreshed from the server while running.
     pub lag_interval: Duration,
+    /// On [`StartFrom::Resume`], update an existing durable whose ack wait differs from
+    /// `spec.ack_wait` to it (nats-server 2.9 lets a durable's ack wait change in place;
+    /// messages pending keep their delivery). Off by default: the consumer is left as it is.
+    pub update_ack_wait: bool,
 }
 
 impl ConsumeOptions {
     /// Defaults: batches of 1000, flushed after at most 200 ms (or a 2 ms gap), retries from
-    /// 100 ms up to 5 s, resume where the durable left off.
+    /// 100 ms up to 5 s, resume where the durable left off, an existing durable left as it is.
     pub fn new(spec: ConsumerSpec) -> Self {
         Self {
             spec,
@@ -93,6 +97,7 @@ impl ConsumeOptions {
             backoff_max: Duration::from_secs(5),
             start: StartFrom::Resume,
             lag_interval: Duration::from_secs(5),
+            update_ack_wait: false,
         }
     }
 }

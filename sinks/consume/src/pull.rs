@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::connection::State;
-use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::consumer::{pull, FromConsumer, PullConsumer};
 use async_nats::jetstream::{self, AckKind, Context};
 use klinebus_schemas::bus::consumer_config;
-use klinebus_schemas::streams::ConsumerSpec;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -17,9 +17,10 @@ use crate::backoff::Backoff;
 use crate::batch::{collect, is_terminal, Collected, Limits};
 use crate::decode::{decode_event, Poison};
 use crate::dlq::dead_letter;
-use crate::handler::{BoxError, Delivered, Handler, HandlerError};
+use crate::handler::{BoxError, Confirmation, Delivered, Handler, HandlerError};
 use crate::lag::{consumer_lag, Stats};
 use crate::options::{ConsumeOptions, StartFrom};
+use crate::progress::{self, InFlight, Tracked};
 
 /// Pull-loop failures that stop it.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +48,13 @@ pub enum ConsumeError {
 
 /// Consecutive non-terminal stream errors after which the pull stream is rebuilt anyway.
 const MAX_STREAM_ERRORS: u32 = 5;
+/// Committed batches awaiting their confirmation at once; the loop waits for the oldest beyond.
+const MAX_CONFIRMING: usize = 64;
+/// Longest wait at shutdown for the confirmations still running (each has its own deadline).
+const CONFIRM_AT_SHUTDOWN: Duration = Duration::from_secs(15);
+
+/// A collected batch and its progress-ack registration.
+type Batch = (Vec<jetstream::Message>, Tracked);
 
 /// A durable pull consumer feeding a [`Handler`]. Several processes running it with the same
 /// durable name split the messages between them.
@@ -88,12 +96,12 @@ impl Consumer {
     /// ([`StartFrom::is_replay`]) it is deleted and recreated with the matching deliver policy
     /// first — other instances sharing the durable lose their consumer too, so replay with one.
     pub async fn prepare(&self, start: &StartFrom) -> Result<PullConsumer, ConsumeError> {
-        prepare(&self.js, &self.opts.spec, start).await
+        prepare(&self.js, &self.opts, start).await
     }
 
-    /// Runs until `shutdown` fires (then finishes the batch in flight, acks it and returns
-    /// `Ok`) or the handler reports a fatal error. Broker outages and retryable handler errors
-    /// never end it.
+    /// Runs until `shutdown` fires (then finishes the batch in flight, acks it once confirmed
+    /// and returns `Ok`) or the handler reports a fatal error. Broker outages and retryable
+    /// handler errors never end it.
     pub async fn run<H: Handler>(
         &self,
         handler: &mut H,
@@ -107,7 +115,30 @@ impl Consumer {
             self.stats.clone(),
             lag_stop.clone(),
         ));
-        let result = self.pull_loop(&mut consumer, handler, &shutdown).await;
+        // The consumer's actual ack wait (an existing durable may keep another one).
+        let every = progress::interval(consumer.cached_info().config.ack_wait);
+        let in_flight = Arc::new(InFlight::default());
+        let progress_stop = CancellationToken::new();
+        let progress_task = tokio::spawn(progress::keep_alive(
+            self.js.client(),
+            in_flight.clone(),
+            every,
+            self.opts.spec.durable.clone(),
+            progress_stop.clone(),
+        ));
+        let mut confirming = JoinSet::new();
+        let result = self
+            .pull_loop(
+                &mut consumer,
+                handler,
+                &in_flight,
+                &mut confirming,
+                &shutdown,
+            )
+            .await;
+        finish_confirming(&mut confirming, &self.js.client()).await;
+        progress_stop.cancel();
+        let _ = progress_task.await;
         lag_stop.cancel();
         let _ = lag_task.await;
         flush_acks(&self.js.client()).await;
@@ -118,6 +149,8 @@ impl Consumer {
         &self,
         consumer: &mut PullConsumer,
         handler: &mut H,
+        in_flight: &Arc<InFlight>,
+        confirming: &mut JoinSet<()>,
         shutdown: &CancellationToken,
     ) -> Result<(), ConsumeError> {
         // Fetching and decoding the next batch overlaps the handler's write of this one.
@@ -127,14 +160,22 @@ impl Consumer {
             self.js.clone(),
             self.opts.clone(),
             consumer.clone(),
+            in_flight.clone(),
             tx,
             stop_collector.clone(),
         ));
         let mut backoff = Backoff::new(self.opts.backoff_min, self.opts.backoff_max);
         let mut result = Ok(());
-        while let Some(mut batch) = rx.recv().await {
+        while let Some((mut batch, tracked)) = rx.recv().await {
             if let Err(e) = self
-                .process(&mut batch, handler, &mut backoff, shutdown)
+                .process(
+                    &mut batch,
+                    tracked,
+                    handler,
+                    &mut backoff,
+                    confirming,
+                    shutdown,
+                )
                 .await
             {
                 result = Err(e);
@@ -151,12 +192,15 @@ impl Consumer {
         count_error(&self.opts.spec.durable, kind);
     }
 
-    /// Decodes a batch, dead-letters the poison, hands the rest to the handler, then acks or naks.
+    /// Decodes a batch, dead-letters the poison, hands the rest to the handler, then acks (once
+    /// the handler's confirmation succeeded) or naks.
     async fn process<H: Handler>(
         &self,
         raw: &mut Vec<jetstream::Message>,
+        tracked: Tracked,
         handler: &mut H,
         backoff: &mut Backoff,
+        confirming: &mut JoinSet<()>,
         shutdown: &CancellationToken,
     ) -> Result<(), ConsumeError> {
         let durable = &self.opts.spec.durable;
@@ -203,17 +247,36 @@ impl Consumer {
         let started = Instant::now();
         match handler.handle(&good).instrument(span.clone()).await {
             Ok(committed) => {
-                for m in &good_msgs {
-                    if let Err(e) = m.ack().await {
-                        self.count_error("ack");
-                        tracing::warn!(parent: &span, error = %e, "ack failed; message will be redelivered (idempotent)");
-                    }
-                }
-                Stats::add(&self.stats.acked, good_msgs.len());
-                self.stats.batches.fetch_add(1, Ordering::Relaxed);
                 backoff.reset();
-                tracing::debug!(parent: &span, elapsed_ms = started.elapsed().as_millis() as u64, "batch committed and acked");
-                handler.after_ack(committed).instrument(span).await;
+                let confirmation = handler
+                    .after_commit(committed)
+                    .instrument(span.clone())
+                    .await;
+                let Some(confirmation) = confirmation else {
+                    ack_all(&good_msgs, durable, &span).await;
+                    Stats::add(&self.stats.acked, good_msgs.len());
+                    self.stats.batches.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(parent: &span, elapsed_ms = started.elapsed().as_millis() as u64, "batch committed and acked");
+                    return Ok(());
+                };
+                while confirming.try_join_next().is_some() {}
+                while confirming.len() >= MAX_CONFIRMING {
+                    let _ = confirming.join_next().await;
+                }
+                // A batch that keeps failing comes back less and less often.
+                let times = good.iter().map(|d| d.delivered).max().unwrap_or(1);
+                let retry_in = nak_delay(&self.opts, times);
+                confirming.spawn(
+                    settle(
+                        confirmation,
+                        good_msgs,
+                        tracked,
+                        self.stats.clone(),
+                        durable.clone(),
+                        retry_in,
+                    )
+                    .instrument(span),
+                );
                 Ok(())
             }
             Err(HandlerError::Retryable(e)) => {
@@ -235,11 +298,7 @@ impl Consumer {
     }
 
     async fn nak_all(&self, msgs: &[jetstream::Message], delay: Option<Duration>) {
-        for m in msgs {
-            if let Err(e) = m.ack_with(AckKind::Nak(delay)).await {
-                tracing::debug!(error = %e, "nak failed; the ack wait brings it back anyway");
-            }
-        }
+        nak_all(msgs, delay).await;
         Stats::add(&self.stats.naked, msgs.len());
     }
 
@@ -273,13 +332,98 @@ fn count_error(durable: &str, kind: &'static str) {
         .increment(1);
 }
 
+/// Acks every message, one by one (never ack-all: other instances' messages).
+async fn ack_all(msgs: &[jetstream::Message], durable: &str, span: &tracing::Span) {
+    for m in msgs {
+        if let Err(e) = m.ack().await {
+            count_error(durable, "ack");
+            tracing::warn!(parent: span, error = %e, "ack failed; message will be redelivered (idempotent)");
+        }
+    }
+}
+
+async fn nak_all(msgs: &[jetstream::Message], delay: Option<Duration>) {
+    for m in msgs {
+        if let Err(e) = m.ack_with(AckKind::Nak(delay)).await {
+            tracing::debug!(error = %e, "nak failed; the ack wait brings it back anyway");
+        }
+    }
+}
+
+/// The redelivery delay of a batch whose messages were delivered `times` times: doubling from
+/// `backoff_min` up to `backoff_max`.
+fn nak_delay(o: &ConsumeOptions, times: i64) -> Duration {
+    let shift = u32::try_from(times.saturating_sub(1)).unwrap_or(0).min(20);
+    o.backoff_min
+        .checked_mul(1u32 << shift)
+        .map_or(o.backoff_max, |d| d.min(o.backoff_max))
+        .max(o.backoff_min)
+}
+
+/// Awaits a committed batch's confirmation, then acks its messages, or naks them for
+/// redelivery if it failed (the handler does its follow-up again then). `tracked` keeps the
+/// progress acks going until then.
+async fn settle(
+    confirmation: Confirmation,
+    msgs: Vec<jetstream::Message>,
+    tracked: Tracked,
+    stats: Arc<Stats>,
+    durable: String,
+    retry_in: Duration,
+) {
+    let span = tracing::Span::current();
+    match confirmation.await {
+        Ok(()) => {
+            ack_all(&msgs, &durable, &span).await;
+            Stats::add(&stats.acked, msgs.len());
+            stats.batches.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!("batch committed, confirmed and acked");
+        }
+        Err(e) => {
+            count_error(&durable, "confirm");
+            tracing::warn!(error = %e, messages = msgs.len(), retry_in_ms = retry_in.as_millis() as u64,
+                "batch committed but not confirmed; naked for redelivery");
+            nak_all(&msgs, Some(retry_in)).await;
+            Stats::add(&stats.naked, msgs.len());
+        }
+    }
+    drop(tracked);
+}
+
+/// At shutdown: lets the confirmations still running finish (their acks go out with the final
+/// flush), but not without a connection to NATS, which could not confirm anything: those
+/// batches are redelivered instead and the handler's follow-up is done again then.
+async fn finish_confirming(set: &mut JoinSet<()>, client: &async_nats::Client) {
+    while set.try_join_next().is_some() {}
+    if set.is_empty() {
+        return;
+    }
+    if client.connection_state() != State::Connected {
+        tracing::warn!(
+            batches = set.len(),
+            "NATS unreachable at shutdown; unconfirmed batches left for redelivery"
+        );
+        set.abort_all();
+        return;
+    }
+    let all = async { while set.join_next().await.is_some() {} };
+    if tokio::time::timeout(CONFIRM_AT_SHUTDOWN, all)
+        .await
+        .is_err()
+    {
+        tracing::warn!("batches still unconfirmed at shutdown; left for redelivery");
+        set.abort_all();
+    }
+}
+
 /// Pulls batches and hands them over until `stop` fires (the partial batch is handed over
 /// too). Survives broker outages: the pull stream is rebuilt and the consumer fetched again.
 async fn collect_loop(
     js: Context,
     o: ConsumeOptions,
     mut consumer: PullConsumer,
-    tx: tokio::sync::mpsc::Sender<Vec<jetstream::Message>>,
+    in_flight: Arc<InFlight>,
+    tx: tokio::sync::mpsc::Sender<Batch>,
     stop: CancellationToken,
 ) {
     let limits = Limits {
@@ -305,7 +449,7 @@ async fn collect_loop(
                 if !pause(stream_backoff.fail(), &stop).await {
                     return;
                 }
-                if let Ok(c) = prepare(&js, &o.spec, &StartFrom::Resume).await {
+                if let Ok(c) = prepare(&js, &o, &StartFrom::Resume).await {
                     consumer = c;
                 }
                 continue;
@@ -318,7 +462,9 @@ async fn collect_loop(
             if !batch.is_empty() {
                 errors = 0;
                 stream_backoff.reset();
-                if tx.send(batch).await.is_err() {
+                // Kept alive from here: it may wait for the handler longer than the ack wait.
+                let tracked = in_flight.track(&batch);
+                if tx.send((batch, tracked)).await.is_err() {
                     return;
                 }
             }
@@ -345,7 +491,7 @@ async fn collect_loop(
         if !pause(stream_backoff.fail(), &stop).await {
             return;
         }
-        match prepare(&js, &o.spec, &StartFrom::Resume).await {
+        match prepare(&js, &o, &StartFrom::Resume).await {
             Ok(c) => consumer = c,
             Err(e) => tracing::warn!(error = %e, "cannot get the consumer yet"),
         }
@@ -382,12 +528,14 @@ async fn refresh_lag(
     }
 }
 
-/// Gets the durable consumer, creating it (deliver all) if missing; recreates it for a replay.
+/// Gets the durable consumer, creating it (deliver all) if missing; recreates it for a replay;
+/// with `update_ack_wait`, brings an existing durable's ack wait to the spec's.
 async fn prepare(
     js: &Context,
-    spec: &ConsumerSpec,
+    opts: &ConsumeOptions,
     start: &StartFrom,
 ) -> Result<PullConsumer, ConsumeError> {
+    let spec = &opts.spec;
     let stream = js
         .get_stream(&spec.stream)
         .await
@@ -411,10 +559,36 @@ async fn prepare(
         tracing::info!(durable = %spec.durable, start = ?start, "replay: consumer recreated");
         return Ok(c);
     }
-    let c: PullConsumer = stream
+    let mut c: PullConsumer = stream
         .get_or_create_consumer(&spec.durable, config)
         .await
         .map_err(cerr)?;
+    let current = c.cached_info().config.ack_wait;
+    if opts.update_ack_wait && current != spec.ack_wait {
+        // Only the ack wait changes: the rest (deliver policy of a replay, filter) must stay as
+        // the server has it, or 2.9 refuses the update. A create with the same durable name and
+        // an updatable difference is an update there.
+        let updated = match pull::Config::try_from_consumer_config(c.cached_info().config.clone()) {
+            Ok(mut config) => {
+                config.ack_wait = spec.ack_wait;
+                stream
+                    .create_consumer(config)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        match updated {
+            Ok(u) => {
+                tracing::info!(durable = %spec.durable, from_secs = current.as_secs_f64(),
+                    to_secs = spec.ack_wait.as_secs_f64(), "durable consumer's ack wait updated");
+                c = u;
+            }
+            Err(e) => tracing::warn!(durable = %spec.durable, error = %e,
+                ack_wait_secs = current.as_secs_f64(),
+                "cannot update the durable consumer's ack wait; keeping it"),
+        }
+    }
     let existing = &c.cached_info().config.filter_subject;
     if *existing != spec.filter_subject {
         tracing::warn!(

@@ -38,9 +38,12 @@ pub struct Config {
     #[arg(long, env = "SINK_FLUSH_INTERVAL_MS", default_value_t = 200)]
     pub flush_interval_ms: u64,
 
-    /// Seconds a delivered message may stay un-acked before the server redelivers it (applies
-    /// when the consumer is created, e.g. with --replay-from).
-    #[arg(long, env = "SINK_ACK_WAIT_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    /// Seconds a delivered message may stay un-acked before the server redelivers it, e.g. to
+    /// another instance after this one was killed. Batches this process still holds (queued,
+    /// being written, awaiting their announcements' acks) are kept alive with progress acks
+    /// every quarter of it, so a slow commit is never redelivered mid-flight. An existing
+    /// durable consumer with another ack wait is updated to this one at start-up.
+    #[arg(long, env = "SINK_ACK_WAIT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub ack_wait_secs: u64,
 
     /// Batches written at once by this process: each worker pulls from the shared durable
@@ -111,6 +114,7 @@ mod tests {
         assert_eq!(c.filter_subject, "");
         assert_eq!(c.batch_size, 1500);
         assert_eq!(c.workers, 2);
+        assert_eq!(c.ack_wait_secs, 10);
         assert!(c.flush_interval() <= Duration::from_millis(200));
         assert!(c.metrics_addr().unwrap().is_some());
         let c = Config::try_parse_from([

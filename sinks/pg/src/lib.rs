@@ -9,14 +9,18 @@
 //! - [`upsert`]: one transaction per flush: `UNNEST` bulk upsert with `ON CONFLICT … WHERE …
 //!   RETURNING`, then [`status`] (`ingestion_status`); acked only after the commit.
 //! - [`sink`]: the [`Handler`](klinebus_consume::Handler): quick retries, error status, then
-//!   after the ack the closed candles that changed on `candles.closed.…`, one
-//!   [`ClosedCandles`](klinebus_schemas::ClosedCandles) message per series and flush.
+//!   after the commit the closed candles it committed on `candles.closed.…`, one
+//!   [`ClosedCandles`](klinebus_schemas::ClosedCandles) message per series and flush; the
+//!   input is acked only once JetStream stored them (else it comes back and they are announced
+//!   again), so every committed closed candle is announced at least once.
 //! - [`run`]: wiring (telemetry, NATS, streams, pool, migrations, consumer, shutdown).
 //!
 //! Poison messages go to `dlq.<consumer>`. Several instances sharing `--consumer` split the work
 //! and converge on the same table contents as one; inside one process `--workers` loops do the
 //! same, so one batch is in PostgreSQL while the next is decoded and the last one acked.
-//! `--replay-from` recreates the durable consumer for recovery (one instance only).
+//! `--replay-from` recreates the durable consumer for recovery (one instance only). The ack wait
+//! is short (`--ack-wait-secs`, 10 s) with progress acks for batches still in flight, so the
+//! messages of a killed instance reach another one within about that long.
 
 pub mod bench;
 pub mod config;
@@ -79,6 +83,8 @@ pub fn consume_options(c: &Config) -> ConsumeOptions {
     let mut spec = ConsumerSpec::klines(&c.consumer, c.filter_subject.clone());
     spec.ack_wait = Duration::from_secs(c.ack_wait_secs);
     let mut o = ConsumeOptions::new(spec);
+    // Durables created with an older default (60 s) get the short ack wait too.
+    o.update_ack_wait = true;
     o.batch_size = c.batch_size as usize;
     o.flush_interval = c.flush_interval();
     o.start = c.replay_from.clone().unwrap_or(StartFrom::Resume);
@@ -202,14 +208,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Sink
         );
         let shutdown = shutdown.clone();
         let span = tracing::info_span!("worker", worker);
-        workers.spawn(
-            async move {
-                let result = consumer.run(&mut sink, shutdown).await;
-                sink.finish(Duration::from_secs(5)).await;
-                result
-            }
-            .instrument(span),
-        );
+        workers.spawn(async move { consumer.run(&mut sink, shutdown).await }.instrument(span));
     }
     let mut result = Ok(());
     while let Some(joined) = workers.join_next().await {

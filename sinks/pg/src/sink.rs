@@ -1,20 +1,22 @@
-//! The [`Handler`] that writes batches to Postgres and, after the ack, publishes the closed
-//! candles that changed on `candles.closed.<venue>.<symbol>.<interval>`, one
-//! [`ClosedCandles`](klinebus_schemas::ClosedCandles) message per series and flush.
+//! The [`Handler`] that writes batches to Postgres and, after the commit, announces the closed
+//! candles it committed on `candles.closed.<venue>.<symbol>.<interval>`, one
+//! [`ClosedCandles`](klinebus_schemas::ClosedCandles) message per series and flush. The input
+//! is acked only once JetStream has stored every announcement of its batch (the pull loop
+//! awaits the [`Confirmation`] in the background); otherwise it is naked and comes back, and a
+//! redelivered closed candle is announced again even though the upsert then changes nothing.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_nats::connection::State;
-use async_nats::jetstream::context::PublishAckFuture;
+use async_nats::jetstream::context::{PublishAckFuture, PublishError};
 use async_nats::jetstream::Context;
-use klinebus_consume::{Delivered, Handler, HandlerError};
+use klinebus_consume::{Confirmation, Delivered, Handler, HandlerError};
 use klinebus_schemas::closed::MAX_PER_MESSAGE;
 use klinebus_schemas::{bus, Interval, KlineEvent, Symbol};
 use klinebus_svc::Health;
 use sqlx::PgPool;
-use tokio::task::JoinSet;
+use tokio::task::JoinHandle;
 
 use crate::dedup::winners;
 use crate::status::record_error;
@@ -22,19 +24,36 @@ use crate::upsert::write_batch;
 
 /// Quick in-process retries of a failed flush before handing the batch back for a nak.
 const QUICK_RETRIES: u32 = 2;
-/// Most post-commit publish-ack waiters kept at once.
-const MAX_PUBLISH_TASKS: usize = 64;
 /// Post-commit publishes sent before their acks are handed to a waiter task.
 const ACK_CHUNK: usize = 256;
-/// How long a waiter task waits for its acks, all together.
+/// How long a batch's announcements may take to be acknowledged, all together.
 const POST_COMMIT_ACK_WAIT: Duration = Duration::from_secs(10);
+
+/// Why a batch's announcements were not all stored (its input is naked and comes back).
+#[derive(Debug, thiserror::Error)]
+pub enum AnnounceError {
+    /// A publish could not even be sent.
+    #[error("post-commit publish not sent")]
+    Send(#[source] bus::BusError),
+    /// JetStream did not acknowledge some publishes in time, or refused them.
+    #[error("{failed} post-commit publishes not confirmed")]
+    Unconfirmed {
+        /// How many.
+        failed: usize,
+        /// The first failure.
+        #[source]
+        source: PublishError,
+    },
+    /// A task awaiting acks died.
+    #[error("post-commit ack waiter failed")]
+    Waiter(#[source] tokio::task::JoinError),
+}
 
 /// Writes batches to Postgres.
 pub struct PgSink {
     pool: PgPool,
     js: Option<Context>,
     health: Health,
-    publishing: JoinSet<usize>,
     newest: Newest,
 }
 
@@ -43,14 +62,13 @@ pub struct PgSink {
 pub type Newest = Arc<Mutex<HashMap<(Symbol, Interval), i64>>>;
 
 impl PgSink {
-    /// A sink writing through `pool`; with `js`, committed closed candles are re-published.
-    /// Workers of one process share `newest`.
+    /// A sink writing through `pool`; with `js`, committed closed candles are announced and
+    /// the input acked only once they are stored. Workers of one process share `newest`.
     pub fn new(pool: PgPool, js: Option<Context>, health: Health, newest: Newest) -> Self {
         Self {
             pool,
             js,
             health,
-            publishing: JoinSet::new(),
             newest,
         }
     }
@@ -82,51 +100,33 @@ impl PgSink {
             }
         }
     }
+}
 
-    /// Awaits publish acks in a waiter task (at most MAX_PUBLISH_TASKS at once), counting the
-    /// ones not confirmed.
-    async fn await_in_background(&mut self, acks: Vec<PublishAckFuture>) {
-        while self.publishing.try_join_next().is_some() {}
-        while self.publishing.len() >= MAX_PUBLISH_TASKS {
-            let _ = self.publishing.join_next().await;
-        }
-        self.publishing.spawn(async move {
-            let deadline = tokio::time::Instant::now() + POST_COMMIT_ACK_WAIT;
-            let results = bus::await_acks(acks, deadline).await;
-            let mut errors = results.iter().filter_map(|r| r.as_ref().err());
-            let Some(first) = errors.next() else {
-                return 0;
-            };
-            let failed = 1 + errors.count();
-            // Once per waiter: a broker outage fails all of its acks at once.
-            tracing::warn!(error = %first, messages = failed, "post-commit publishes not confirmed");
-            metrics::counter!("klinebus_sink_errors_total", "kind" => "publish_closed")
-                .increment(failed as u64);
-            failed
-        });
-    }
+/// Awaits publish acks against `deadline`; counts and logs (once) the ones not confirmed.
+async fn confirm_acks(
+    acks: Vec<PublishAckFuture>,
+    deadline: tokio::time::Instant,
+) -> Result<(), AnnounceError> {
+    let results = bus::await_acks(acks, deadline).await;
+    let mut errors = results.into_iter().filter_map(Result::err);
+    let Some(first) = errors.next() else {
+        return Ok(());
+    };
+    let failed = 1 + errors.count();
+    // Once per waiter: a broker outage fails all of its acks at once.
+    tracing::warn!(error = %first, messages = failed,
+        "post-commit publishes not confirmed; the batch will be redelivered and announced again");
+    metrics::counter!("klinebus_sink_errors_total", "kind" => "publish_closed")
+        .increment(failed as u64);
+    Err(AnnounceError::Unconfirmed {
+        failed,
+        source: first,
+    })
+}
 
-    /// Waits (bounded) for the post-commit publishes still in flight; not at all without a
-    /// connection to NATS, which could not confirm them.
-    pub async fn finish(&mut self, within: Duration) {
-        let connected = self
-            .js
-            .as_ref()
-            .is_some_and(|js| js.client().connection_state() == State::Connected);
-        while self.publishing.try_join_next().is_some() {}
-        if !connected && !self.publishing.is_empty() {
-            tracing::warn!(
-                unconfirmed = self.publishing.len(),
-                "NATS unreachable at shutdown; post-commit publishes left unconfirmed"
-            );
-            self.publishing.abort_all();
-            return;
-        }
-        let all = async { while self.publishing.join_next().await.is_some() {} };
-        if tokio::time::timeout(within, all).await.is_err() {
-            tracing::warn!("post-commit publishes still unconfirmed at shutdown");
-        }
-    }
+/// The candle key as the table orders it.
+fn key(e: &KlineEvent) -> (&str, &'static str, i64) {
+    (e.symbol.as_str(), e.interval.as_str(), e.open_time)
 }
 
 /// Errors worth retrying: connection trouble, timeouts, serialization failures, deadlocks,
@@ -155,10 +155,25 @@ impl Handler for PgSink {
 
     async fn handle(&mut self, batch: &[Delivered]) -> Result<Vec<KlineEvent>, HandlerError> {
         let rows = winners(batch.iter().map(|d| &d.event));
+        // A redelivered closed candle may have been committed by its first delivery (by any
+        // instance) without being announced: the write checks whether the table holds exactly
+        // that version, and it is announced again then.
+        let recheck: Vec<bool> = if self.js.is_some() && batch.iter().any(|d| d.delivered > 1) {
+            let again: HashSet<_> = batch
+                .iter()
+                .filter(|d| d.delivered > 1 && d.event.closed)
+                .map(|d| key(&d.event))
+                .collect();
+            rows.iter()
+                .map(|r| r.closed && again.contains(&key(r)))
+                .collect()
+        } else {
+            Vec::new()
+        };
         let started = Instant::now();
         let mut attempt = 0;
         let written = loop {
-            match write_batch(&self.pool, &rows).await {
+            match write_batch(&self.pool, &rows, &recheck).await {
                 Ok(w) => break w,
                 Err(e) => {
                     metrics::counter!("klinebus_sink_errors_total", "kind" => error_kind(&e))
@@ -212,23 +227,33 @@ impl Handler for PgSink {
         if self.js.is_none() {
             return Ok(Vec::new());
         }
+        let again = written.already_count();
+        if again > 0 {
+            metrics::counter!("klinebus_sink_closed_reannounced_total").increment(again as u64);
+            tracing::debug!(
+                candles = again,
+                "announcing redelivered closed candles again"
+            );
+        }
         Ok(rows
             .into_iter()
-            .zip(&written.changed)
-            .filter(|(e, changed)| e.closed && **changed)
-            .map(|(e, _)| e.clone())
+            .enumerate()
+            .filter(|(i, e)| e.closed && (written.changed[*i] || written.already(*i)))
+            .map(|(_, e)| e.clone())
             .collect())
     }
 
-    async fn after_ack(&mut self, closed: Vec<KlineEvent>) {
-        let Some(js) = self.js.clone() else { return };
+    async fn after_commit(&mut self, closed: Vec<KlineEvent>) -> Option<Confirmation> {
+        let js = self.js.clone()?;
         if closed.is_empty() {
-            return;
+            return None;
         }
+        let deadline = tokio::time::Instant::now() + POST_COMMIT_ACK_WAIT;
         // One message per series and flush (rows are key-ordered: a series is one run), split
         // at MAX_PER_MESSAGE candles.
         let refs: Vec<&KlineEvent> = closed.iter().collect();
         let mut acks = Vec::new();
+        let mut waiters: Vec<JoinHandle<Result<(), AnnounceError>>> = Vec::new();
         for series in refs.chunk_by(|a, b| a.symbol == b.symbol && a.interval == b.interval) {
             for chunk in series.chunks(MAX_PER_MESSAGE) {
                 match bus::publish_closed(&js, chunk).await {
@@ -238,19 +263,28 @@ impl Handler for PgSink {
                         metrics::counter!("klinebus_sink_errors_total", "kind" => "publish_closed")
                             .increment(1);
                         tracing::warn!(symbol = %chunk[0].symbol, interval = %chunk[0].interval,
-                            candles = chunk.len(), error = %err, "post-commit publish failed");
+                            candles = chunk.len(), error = %err,
+                            "post-commit publish failed; the batch will be redelivered");
+                        // The rest would fail alike; the redelivery announces them all.
+                        let err = AnnounceError::Send(err);
+                        return Some(Box::pin(async move { Err(err.into()) }));
                     }
                 }
                 // Publish-ack futures hold the context's in-flight permits until awaited: hand
                 // them to a waiter task every ACK_CHUNK, or a batch of many series would wait
                 // for permits only its own unawaited futures hold.
                 if acks.len() >= ACK_CHUNK {
-                    self.await_in_background(std::mem::take(&mut acks)).await;
+                    let chunk = std::mem::take(&mut acks);
+                    waiters.push(tokio::spawn(confirm_acks(chunk, deadline)));
                 }
             }
         }
-        if !acks.is_empty() {
-            self.await_in_background(acks).await;
-        }
+        Some(Box::pin(async move {
+            for w in waiters {
+                w.await.map_err(AnnounceError::Waiter)??;
+            }
+            confirm_acks(acks, deadline).await?;
+            Ok(())
+        }))
     }
 }

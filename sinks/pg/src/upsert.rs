@@ -4,6 +4,8 @@
 //! of the series in the batch. Numbers travel as text and are cast to `numeric` by Postgres:
 //! what the exchange sent is what is stored.
 
+use std::collections::HashMap;
+
 use klinebus_schemas::KlineEvent;
 use sqlx::{PgPool, Postgres, Row, Transaction};
 
@@ -42,12 +44,23 @@ WHERE (EXCLUDED.is_closed AND NOT c.is_closed)
 RETURNING c.symbol::text, c.timeframe::text, c."timestamp"
 "#;
 
+/// The stored version (closedness, event time) of some keys, read in the upsert's transaction.
+const STORED_VERSIONS: &str = r#"
+SELECT c.symbol::text, c.timeframe::text, c."timestamp", c.is_closed, c.event_time
+FROM ohlcv_candles c
+JOIN UNNEST($1::text[], $2::text[], $3::int8[]) AS k(symbol, timeframe, ts)
+  ON c.symbol = k.symbol AND c.timeframe = k.timeframe AND c."timestamp" = k.ts
+"#;
+
 /// What one committed flush did.
 #[derive(Debug, Default)]
 pub struct Written {
     /// Per candle version sent (after in-batch dedup, same order): whether it was inserted or
     /// replaced.
     pub changed: Vec<bool>,
+    /// Per candle version sent, for the rows asked to be rechecked (else empty): unchanged
+    /// because the table already holds exactly this version (same closedness and event time).
+    pub already: Vec<bool>,
 }
 
 impl Written {
@@ -59,6 +72,16 @@ impl Written {
     /// Rows actually inserted or replaced.
     pub fn changed_count(&self) -> usize {
         self.changed.iter().filter(|c| **c).count()
+    }
+
+    /// Whether row `i` was unchanged because the table already held exactly it.
+    pub fn already(&self, i: usize) -> bool {
+        self.already.get(i).copied().unwrap_or(false)
+    }
+
+    /// Rows unchanged because the table already held exactly them.
+    pub fn already_count(&self) -> usize {
+        self.already.iter().filter(|c| **c).count()
     }
 }
 
@@ -183,14 +206,72 @@ fn mark_changed(rows: &[&KlineEvent], mut keys: Vec<(&str, &str, i64)>) -> Vec<b
     changed
 }
 
-/// One transaction: candles, then status rows; committed before returning `Ok`.
-pub async fn write_batch(pool: &PgPool, rows: &[&KlineEvent]) -> Result<Written, sqlx::Error> {
+/// For the rows flagged in `recheck` that `changed` says were left alone: whether the table
+/// holds exactly that version. Read inside the upsert's transaction, whose `ON CONFLICT` locked
+/// those rows, so the answer is what this commit leaves.
+pub async fn stored_same(
+    tx: &mut Transaction<'_, Postgres>,
+    rows: &[&KlineEvent],
+    changed: &[bool],
+    recheck: &[bool],
+) -> Result<Vec<bool>, sqlx::Error> {
+    let ask: Vec<usize> = (0..rows.len())
+        .filter(|&i| recheck.get(i).copied().unwrap_or(false) && !changed[i])
+        .collect();
+    let mut same = vec![false; rows.len()];
+    if ask.is_empty() {
+        return Ok(same);
+    }
+    let symbols: Vec<&str> = ask.iter().map(|&i| rows[i].symbol.as_str()).collect();
+    let timeframes: Vec<&str> = ask.iter().map(|&i| rows[i].interval.as_str()).collect();
+    let opens: Vec<i64> = ask.iter().map(|&i| rows[i].open_time).collect();
+    let found = sqlx::query(STORED_VERSIONS)
+        .bind(&symbols)
+        .bind(&timeframes)
+        .bind(&opens)
+        .fetch_all(&mut **tx)
+        .await?;
+    let mut stored = HashMap::with_capacity(found.len());
+    for r in &found {
+        stored.insert(
+            (
+                r.try_get::<String, _>(0)?,
+                r.try_get::<String, _>(1)?,
+                r.try_get::<i64, _>(2)?,
+            ),
+            (r.try_get::<bool, _>(3)?, r.try_get::<i64, _>(4)?),
+        );
+    }
+    for &i in &ask {
+        let e = rows[i];
+        let k = (
+            e.symbol.as_str().to_owned(),
+            e.interval.as_str().to_owned(),
+            e.open_time,
+        );
+        same[i] = stored.get(&k) == Some(&(e.closed, e.event_time));
+    }
+    Ok(same)
+}
+
+/// One transaction: candles, then status rows; committed before returning `Ok`. Rows flagged
+/// in `recheck` (may be empty) that change nothing are looked up ([`stored_same`]).
+pub async fn write_batch(
+    pool: &PgPool,
+    rows: &[&KlineEvent],
+    recheck: &[bool],
+) -> Result<Written, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let changed = upsert_candles(&mut tx, rows).await?;
+    let already = if recheck.iter().any(|r| *r) {
+        stored_same(&mut tx, rows, &changed, recheck).await?
+    } else {
+        Vec::new()
+    };
     let series = series_of(rows, &changed);
     upsert_status(&mut tx, &series).await?;
     tx.commit().await?;
-    Ok(Written { changed })
+    Ok(Written { changed, already })
 }
 
 #[cfg(test)]

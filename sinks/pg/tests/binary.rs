@@ -68,6 +68,9 @@ async fn sigkill_mid_run_then_restart_is_exactly_once() {
         .await
         .unwrap();
     assert!(n >= 1500, "candles_ingested {n}");
+    // Batches the killed instance committed but did not get to announce come back and are
+    // announced by the new one.
+    assert_all_announced(&js, &db.pool).await;
     // SIGTERM: graceful, exit status 0.
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])

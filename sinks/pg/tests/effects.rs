@@ -187,7 +187,6 @@ async fn two_instances_split_the_work_and_match_one() {
         let t = stop.clone();
         handles.push(tokio::spawn(async move {
             consumer.run(&mut sink, t).await.unwrap();
-            sink.finish(Duration::from_secs(5)).await;
         }));
     }
     // Watch the post-commit events while publishing.

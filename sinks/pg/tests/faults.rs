@@ -8,8 +8,10 @@ use std::time::Duration;
 use common::proxy::Proxy;
 use common::*;
 use futures::StreamExt;
-use klinebus_schemas::bus::schema_headers;
+use klinebus_consume::consumer_lag;
+use klinebus_schemas::bus::{self, schema_headers};
 use klinebus_schemas::codec;
+use klinebus_schemas::streams::Retention;
 use klinebus_testkit::{NatsServer, TestDb};
 
 fn host_port(url: &str) -> String {
@@ -188,6 +190,62 @@ async fn poison_goes_to_the_dlq_and_nothing_else_is_lost() {
         .state
         .messages;
     assert_eq!(dlq_count, poison.len() as u64);
+    stop.cancel();
+    h.await.unwrap();
+}
+
+/// The CANDLES stream refuses the announcements for a while (deleted, then created again):
+/// the candles are committed all the same, but their input stays un-acked until JetStream has
+/// stored every announcement of their batch; the redeliveries change nothing in the table and
+/// are announced anyway, so in the end every committed closed candle was announced.
+#[tokio::test]
+async fn refused_announcements_are_announced_once_the_stream_takes_them() {
+    let nats = NatsServer::start();
+    let db = TestDb::fresh().await;
+    let js = js_for(&nats.url()).await;
+    let (stop, h) = spawn_sink(config(&nats.url(), &db.url, "announce", &[]));
+    // The sink checks the streams at start-up only: wait for it, then take CANDLES away.
+    wait_for("the sink's consumer", Duration::from_secs(10), || async {
+        consumer_lag(&js, "KLINES", "announce").await.is_ok()
+    })
+    .await;
+    js.delete_stream("CANDLES").await.unwrap();
+    let mut all = Vec::new();
+    let mut finals = Vec::new();
+    for sym in ["AAVEUSDT", "UNIUSDT", "LINKUSDT"] {
+        for m in 0..120 {
+            all.push(candle(sym, m, false, 1));
+            let c = candle(sym, m, true, 0);
+            all.push(c.clone());
+            finals.push(c);
+        }
+    }
+    shuffle(&mut all, 7);
+    publish_no_id(&js, &all).await;
+    // Committed although nothing could be announced …
+    wait_for("the committed table", Duration::from_secs(20), || async {
+        table(&db.pool).await == expected(&finals)
+    })
+    .await;
+    // … and held un-acked (then naked and redelivered) meanwhile, not acked and forgotten.
+    let lag = consumer_lag(&js, "KLINES", "announce").await.unwrap();
+    assert!(
+        lag.ack_pending > 0,
+        "input acked although its announcements were refused: {lag:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    bus::ensure_streams(&js, &Retention::default())
+        .await
+        .unwrap();
+    wait_for(
+        "the consumer to settle",
+        Duration::from_secs(30),
+        || async { caught_up(&js, "announce").await },
+    )
+    .await;
+    assert_eq!(table(&db.pool).await, expected(&finals), "table changed");
+    let repeats = assert_all_announced(&js, &db.pool).await;
+    eprintln!("every committed closed candle announced ({repeats} repeats)");
     stop.cancel();
     h.await.unwrap();
 }

@@ -257,3 +257,63 @@ pub fn shuffle<T>(v: &mut [T], seed: u64) {
         v.swap(i, (s % (i as u64 + 1)) as usize);
     }
 }
+
+/// How many times each candle key was announced on the CANDLES stream so far (reads it all).
+pub async fn announced(js: &Context) -> std::collections::HashMap<String, usize> {
+    use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+    use futures::StreamExt;
+    let mut out = std::collections::HashMap::new();
+    let mut stream = js.get_stream("CANDLES").await.unwrap();
+    let n = stream.info().await.unwrap().state.messages;
+    if n == 0 {
+        return out;
+    }
+    let reader = stream
+        .create_consumer(pull::Config {
+            deliver_policy: DeliverPolicy::All,
+            ack_policy: AckPolicy::None,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut msgs = reader.messages().await.unwrap();
+    for _ in 0..n {
+        let m = tokio::time::timeout(Duration::from_secs(10), msgs.next())
+            .await
+            .expect("CANDLES stream read stalled")
+            .unwrap()
+            .unwrap();
+        let batch: klinebus_schemas::ClosedCandles = codec::decode(&m.payload).unwrap();
+        for c in &batch.candles {
+            *out.entry(c.candle_key()).or_insert(0) += 1;
+        }
+    }
+    out
+}
+
+/// The keys of the closed candles in the table.
+pub async fn closed_keys(pool: &PgPool) -> Vec<String> {
+    sqlx::query_scalar(
+        r#"SELECT 'binance:' || symbol || ':' || timeframe || ':' || "timestamp"
+           FROM ohlcv_candles WHERE is_closed ORDER BY 1"#,
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+/// Asserts every closed candle in the table was announced at least once; returns how many
+/// announcements were repeats.
+pub async fn assert_all_announced(js: &Context, pool: &PgPool) -> usize {
+    let seen = announced(js).await;
+    let keys = closed_keys(pool).await;
+    let missing: Vec<&String> = keys.iter().filter(|k| !seen.contains_key(*k)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} committed closed candles never announced, e.g. {:?}",
+        missing.len(),
+        keys.len(),
+        &missing[..missing.len().min(5)]
+    );
+    seen.values().map(|n| n - 1).sum()
+}
