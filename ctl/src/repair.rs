@@ -35,7 +35,7 @@ pub fn plan(report: &Report, server_now_ms: i64) -> Result<Plan, CtlError> {
     let mut series = Vec::new();
     for (symbol, by_tf) in &report.results {
         for (tf, r) in by_tf {
-            if r.status == klinebus_verify::Status::Ok {
+            if r.status.is_ok() {
                 continue;
             }
             let symbol: Symbol = symbol
@@ -69,7 +69,7 @@ pub fn has_gaps(report: &Report) -> bool {
         .results
         .values()
         .flat_map(|by_tf| by_tf.values())
-        .any(|r| r.status != klinebus_verify::Status::Ok && !r.gaps.is_empty())
+        .any(|r| !r.status.is_ok() && !r.gaps.is_empty())
 }
 
 /// What the repair did.
@@ -222,7 +222,11 @@ mod tests {
             latest_datetime: None,
             age_seconds: None,
             window_start: 0,
+            listed_at: None,
+            exchange_status: None,
+            exchange_status_since: None,
             issues: vec![],
+            notes: vec![],
             gaps,
         }
     }

@@ -10,8 +10,20 @@
 //!   is loaded into memory but the gaps themselves);
 //! - ranges the exchange itself has no candles for (`exchange_gaps`, recorded by
 //!   `kline-backfill --verify` and `klinectl verify --repair`) are neither expected nor missing;
+//! - a series' history starts at the symbol's listing, its first candle on the exchange
+//!   (`symbol_listings`, see [`record_listing`]): the window starts at the later of `now − days`
+//!   and the listing, and the report notes `listed 2026-11-28`;
+//! - a symbol whose latest recorded exchange status (`symbol_status`, see
+//!   [`record_symbol_status`]) is not `TRADING` (halted: `BREAK`, `HALT`, …; delisted: gone
+//!   from exchangeInfo) forms no new candles, so its window ends at its newest stored candle,
+//!   freshness does not apply, and a series complete up to there is `halted`;
 //! - a database that cannot be read is `error`, never disguised as `missing`.
+//!
+//! `halted` does not fail the check ([`Report::is_ok`]): the data is as complete as the exchange
+//! allows, and no repair can add to it. A halted series with holes before its halt is
+//! `incomplete` like any other.
 
+mod exchange;
 mod format;
 mod known;
 mod series;
@@ -22,16 +34,24 @@ use klinebus_schemas::{Interval, Symbol};
 use serde::Serialize;
 use sqlx::PgPool;
 
+pub use exchange::{
+    listing, listings, record_listing, record_symbol_status, symbol_status, symbol_statuses,
+    ExchangeStatus, Listing, DELISTED, TRADING,
+};
 pub use format::{datetime, human_age, human_limit};
 pub use known::{record_exchange_gaps, KnownGap};
 pub use series::{window, Gap, SeriesReport};
 
-/// Verdict for one series, and for the whole report (the worst of its series).
+/// Verdict for one series, and for the whole report (the worst of its series). Ordered from
+/// best to worst; [`Status::is_ok`] holds for `ok` and `halted`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     /// Complete and fresh.
     Ok,
+    /// The symbol is not trading (halted or delisted) and the series is complete up to its
+    /// newest candle: nothing more exists to fetch.
+    Halted,
     /// Complete enough to be current but with holes, or fewer candles than the window needs.
     Incomplete,
     /// The newest closed candle is older than the freshness limit.
@@ -47,11 +67,17 @@ impl Status {
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::Ok => "ok",
+            Self::Halted => "halted",
             Self::Incomplete => "incomplete",
             Self::Stale => "stale",
             Self::Missing => "missing",
             Self::Error => "error",
         }
+    }
+
+    /// True for `ok` and `halted`: everything the exchange has is stored.
+    pub const fn is_ok(self) -> bool {
+        matches!(self, Self::Ok | Self::Halted)
     }
 }
 
@@ -80,9 +106,9 @@ pub struct Report {
 }
 
 impl Report {
-    /// True when every series is `ok` (the exit-code rule for cron).
+    /// True when every series is `ok` or `halted` (the exit-code rule for cron).
     pub fn is_ok(&self) -> bool {
-        self.overall_status == Status::Ok
+        self.overall_status.is_ok()
     }
 
     /// A human-readable table, one line per series plus its issues and gaps.
@@ -102,6 +128,9 @@ impl Report {
                 );
                 for issue in &r.issues {
                     let _ = writeln!(out, "{:20}- {issue}", "");
+                }
+                for note in &r.notes {
+                    let _ = writeln!(out, "{:20}· {note}", "");
                 }
                 for g in r.gaps.iter().take(10) {
                     let _ = writeln!(

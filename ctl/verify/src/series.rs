@@ -7,7 +7,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 
 use crate::format::{datetime, human_age, human_limit};
-use crate::{known, Status};
+use crate::{exchange, known, Status};
 
 /// A run of missing candles inside the window (open times, both ends inclusive).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -39,10 +39,20 @@ pub struct SeriesReport {
     pub latest_datetime: Option<String>,
     /// Seconds since the newest closed candle closed.
     pub age_seconds: Option<i64>,
-    /// First open time of the window (ms).
+    /// First open time of the window (ms): the later of `now − days` and the listing.
     pub window_start: i64,
+    /// Open time of the series' first candle on the exchange, when recorded
+    /// (`symbol_listings`).
+    pub listed_at: Option<i64>,
+    /// The symbol's latest recorded exchange status (`TRADING`, `BREAK`, `DELISTED`, …), if any
+    /// (`symbol_status`).
+    pub exchange_status: Option<String>,
+    /// When that status was first seen (ms, the exchange's clock).
+    pub exchange_status_since: Option<i64>,
     /// Human sentences describing each problem.
     pub issues: Vec<String>,
+    /// Facts that explain the verdict without being problems (`listed 2026-11-28`, a halt).
+    pub notes: Vec<String>,
     /// Missing ranges inside the window.
     pub gaps: Vec<Gap>,
 }
@@ -75,9 +85,7 @@ pub(crate) async fn verify_series(
     days: u32,
     now_ms: i64,
 ) -> SeriesReport {
-    let (start, end) = window(interval, days, now_ms);
-    let expected = interval.count_between(start, end);
-    match query(pool, symbol, interval, start, end, now_ms, expected).await {
+    match query(pool, symbol, interval, days, now_ms).await {
         Ok(r) => r,
         Err(e) => error_report(interval, days, now_ms, &e.to_string()),
     }
@@ -94,21 +102,31 @@ pub(crate) fn error_report(interval: Interval, days: u32, now_ms: i64, why: &str
         latest_datetime: None,
         age_seconds: None,
         window_start: start,
+        listed_at: None,
+        exchange_status: None,
+        exchange_status_since: None,
         issues: vec![format!("Database error: {why}")],
+        notes: Vec::new(),
         gaps: Vec::new(),
     }
+}
+
+/// `2026-11-28` for a midnight, the full UTC time otherwise.
+fn day_or_datetime(ms: i64) -> String {
+    let d = datetime(ms);
+    d.strip_suffix("T00:00:00Z")
+        .map_or(d.clone(), str::to_owned)
 }
 
 async fn query(
     pool: &PgPool,
     symbol: &Symbol,
     interval: Interval,
-    start: i64,
-    end: i64,
+    days: u32,
     now_ms: i64,
-    expected: i64,
 ) -> Result<SeriesReport, sqlx::Error> {
     let (sym, tf) = (symbol.as_str(), interval.as_str());
+    let (mut start, mut end) = window(interval, days, now_ms);
     let latest: Option<(i64, i64)> = sqlx::query_as(
         r#"SELECT "timestamp", close_time FROM ohlcv_candles
            WHERE symbol = $1 AND timeframe = $2 AND is_closed
@@ -118,6 +136,29 @@ async fn query(
     .bind(tf)
     .fetch_optional(pool)
     .await?;
+    let listed_at = exchange::listing_of(pool, sym, interval).await?;
+    let exchange_status = exchange::status_of(pool, sym).await?;
+    let mut notes = Vec::new();
+    // History starts at the listing: open times before it are neither expected nor missing.
+    if let Some(first) = listed_at.filter(|&f| f > start) {
+        start = first.min(end);
+        notes.push(format!("listed {}", day_or_datetime(first)));
+    }
+    // Not trading: no candle forms after the newest one stored, so the window ends there
+    // and freshness does not apply. Holes before it still count.
+    let halted = exchange_status.as_ref().filter(|s| !s.is_trading());
+    if let Some(h) = halted {
+        let word = if h.status == exchange::DELISTED {
+            "delisted (gone from exchangeInfo)".to_owned()
+        } else {
+            format!("halted ({})", h.status)
+        };
+        notes.push(format!("{word} since {}", datetime(h.since)));
+        if let Some((last, _)) = latest {
+            end = end.min(interval.next_open(last)).max(start);
+        }
+    }
+    let expected = interval.count_between(start, end);
     let (count, first, last): (i64, Option<i64>, Option<i64>) = sqlx::query_as(
         r#"SELECT count(*), min("timestamp"), max("timestamp") FROM ohlcv_candles
            WHERE symbol = $1 AND timeframe = $2 AND is_closed
@@ -178,7 +219,7 @@ async fn query(
         }
         Some(age) => {
             let limit = interval.freshness_limit();
-            let stale = age > limit;
+            let stale = age > limit && halted.is_none();
             if stale {
                 issues.push(format!(
                     "Data is {} old (expected < {})",
@@ -202,6 +243,8 @@ async fn query(
                 Status::Stale
             } else if incomplete {
                 Status::Incomplete
+            } else if halted.is_some() {
+                Status::Halted
             } else {
                 Status::Ok
             }
@@ -215,7 +258,11 @@ async fn query(
         latest_datetime: latest.map(|l| datetime(l.0)),
         age_seconds: age.map(|a| a.as_secs() as i64),
         window_start: start,
+        listed_at,
+        exchange_status: exchange_status.as_ref().map(|s| s.status.clone()),
+        exchange_status_since: exchange_status.as_ref().map(|s| s.since),
         issues,
+        notes,
         gaps,
     })
 }
