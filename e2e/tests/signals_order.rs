@@ -1,0 +1,329 @@
+//! The README's start order, every service a process: `binance-sim` with an accelerated clock
+//! (in this process, for its clock), a private nats-server, a fresh database, `kline-pg-sink`
+//! and `kline-signals` running, then `kline-live` started first and `kline-backfill` for two
+//! days of history after it. The live candles that close before the bootstrap lands have no
+//! history; the bootstrap's older candles reach kline-signals after them. Then, with more live
+//! candles closed, `signals` must hold exactly one row for every closed candle from the first
+//! live one on (none missing, none for the history, no `insufficient_data`) and the SIGNALS
+//! stream exactly one event per row.
+#![allow(clippy::unwrap_used)]
+
+use std::future::Future;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use futures::StreamExt;
+use klinebus_schemas::streams::{Retention, CANDLES_STREAM, KLINES_STREAM, SIGNALS_STREAM};
+use klinebus_schemas::{bus, Interval};
+use klinebus_testkit::{NatsServer, TestDb};
+use sqlx::PgPool;
+
+/// 2025-06-04T12:00:00Z
+const T0: i64 = 1_749_038_400_000;
+/// A 1m candle closes every 500 ms of wall time.
+const SPEED: &str = "120";
+const SYMBOLS: [&str; 2] = ["BTCUSDT", "ETHUSDT"];
+/// Live candles per series that must close before the backfill starts (they have no history).
+const BEFORE_BOOTSTRAP: i64 = 3;
+/// Live candles per series closed in all before the check.
+const LIVE: i64 = 40;
+
+/// A child process, SIGKILLed on drop.
+struct Proc {
+    name: &'static str,
+    child: Child,
+}
+
+impl Proc {
+    fn start(name: &'static str, bin: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut cmd = Command::new(bin);
+        cmd.args(args)
+            .env("RUST_LOG", "warn")
+            .env("NO_COLOR", "1")
+            .env_remove("LOG_FORMAT")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Self { name, child }
+    }
+
+    /// SIGTERM; it must exit 0 within 20 s.
+    async fn terminate(mut self) {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success());
+        let status = self.wait(Duration::from_secs(20)).await;
+        assert!(status.success(), "{} on SIGTERM: {status:?}", self.name);
+    }
+
+    async fn wait(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "{} still running", self.name);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !cond().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Open times of the closed 1m candles stored for `symbol`, from `from` on.
+async fn closed(pool: &PgPool, symbol: &str, from: i64) -> Vec<i64> {
+    sqlx::query_scalar(
+        r#"SELECT "timestamp" FROM ohlcv_candles
+           WHERE symbol = $1 AND timeframe = '1m' AND is_closed AND "timestamp" >= $2
+           ORDER BY 1"#,
+    )
+    .bind(symbol)
+    .bind(from)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+/// `(open time, action)` of every `signals` row of `symbol` 1m.
+async fn signals(pool: &PgPool, symbol: &str) -> Vec<(i64, String)> {
+    sqlx::query_as(
+        r#"SELECT "timestamp", action FROM signals WHERE symbol = $1 AND timeframe = '1m'
+           ORDER BY 1"#,
+    )
+    .bind(symbol)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+/// True once the `signals` consumer has acked everything the CANDLES stream holds.
+async fn signals_caught_up(js: &async_nats::jetstream::Context) -> bool {
+    caught_up(js, CANDLES_STREAM, "signals").await
+}
+
+/// True once `durable` has acked everything `stream` holds.
+async fn caught_up(js: &async_nats::jetstream::Context, stream: &str, durable: &str) -> bool {
+    let Ok(mut stream) = js.get_stream(stream).await else {
+        return false;
+    };
+    let Ok(info) = stream.info().await else {
+        return false;
+    };
+    let last = info.state.last_sequence;
+    let Ok(c) = stream.consumer_info(durable).await else {
+        return false;
+    };
+    c.num_pending == 0 && c.num_ack_pending == 0 && c.ack_floor.stream_sequence >= last
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_live_candle_gets_one_signal_with_the_readme_start_order() {
+    let started = Instant::now();
+    let sim = binance_sim::spawn(binance_sim::Config::parse_from([
+        "binance-sim",
+        "--start-time",
+        &T0.to_string(),
+        "--speed",
+        SPEED,
+        "--symbols",
+        &SYMBOLS.join(","),
+    ]))
+    .await
+    .unwrap();
+    let nats = NatsServer::start();
+    let db = TestDb::fresh().await;
+    let client = bus::connect(&bus::BusOptions::new(nats.url(), "e2e-signals-order"))
+        .await
+        .unwrap();
+    let js = bus::jetstream(client, 1024);
+    bus::ensure_streams(&js, &Retention::default())
+        .await
+        .unwrap();
+    let (nats_url, rest, ws) = (nats.url(), sim.base_url(), sim.ws_url());
+    let symbols = SYMBOLS.join(",");
+    let common = [
+        ("NATS_URL", nats_url.as_str()),
+        ("DATABASE_URL", db.url.as_str()),
+        ("METRICS_ADDR", "127.0.0.1:0"),
+        ("TRADING_PAIRS", symbols.as_str()),
+        ("TIMEFRAMES", "1m"),
+        ("BINANCE_REST_URL", rest.as_str()),
+        ("BINANCE_WS_URL", ws.as_str()),
+    ];
+
+    // The sinks run first, as in the README.
+    let sink = Proc::start(
+        "kline-pg-sink",
+        env!("CARGO_BIN_EXE_e2e-kline-pg-sink"),
+        &["--flush-interval-ms", "50"],
+        &common,
+    );
+    let signals_proc = Proc::start(
+        "kline-signals",
+        env!("CARGO_BIN_EXE_e2e-kline-signals"),
+        &[],
+        &common,
+    );
+    // kline-live first: it covers from now on …
+    let live = Proc::start(
+        "kline-live",
+        env!("CARGO_BIN_EXE_e2e-kline-live"),
+        &[],
+        &common,
+    );
+    let pool = db.pool.clone();
+    wait_until(
+        "the first live candles, announced and processed",
+        Duration::from_secs(30),
+        || {
+            let (pool, js) = (pool.clone(), js.clone());
+            async move {
+                for s in SYMBOLS {
+                    if (closed(&pool, s, 0).await.len() as i64) < BEFORE_BOOTSTRAP {
+                        return false;
+                    }
+                }
+                signals_caught_up(&js).await
+            }
+        },
+    )
+    .await;
+    let mut first_live = Vec::new();
+    for s in SYMBOLS {
+        let stored = closed(&db.pool, s, 0).await;
+        assert!(
+            signals(&db.pool, s).await.is_empty(),
+            "{s}: no signal without history"
+        );
+        first_live.push(stored[0]);
+    }
+    eprintln!(
+        "[{:5.1}s] live candles stored before the bootstrap: first {:?}",
+        started.elapsed().as_secs_f64(),
+        first_live
+    );
+
+    // … and the bootstrap everything before.
+    let mut backfill = Proc::start(
+        "kline-backfill",
+        env!("CARGO_BIN_EXE_e2e-kline-backfill"),
+        &["--days", "2", "--progress", "quiet"],
+        &common,
+    );
+    let status = backfill.wait(Duration::from_secs(60)).await;
+    assert!(status.success(), "kline-backfill: {status:?}");
+    eprintln!("[{:5.1}s] backfill done", started.elapsed().as_secs_f64());
+
+    // More live candles close.
+    wait_until("more live candles", Duration::from_secs(60), || {
+        let pool = pool.clone();
+        let first = first_live.clone();
+        async move {
+            for (s, f) in SYMBOLS.iter().zip(&first) {
+                if (closed(&pool, s, *f).await.len() as i64) < LIVE {
+                    return false;
+                }
+            }
+            true
+        }
+    })
+    .await;
+    live.terminate().await;
+    wait_until(
+        "the sink, then kline-signals, to process everything",
+        Duration::from_secs(30),
+        || {
+            let js = js.clone();
+            async move {
+                caught_up(&js, KLINES_STREAM, "pg-sink").await && signals_caught_up(&js).await
+            }
+        },
+    )
+    .await;
+    signals_proc.terminate().await;
+    sink.terminate().await;
+    eprintln!(
+        "[{:5.1}s] pipeline stopped",
+        started.elapsed().as_secs_f64()
+    );
+
+    // The history really is there (the series were warm), and older than the live candles.
+    let day = Interval::M1.count_between(0, 86_400_000) as usize;
+    let mut total = 0;
+    for (s, first) in SYMBOLS.iter().zip(&first_live) {
+        let history = closed(&db.pool, s, 0).await;
+        assert!(
+            history.len() > 2 * day - 10,
+            "{s}: {} candles",
+            history.len()
+        );
+        let live = closed(&db.pool, s, *first).await;
+        // Every closed candle from the first live one on: contiguous, so none went unseen.
+        for w in live.windows(2) {
+            assert_eq!(
+                Interval::M1.next_open(w[0]),
+                w[1],
+                "{s}: the table has a hole"
+            );
+        }
+        let rows = signals(&db.pool, s).await;
+        let at: Vec<i64> = rows.iter().map(|r| r.0).collect();
+        assert_eq!(
+            at, live,
+            "{s}: exactly one signal per live candle (first live {first}), none for history"
+        );
+        assert!(
+            rows.iter().all(|r| r.1 != "insufficient_data"),
+            "{s}: {rows:?}"
+        );
+        total += rows.len();
+    }
+    // One SIGNALS event per row: none missing, none duplicated.
+    let stream = js.get_stream(SIGNALS_STREAM).await.unwrap();
+    let mut subjects = stream.info_with_subjects("signals.>").await.unwrap();
+    let mut per_subject = Vec::new();
+    while let Some(entry) = subjects.next().await {
+        per_subject.push(entry.unwrap());
+    }
+    per_subject.sort();
+    for s in SYMBOLS {
+        let n = signals(&db.pool, s).await.len();
+        let subject = format!("signals.binance.{s}.1m");
+        let events = per_subject
+            .iter()
+            .find(|(sub, _)| *sub == subject)
+            .map_or(0, |(_, n)| *n);
+        assert_eq!(events, n, "{subject}: one event per signal row");
+    }
+    eprintln!(
+        "[{:5.1}s] {total} signals, one per live candle; SIGNALS {per_subject:?}",
+        started.elapsed().as_secs_f64()
+    );
+}
