@@ -9,6 +9,10 @@
 //!   candle then starts a new warm-up and [`Outcome::InsufficientData`] says so until
 //!   [`lookback`] consecutive candles have been applied. The caller can avoid the wait by
 //!   re-warming from stored history ([`SeriesState::warm`]).
+//! - **Late candles**: a state cannot take in a candle older than its last one; its run
+//!   ([`SeriesState::run_start`], [`SeriesState::run_len`]) tells the caller which older
+//!   candles it has applied, so that the caller can rebuild it with the late candle in (the
+//!   service recomputes from the table).
 //! - Otherwise the candle is applied; once warm every candle yields a [`SignalReport`].
 
 use klinebus_schemas::{Interval, Symbol};

@@ -173,7 +173,8 @@ impl Engine {
     ///   while that run is shorter than `--warm-candles` and the table now holds the candle
     ///   just before the run (the hole before it is filled): then the series is recomputed
     ///   from the table (once per series and batch, at most `max_recompute` candles) and every
-    ///   candle from the series' floor on that has no stored signal yet gets one.
+    ///   candle from the series' floor on that has no stored signal yet gets one. A late live
+    ///   candle below the floor lowers it (and is recomputed if already applied as history).
     ///
     /// Then ONE statement upserts every resulting row, every signal event is published and
     /// all their stream acks awaited, and only then the new series states are kept. On `Err`

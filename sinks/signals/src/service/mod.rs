@@ -44,11 +44,19 @@
 //!
 //! ## Per event
 //!
-//! - open time ≤ the series' last one → `Replay`: nothing recomputed, acked.
+//! - open time ≤ the series' last one → `Replay`, acked; except that a candle older than the
+//!   series' run while the run is shorter than `--warm-candles`, when the table now holds the
+//!   candle just before the run (the hole is filled), makes the series **recomputed** from the
+//!   table (one read, at most `--max-recompute` candles, once per series and batch), and a
+//!   late live candle (`ws`/`poll`/`repair`) below the series' floor lowers the floor (and is
+//!   recomputed if it was applied as history). Every candle of a recompute from the floor on
+//!   without a stored signal gets one; published signals are final. Details:
+//!   `sinks/signals/README.md`.
 //! - new series, or a candle that does not follow the last one (a gap in the events) → the
 //!   series is rebuilt from the `--warm-candles` stored closed candles before it (index range
 //!   scan), then the event is applied. A gap that is also in the table resets the series: the
-//!   outcome is `InsufficientData` until enough consecutive candles have followed.
+//!   outcome is `InsufficientData` until enough consecutive candles have followed or the hole
+//!   is filled.
 //! - `Signal` → upsert into `signals` (`details` = the report as JSON), then publish the same
 //!   JSON on `signals.<venue>.<symbol>.<interval>` (`Nats-Msg-Id` =
 //!   `<venue>:<symbol>:<interval>:<open_time>`, header `Klinebus-Schema: signal/1`,
