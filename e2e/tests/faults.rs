@@ -14,13 +14,10 @@
 //! only pace the run; no assertion depends on them.
 #![allow(clippy::unwrap_used)]
 
-use std::future::Future;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use binance_sim::SimHandle;
 use clap::Parser;
 use kline_live::LiveStats;
 use klinebus_schemas::streams::{Retention, DLQ_STREAM};
@@ -28,6 +25,9 @@ use klinebus_schemas::{bus, Interval, Symbol};
 use klinebus_testkit::{NatsServer, PgServer, TestDb};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
+
+mod support;
+use support::{assert_table_equals_exchange, closed_count, sleep_ms, wait_until, Proc};
 
 /// 2025-06-04T12:00:00Z
 const T0: i64 = 1_749_038_400_000;
@@ -38,58 +38,13 @@ const TFS: [Interval; 2] = [Interval::M1, Interval::M5];
 /// Every closed candle of the window must be in the table within this time after the faults.
 const CATCH_UP: Duration = Duration::from_secs(90);
 
-/// A `kline-pg-sink` process (the real binary's `main`, see Cargo.toml), SIGKILLed on drop.
-struct SinkProcess {
-    child: Child,
-}
-
-impl SinkProcess {
-    fn start(nats_url: &str, db_url: &str) -> Self {
-        let child = Command::new(env!("CARGO_BIN_EXE_e2e-kline-pg-sink"))
-            .args(["--nats-url", nats_url, "--database-url", db_url])
-            .args(["--metrics-addr", "off", "--flush-interval-ms", "50"])
-            // Messages held by a SIGKILLed instance come back after 3 s, not a minute.
-            .args(["--ack-wait-secs", "3", "--batch-size", "500"])
-            .env("RUST_LOG", "warn")
-            .env("NO_COLOR", "1")
-            .env_remove("LOG_FORMAT")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("cannot start e2e-kline-pg-sink");
-        Self { child }
-    }
-
-    /// SIGKILL: no flush, no ack, no goodbye.
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// SIGTERM, then the exit status (it must flush and exit 0).
-    async fn terminate(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        assert!(sent.success());
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "kline-pg-sink still running 20 s after SIGTERM"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for SinkProcess {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// A `kline-pg-sink` process whose messages held when SIGKILLed come back after 3 s.
+fn sink(nats_url: &str, db_url: &str) -> Proc {
+    Proc::pg_sink(
+        nats_url,
+        db_url,
+        &["--ack-wait-secs", "3", "--batch-size", "500"],
+    )
 }
 
 /// Elapsed wall and simulated time, for the log of what happened when.
@@ -108,39 +63,6 @@ impl Timeline {
     }
 }
 
-async fn sleep_ms(ms: u64) {
-    tokio::time::sleep(Duration::from_millis(ms)).await;
-}
-
-/// Polls `cond` every 100 ms until it holds; panics after `timeout` saying `what`.
-async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while !cond().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        sleep_ms(100).await;
-    }
-}
-
-/// Closed candles stored per series inside `[start, end)`; -1 while the database is away.
-async fn closed_count(pool: &PgPool, symbol: &str, tf: Interval, start: i64, end: i64) -> i64 {
-    sqlx::query_scalar(
-        r#"SELECT count(*) FROM ohlcv_candles
-           WHERE symbol = $1 AND timeframe = $2 AND is_closed
-             AND "timestamp" >= $3 AND "timestamp" < $4"#,
-    )
-    .bind(symbol)
-    .bind(tf.as_str())
-    .bind(start)
-    .bind(end)
-    .fetch_one(pool)
-    .await
-    .unwrap_or(-1)
-}
-
 /// The verification window of one day ending at `cutoff` (klinebus_verify's own rule).
 fn window(tf: Interval, cutoff: i64) -> (i64, i64) {
     klinebus_verify::window(tf, 1, cutoff)
@@ -157,102 +79,6 @@ async fn caught_up(pool: &PgPool, cutoff: i64) -> bool {
         }
     }
     true
-}
-
-type Row = (
-    i64,
-    i64,
-    String,
-    String,
-    String,
-    String,
-    String,
-    String,
-    i64,
-    String,
-    String,
-    bool,
-);
-
-/// Row for row, value for value: everything stored before `end` equals the simulator's closed
-/// candles from the first stored one (which must be at or before `start`) up to `end`.
-async fn assert_table_equals_exchange(
-    pool: &PgPool,
-    sim: &SimHandle,
-    symbol: &str,
-    tf: Interval,
-    start: i64,
-    end: i64,
-) -> usize {
-    let rows: Vec<Row> = sqlx::query_as(
-        r#"SELECT "timestamp", close_time, open::text, high::text, low::text, close::text,
-                  volume::text, quote_volume::text, trades, taker_buy_base::text,
-                  taker_buy_quote::text, is_closed
-           FROM ohlcv_candles WHERE symbol = $1 AND timeframe = $2 AND "timestamp" < $3
-           ORDER BY 1"#,
-    )
-    .bind(symbol)
-    .bind(tf.as_str())
-    .bind(end)
-    .fetch_all(pool)
-    .await
-    .unwrap();
-    let first = rows.first().map(|r| r.0).unwrap_or(i64::MAX);
-    assert!(
-        first <= start,
-        "{symbol} {tf}: the first stored candle {first} is after the window's start {start}"
-    );
-    let want: Vec<Row> = sim
-        .market()
-        .klines(symbol, tf.as_str(), first, end - 1, sim.clock().now_ms())
-        .unwrap()
-        .into_iter()
-        .map(|k| {
-            (
-                k.open_time,
-                k.close_time,
-                k.open,
-                k.high,
-                k.low,
-                k.close,
-                k.volume,
-                k.quote_volume,
-                k.trades as i64,
-                k.taker_buy_base,
-                k.taker_buy_quote,
-                k.closed,
-            )
-        })
-        .collect();
-    let got_opens: Vec<i64> = rows.iter().map(|r| r.0).collect();
-    let want_opens: Vec<i64> = want.iter().map(|r| r.0).collect();
-    let missing: Vec<_> = want_opens
-        .iter()
-        .filter(|t| got_opens.binary_search(t).is_err())
-        .collect();
-    let extra: Vec<_> = got_opens
-        .iter()
-        .filter(|t| want_opens.binary_search(t).is_err())
-        .collect();
-    assert!(
-        missing.is_empty() && extra.is_empty(),
-        "{symbol} {tf}: {} candles missing {missing:?}, {} not on the exchange {extra:?}",
-        missing.len(),
-        extra.len()
-    );
-    assert_eq!(rows.len(), want.len(), "{symbol} {tf}: row count");
-    for (got, want) in rows.iter().zip(&want) {
-        assert!(
-            want.11,
-            "{symbol} {tf}: the exchange's candle {} is not closed",
-            want.0
-        );
-        assert_eq!(
-            got, want,
-            "{symbol} {tf}: stored candle differs from the exchange's"
-        );
-    }
-    rows.len()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -287,8 +113,8 @@ async fn live_pipeline_under_faults_stores_exactly_the_exchange_candles() {
         .await
         .unwrap();
 
-    let mut sink_a = SinkProcess::start(&nats.url(), &db.url);
-    let mut sink_b = SinkProcess::start(&nats.url(), &db.url);
+    let mut sink_a = sink(&nats.url(), &db.url);
+    let mut sink_b = sink(&nats.url(), &db.url);
 
     // kline-live, configured from its flags, scaled to the ×150 clock.
     let symbols = SYMBOLS.join(",");
@@ -434,7 +260,7 @@ async fn live_pipeline_under_faults_stores_exactly_the_exchange_candles() {
     sink_a.kill();
     t.mark("fault: WebSockets dropped, sink A SIGKILLed");
     sleep_ms(2_500).await;
-    let sink_a = SinkProcess::start(&nats.url(), &db.url);
+    let sink_a = sink(&nats.url(), &db.url);
     t.mark("sink A restarted");
     sleep_ms(2_500).await;
 
@@ -464,7 +290,7 @@ async fn live_pipeline_under_faults_stores_exactly_the_exchange_candles() {
     sink_b.kill();
     t.mark("fault: sink B SIGKILLed");
     sleep_ms(1_500).await;
-    let sink_b = SinkProcess::start(&nats.url(), &db.url);
+    let sink_b = sink(&nats.url(), &db.url);
     t.mark("sink B restarted");
     sleep_ms(2_500).await;
 

@@ -1,0 +1,210 @@
+//! What several end-to-end tests share: the binaries as child processes, polling for a
+//! condition, and the table compared with the simulator row for row. Each test file that uses
+//! it says `mod support;` (not every file uses every item).
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::future::Future;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use binance_sim::SimHandle;
+use klinebus_schemas::Interval;
+use sqlx::PgPool;
+
+/// A service binary built by this package (`e2e-<name>`, see Cargo.toml) run as a child
+/// process; SIGKILLed on drop.
+pub struct Proc {
+    name: &'static str,
+    child: Child,
+}
+
+impl Proc {
+    /// Starts `path` (an `env!("CARGO_BIN_EXE_…")`) with `args`, warnings on stderr.
+    pub fn start(name: &'static str, path: &str, args: &[&str]) -> Self {
+        let child = Command::new(path)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .env("NO_COLOR", "1")
+            .env_remove("LOG_FORMAT")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name} ({path}): {e}"));
+        Self { name, child }
+    }
+
+    /// `kline-pg-sink` on `nats_url` and `db_url`, flushing every 50 ms, plus `extra` flags.
+    pub fn pg_sink(nats_url: &str, db_url: &str, extra: &[&str]) -> Self {
+        let mut args = vec!["--nats-url", nats_url, "--database-url", db_url];
+        args.extend(["--metrics-addr", "off", "--flush-interval-ms", "50"]);
+        args.extend_from_slice(extra);
+        Self::start(
+            "kline-pg-sink",
+            env!("CARGO_BIN_EXE_e2e-kline-pg-sink"),
+            &args,
+        )
+    }
+
+    /// SIGKILL: no flush, no ack, no goodbye.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then the exit status (within 20 s).
+    pub async fn terminate(mut self) -> ExitStatus {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(sent.success());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} still running 20 s after SIGTERM",
+                self.name
+            );
+            sleep_ms(50).await;
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub async fn sleep_ms(ms: u64) {
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+}
+
+/// Polls `cond` every 100 ms until it holds; panics after `timeout` saying `what`.
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !cond().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        sleep_ms(100).await;
+    }
+}
+
+/// Closed candles stored per series inside `[start, end)`; -1 while the database is away.
+pub async fn closed_count(pool: &PgPool, symbol: &str, tf: Interval, start: i64, end: i64) -> i64 {
+    sqlx::query_scalar(
+        r#"SELECT count(*) FROM ohlcv_candles
+           WHERE symbol = $1 AND timeframe = $2 AND is_closed
+             AND "timestamp" >= $3 AND "timestamp" < $4"#,
+    )
+    .bind(symbol)
+    .bind(tf.as_str())
+    .bind(start)
+    .bind(end)
+    .fetch_one(pool)
+    .await
+    .unwrap_or(-1)
+}
+
+/// One stored candle, as text where the table holds NUMERIC.
+pub type Row = (
+    i64,
+    i64,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    i64,
+    String,
+    String,
+    bool,
+);
+
+/// Row for row, value for value: everything stored before `end` equals the simulator's closed
+/// candles from the first stored one (which must be at or before `start`) up to `end`. A
+/// forming row before `end` fails it too. Returns the rows compared.
+pub async fn assert_table_equals_exchange(
+    pool: &PgPool,
+    sim: &SimHandle,
+    symbol: &str,
+    tf: Interval,
+    start: i64,
+    end: i64,
+) -> usize {
+    let rows: Vec<Row> = sqlx::query_as(
+        r#"SELECT "timestamp", close_time, open::text, high::text, low::text, close::text,
+                  volume::text, quote_volume::text, trades, taker_buy_base::text,
+                  taker_buy_quote::text, is_closed
+           FROM ohlcv_candles WHERE symbol = $1 AND timeframe = $2 AND "timestamp" < $3
+           ORDER BY 1"#,
+    )
+    .bind(symbol)
+    .bind(tf.as_str())
+    .bind(end)
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let first = rows.first().map(|r| r.0).unwrap_or(i64::MAX);
+    assert!(
+        first <= start,
+        "{symbol} {tf}: the first stored candle {first} is after the window's start {start}"
+    );
+    let want: Vec<Row> = sim
+        .market()
+        .klines(symbol, tf.as_str(), first, end - 1, sim.clock().now_ms())
+        .unwrap()
+        .into_iter()
+        .map(|k| {
+            (
+                k.open_time,
+                k.close_time,
+                k.open,
+                k.high,
+                k.low,
+                k.close,
+                k.volume,
+                k.quote_volume,
+                k.trades as i64,
+                k.taker_buy_base,
+                k.taker_buy_quote,
+                k.closed,
+            )
+        })
+        .collect();
+    let got_opens: Vec<i64> = rows.iter().map(|r| r.0).collect();
+    let want_opens: Vec<i64> = want.iter().map(|r| r.0).collect();
+    let missing: Vec<_> = want_opens
+        .iter()
+        .filter(|t| got_opens.binary_search(t).is_err())
+        .collect();
+    let extra: Vec<_> = got_opens
+        .iter()
+        .filter(|t| want_opens.binary_search(t).is_err())
+        .collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "{symbol} {tf}: {} candles missing {missing:?}, {} not on the exchange {extra:?}",
+        missing.len(),
+        extra.len()
+    );
+    assert_eq!(rows.len(), want.len(), "{symbol} {tf}: row count");
+    for (got, want) in rows.iter().zip(&want) {
+        assert!(
+            want.11,
+            "{symbol} {tf}: the exchange's candle {} is not closed",
+            want.0
+        );
+        assert_eq!(
+            got, want,
+            "{symbol} {tf}: stored candle differs from the exchange's"
+        );
+    }
+    rows.len()
+}
