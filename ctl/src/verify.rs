@@ -94,8 +94,8 @@ async fn check(database_url: &str, req: &VerifyRequest) -> Report {
     }
 }
 
-/// Stores the exchange-side gaps the repair confirmed, so the re-verification (and every later
-/// one) counts them as known instead of missing.
+/// Stores the exchange-side gaps and the listings the repair confirmed, so the re-verification
+/// (and every later one) counts them as known instead of missing.
 async fn record_gaps(database_url: &str, summary: &kline_backfill::Summary, output: &mut String) {
     let pool = match pool(database_url).await {
         Ok(p) => p,
@@ -104,20 +104,8 @@ async fn record_gaps(database_url: &str, summary: &kline_backfill::Summary, outp
             return;
         }
     };
-    for series in &summary.series {
-        let gaps: Vec<_> = series
-            .gaps
-            .iter()
-            .map(|g| klinebus_verify::KnownGap {
-                start: g.start_ms,
-                end: g.end_ms,
-            })
-            .collect();
-        if let Err(e) =
-            klinebus_verify::record_exchange_gaps(&pool, &series.symbol, series.interval, &gaps)
-                .await
-        {
-            output.push_str(&format!("Cannot record exchange gaps: {e}\n"));
-        }
+    // Statuses come from exchangeInfo, which the repair does not read: only gaps and listings.
+    if let Err(e) = kline_backfill::verify::record_exchange_facts(&pool, summary, &[], 0).await {
+        output.push_str(&format!("Cannot record exchange gaps: {e}\n"));
     }
 }

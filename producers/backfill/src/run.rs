@@ -102,6 +102,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         None => Window::Days(config.days),
     };
     let plan = Plan::build(&config.symbols.0, &config.timeframes.0, window, server_now);
+    // One exchangeInfo call: which symbols trade, are halted or are gone (recorded with --verify).
+    let statuses = match crate::verify::exchange_statuses(&rest, &config.symbols.0).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read exchangeInfo; symbol statuses not recorded");
+            Vec::new()
+        }
+    };
     let options = RunOptions {
         concurrency: usize::from(config.concurrency),
         progress: config.progress,
@@ -119,11 +127,24 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         Window::Days(None) => println!("History:    default days per timeframe"),
         Window::Range { .. } => println!("History:    explicit range"),
     }
+    for (symbol, status) in statuses
+        .iter()
+        .filter(|(_, s)| s != klinebus_verify::TRADING)
+    {
+        println!("Status:     {symbol} {status}");
+    }
     println!("{}", "=".repeat(60));
-    let summary = run_backfill(&plan, &rest, &js, options, &shutdown).await;
+    let mut summary = run_backfill(&plan, &rest, &js, options, &shutdown).await;
+    let not_trading: Vec<_> = statuses
+        .iter()
+        .filter(|(_, s)| s != klinebus_verify::TRADING)
+        .map(|(sym, _)| sym.clone())
+        .collect();
+    let ends: Vec<_> = plan.series.iter().map(|p| p.to_ms).collect();
+    summary.settle_halts(&not_trading, &ends);
     print!("{}", summary.render());
     let verification = if config.verify && summary.errors() == 0 {
-        let v = verify_after_backfill(&config, &plan, &summary, &js, &shutdown).await;
+        let v = verify_after_backfill(&config, &plan, &summary, &statuses, &js, &shutdown).await;
         match &v {
             Ok(report) => print!("\n{}", report.render_text()),
             Err(e) => println!("\nVerification failed: {e}"),
@@ -143,6 +164,7 @@ async fn verify_after_backfill(
     config: &Config,
     plan: &Plan,
     summary: &Summary,
+    statuses: &[(klinebus_schemas::Symbol, String)],
     js: &Context,
     shutdown: &CancellationToken,
 ) -> Result<klinebus_verify::Report, String> {
@@ -165,20 +187,11 @@ async fn verify_after_backfill(
         .connect(&config.db.url().map_err(|e| e.to_string())?)
         .await
         .map_err(|e| format!("cannot connect to the database: {e}"))?;
-    // The exchange's own gaps become known, so verification does not count them as missing.
-    for series in &summary.series {
-        let gaps: Vec<_> = series
-            .gaps
-            .iter()
-            .map(|g| klinebus_verify::KnownGap {
-                start: g.start_ms,
-                end: g.end_ms,
-            })
-            .collect();
-        klinebus_verify::record_exchange_gaps(&pool, &series.symbol, series.interval, &gaps)
-            .await
-            .map_err(|e| format!("cannot record exchange gaps: {e}"))?;
-    }
+    // The exchange's own gaps, the listings and the statuses become known, so verification
+    // counts neither gaps nor the time before a listing as missing.
+    crate::verify::record_exchange_facts(&pool, summary, statuses, plan.server_now_ms)
+        .await
+        .map_err(|e| format!("cannot record what the exchange said: {e}"))?;
     let request = klinebus_verify::VerifyRequest {
         symbols: config.symbols.0.clone(),
         intervals: config.timeframes.0.clone(),

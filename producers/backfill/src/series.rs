@@ -1,5 +1,6 @@
 //! One series: fetch the missing ranges page by page (limit 1000, paging by startTime), publish
-//! the closed candles with many acks in flight, and record exchange gaps.
+//! the closed candles with many acks in flight, and record exchange gaps and, when the window
+//! starts before the symbol's listing, its first candle.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -109,6 +110,8 @@ pub async fn backfill_series(
             duplicates: 0,
             gaps: Vec::new(),
             before_listing: 0,
+            listed_ms: None,
+            since_halt: 0,
             requests: 0,
             status: Status::Complete,
         },
@@ -198,6 +201,15 @@ impl Run<'_> {
             // Anything before `from`? Then the symbol was listed and this is a gap.
             let before = self.klines(None, from - 1, 1).await?;
             self.listed = !before.is_empty();
+            if !self.listed && self.report.listed_ms.is_none() {
+                // A leading run without candles: before the listing only if it ends at the
+                // first candle ever (or that lies beyond it). The exchange says which.
+                match self.first_candle().await? {
+                    Some(first) if first >= to => self.report.listed_ms = Some(first),
+                    Some(_) => self.listed = true, // a candle inside the run: not a listing
+                    None => {}                     // no candle at all yet: nothing to record
+                }
+            }
         }
         if self.listed {
             tracing::warn!(symbol = %self.plan.symbol, interval = %iv, from, to, candles = n, "exchange gap");
@@ -211,6 +223,22 @@ impl Run<'_> {
             self.progress.inc(n);
         }
         Ok(())
+    }
+
+    /// Open time of the series' first candle ever (Binance: `startTime=0&limit=1`).
+    async fn first_candle(&mut self) -> Result<Option<i64>, Stop> {
+        if self.cancel.is_cancelled() {
+            return Err(Stop::Cancelled);
+        }
+        self.report.requests += 1;
+        let p = self.plan;
+        tokio::select! {
+            biased;
+            () = self.cancel.cancelled() => Err(Stop::Cancelled),
+            r = self.rest.klines(&p.symbol, p.interval, Some(0), None, 1) => {
+                Ok(r?.first().map(|k| k.open_time))
+            }
+        }
     }
 
     async fn klines(

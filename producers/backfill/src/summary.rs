@@ -50,6 +50,13 @@ pub struct SeriesReport {
     pub gaps: Vec<ExchangeGap>,
     /// Open times before the symbol's listing (not gaps).
     pub before_listing: u64,
+    /// Open time of the series' first candle on the exchange, when the window started before
+    /// it (`GET /api/v3/klines?startTime=0&limit=1`); recorded in `symbol_listings` with
+    /// `--verify`.
+    pub listed_ms: Option<i64>,
+    /// Open times at the end of the window without candles because the symbol is not trading
+    /// (halted or delisted): its halt, not an exchange gap.
+    pub since_halt: u64,
     /// REST requests this series made.
     pub requests: u64,
     /// The end state.
@@ -86,6 +93,24 @@ fn ts(ms: i64) -> String {
 }
 
 impl Summary {
+    /// For symbols that are not trading (`not_trading`), a run without candles that reaches the
+    /// end of the series' window (`window_end` per series, in order) is the halt still going
+    /// on, not an exchange gap: it is moved to [`SeriesReport::since_halt`], and a series with
+    /// no other gap is complete.
+    pub fn settle_halts(&mut self, not_trading: &[Symbol], window_end: &[i64]) {
+        for (s, &end) in self.series.iter_mut().zip(window_end) {
+            if !not_trading.contains(&s.symbol) {
+                continue;
+            }
+            if let Some(i) = s.gaps.iter().position(|g| g.end_ms >= end) {
+                s.since_halt += s.gaps.remove(i).candles;
+            }
+            if s.status == Status::Gaps && s.gaps.is_empty() {
+                s.status = Status::Complete;
+            }
+        }
+    }
+
     /// Series that completed without gaps.
     pub fn succeeded(&self) -> usize {
         self.count(|s| *s == Status::Complete)

@@ -2,14 +2,20 @@
 //! Postgres sink's `pg-sink`) has no messages left to deliver and none awaiting an ack.
 //!
 //! The verification itself (comparing Postgres with the exchange) belongs to the operators'
-//! tool and is called after [`wait_until_consumed`] returns `Ok`.
+//! tool and is called after [`wait_until_consumed`] returns `Ok`. Verification reads only
+//! Postgres, so what the backfill learnt from the exchange is recorded there first
+//! ([`record_exchange_facts`]): its gaps, the listings it met and the symbols' statuses
+//! ([`exchange_statuses`]).
 
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer;
 use async_nats::jetstream::context::{ConsumerInfoErrorKind, GetStreamErrorKind};
 use async_nats::jetstream::Context;
+use klinebus_binance::RestClient;
 use klinebus_schemas::streams::KLINES_STREAM;
+use klinebus_schemas::Symbol;
+use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 /// Default durable consumer of the Postgres sink.
@@ -109,4 +115,52 @@ async fn consumer_info(js: &Context, consumer: &str) -> Result<consumer::Info, L
             ConsumerInfoErrorKind::StreamNotFound => Lookup::Missing(e.to_string()),
             _ => Lookup::Unavailable(e.to_string()),
         })
+}
+
+/// The exchange status of each of `symbols` from one `exchangeInfo` call: its `status`
+/// (`TRADING`, `BREAK`, …), or [`klinebus_verify::DELISTED`] when exchangeInfo does not list it.
+pub async fn exchange_statuses(
+    rest: &RestClient,
+    symbols: &[Symbol],
+) -> Result<Vec<(Symbol, String)>, klinebus_binance::BinanceError> {
+    let listed = rest.exchange_info().await?;
+    Ok(symbols
+        .iter()
+        .map(|s| {
+            let status = listed
+                .iter()
+                .find(|l| l.symbol == s.as_str())
+                .map_or(klinebus_verify::DELISTED, |l| l.status.as_str());
+            (s.clone(), status.to_owned())
+        })
+        .collect())
+}
+
+/// Records what a backfill learnt from the exchange, so verification counts it: each series'
+/// exchange gaps and first candle (when the window started before it), and each symbol's status
+/// as seen at `observed_at` (the exchange's clock). Idempotent.
+pub async fn record_exchange_facts(
+    pool: &PgPool,
+    summary: &crate::Summary,
+    statuses: &[(Symbol, String)],
+    observed_at: i64,
+) -> Result<(), sqlx::Error> {
+    for series in &summary.series {
+        let gaps: Vec<_> = series
+            .gaps
+            .iter()
+            .map(|g| klinebus_verify::KnownGap {
+                start: g.start_ms,
+                end: g.end_ms,
+            })
+            .collect();
+        klinebus_verify::record_exchange_gaps(pool, &series.symbol, series.interval, &gaps).await?;
+        if let Some(first) = series.listed_ms {
+            klinebus_verify::record_listing(pool, &series.symbol, series.interval, first).await?;
+        }
+    }
+    for (symbol, status) in statuses {
+        klinebus_verify::record_symbol_status(pool, symbol, status, observed_at).await?;
+    }
+    Ok(())
 }
