@@ -1,5 +1,6 @@
 //! The pull loop: durable consumer → batches → decode/validate → dead letters → handler →
-//! ack (after the handler's commit) or nak with backoff.
+//! ack (after the handler's commit and its confirmation) or nak with backoff; progress acks
+//! for batches still held.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
