@@ -1,6 +1,7 @@
 //! Data verification over stored candles, shared by `klinectl verify` and `kline-backfill --verify`.
 //!
-//! For each (symbol, interval) it reports `ok`, `missing`, `stale`, `incomplete` or `error`:
+//! For each (symbol, interval) it reports `ok`, `halted`, `incomplete`, `stale`, `missing` or
+//! `error`:
 //! - the window ([`window`]) is the last `days` (default [`Interval::default_days`]): from the
 //!   candle containing `now − days` up to the newest candle closed by `now`;
 //! - freshness is the age of the newest **closed** candle's close time, against
