@@ -249,3 +249,45 @@ async fn refused_announcements_are_announced_once_the_stream_takes_them() {
     stop.cancel();
     h.await.unwrap();
 }
+
+/// A commit slower than several ack waits (the table locked by another transaction) is kept
+/// alive with progress acks: nothing is redelivered meanwhile, and it commits once unlocked.
+#[tokio::test]
+async fn a_slow_commit_is_not_redelivered_mid_flight() {
+    let nats = NatsServer::start();
+    let db = TestDb::fresh().await;
+    let js = js_for(&nats.url()).await;
+    let (stop, h) = spawn_sink(config(&nats.url(), &db.url, "slow", &[]));
+    wait_for("the sink's consumer", Duration::from_secs(10), || async {
+        consumer_lag(&js, "KLINES", "slow").await.is_ok()
+    })
+    .await;
+    let mut lock = db.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE ohlcv_candles IN SHARE ROW EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    // At most three batches of 50: one in the transaction, one queued, one being handed over.
+    let finals: Vec<_> = (0..120).map(|m| candle("NEARUSDT", m, true, 0)).collect();
+    publish_no_id(&js, &finals).await;
+    // Three times the tests' 2 s ack wait.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let info = js
+        .get_stream("KLINES")
+        .await
+        .unwrap()
+        .consumer_info("slow")
+        .await
+        .unwrap();
+    assert_eq!(info.config.ack_wait, Duration::from_secs(2));
+    assert!(info.num_ack_pending > 0, "nothing held: {info:?}");
+    assert_eq!(
+        info.num_redelivered, 0,
+        "held batches redelivered after 3 ack waits: {info:?}"
+    );
+    assert_eq!(count(&db.pool).await, 0);
+    lock.commit().await.unwrap();
+    assert_converges(&js, &db.pool, "slow", &expected(&finals)).await;
+    stop.cancel();
+    h.await.unwrap();
+}
