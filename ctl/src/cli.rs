@@ -39,6 +39,11 @@ pub enum Cmd {
     /// The bus keeps its own history independently: the KLINES stream retains 30 days or
     /// 8 GiB by default (discarding the oldest first), so pruning the table never touches it.
     Prune(PruneArgs),
+    /// The continuous completeness auditor: every --every, check the recent window of every
+    /// series in Postgres (holes, forming rows whose close has passed), repair what is missing
+    /// over REST with kline-backfill's code, and expose Prometheus metrics. With --once, one
+    /// run (exit code 1 when something stayed unrepaired).
+    Audit(AuditArgs),
 }
 
 /// `verify` options.
@@ -144,4 +149,40 @@ pub struct PruneArgs {
     /// Rows deleted per statement.
     #[arg(long, default_value_t = 10_000)]
     pub batch_size: i64,
+}
+
+/// `audit` options.
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Symbols, comma-separated (default: TRADING_PAIRS).
+    #[arg(long, env = "TRADING_PAIRS", value_delimiter = ',', required = true)]
+    pub symbols: Vec<String>,
+    /// Timeframes, comma-separated (default: TIMEFRAMES).
+    #[arg(long, env = "TIMEFRAMES", value_delimiter = ',', required = true)]
+    pub timeframes: Vec<String>,
+    /// Time between runs.
+    #[arg(long, env = "AUDIT_EVERY", default_value = "5m")]
+    pub every: humantime::Duration,
+    /// One run, then exit.
+    #[arg(long)]
+    pub once: bool,
+    /// Recent history checked per series (at least 3 candles of each timeframe).
+    #[arg(long, env = "AUDIT_WINDOW", default_value = "1d")]
+    pub window: humantime::Duration,
+    /// Candles closed less than this long ago are not expected yet (the pipeline's latency).
+    #[arg(long, env = "AUDIT_GRACE", default_value = "2m")]
+    pub grace: humantime::Duration,
+    /// Binance REST base URL repairs fetch from.
+    #[arg(
+        long,
+        env = "BINANCE_REST_URL",
+        default_value = klinebus_binance::DEFAULT_REST_URL
+    )]
+    pub rest_url: String,
+    /// REQUEST_WEIGHT the auditor may spend per minute (Binance allows 6000 per IP).
+    #[arg(long, env = "AUDIT_WEIGHT_BUDGET", default_value_t = 1200)]
+    pub weight_budget: u32,
+    /// Address of /metrics (Prometheus) and /health; `off` disables it.
+    #[arg(long, env = "METRICS_ADDR", default_value = "127.0.0.1:9106")]
+    pub metrics_addr: String,
 }

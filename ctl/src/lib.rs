@@ -1,10 +1,12 @@
 //! `klinectl`: the operators' tool. One file per command:
-//! [`verify`] (with [`repair`] for `--repair`), [`status`], [`alerts`], [`replay`], [`prune`];
+//! [`verify`] (with [`repair`] for `--repair`), [`status`], [`alerts`], [`replay`], [`prune`],
+//! [`audit`] (the continuous completeness auditor);
 //! [`cli`] holds the flags.
 //! Each command returns its output as text (or JSON) plus an exit code, so tests drive the same
 //! code the binary runs.
 
 pub mod alerts;
+pub mod audit;
 pub mod cli;
 pub mod prune;
 pub mod repair;
@@ -73,5 +75,6 @@ pub async fn run(cli: Cli) -> Result<Outcome, CtlError> {
         Cmd::Alerts(a) => alerts::run(&db, a).await,
         Cmd::Replay(a) => replay::run(&bus_options(&cli.nats)?, a).await,
         Cmd::Prune(a) => prune::run(&db, a).await,
+        Cmd::Audit(a) => audit::run(&db, &bus_options(&cli.nats)?, a).await,
     }
 }

@@ -1,0 +1,284 @@
+//! `klinectl audit`: the continuous completeness auditor, the safety net under everything else.
+//!
+//! Every `--every` it checks a recent window of every configured series in Postgres (the same
+//! verification as `klinectl verify`, so listings, halts and the exchange's own gaps count as
+//! they do there), finds the closed candles that are missing — holes, and forming rows whose
+//! close time has passed, which a crashed producer can leave behind — and repairs them over
+//! REST with kline-backfill's code ([`crate::repair`]) under one weight limiter, publishing to
+//! `klines.backfill.…` for the sinks. Candles closed less than `--grace` ago are not expected
+//! yet (the pipeline's own latency). What it learns from the exchange (symbol statuses, listings,
+//! exchange-side gaps) is recorded so the next check counts it.
+//!
+//! Metrics (`--metrics-addr`): `klinebus_audit_runs_total{outcome}`,
+//! `klinebus_audit_holes_found_total` and `klinebus_audit_candles_repaired_total` (candles),
+//! `klinebus_audit_missing_candles` (found by the last run), `klinebus_audit_unrepaired_candles`
+//! and `klinebus_audit_oldest_unrepaired_candle_seconds` (open time of the oldest candle the last
+//! run could not repair, 0 when none), `klinebus_audit_last_run_timestamp_seconds`,
+//! `klinebus_audit_last_run_duration_seconds`, `klinebus_audit_rest_requests_total`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::Context;
+use kline_backfill::{run_backfill, ProgressMode, RunOptions, Status as FetchStatus};
+use klinebus_binance::{RestClient, RestConfig, RetryPolicy, WeightLimiter};
+use klinebus_schemas::bus::BusOptions;
+use klinebus_schemas::{Interval, Symbol};
+use klinebus_verify::{datetime, Report, VerifyRequest};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::AuditArgs;
+use crate::{repair, CtlError, Outcome};
+
+/// Series repaired at the same time (they share the weight limiter).
+const CONCURRENCY: usize = 4;
+/// Fewest candles of each timeframe a check covers, whatever `--window` says.
+const MIN_CANDLES: i64 = 3;
+
+/// What one audit run found and did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditRun {
+    /// Series checked.
+    pub series: usize,
+    /// Closed candles missing from the table (holes and expired forming rows).
+    pub missing: u64,
+    /// Candles the repair published.
+    pub repaired: u64,
+    /// Missing candles the KLINES stream already holds on the backfill subject: the sink is
+    /// behind or lost them (`klinectl replay`), so publishing again would change nothing.
+    pub in_stream: u64,
+    /// Candles the exchange itself has none of (recorded as exchange gaps).
+    pub exchange_gaps: u64,
+    /// Missing candles whose repair failed (retried at the next run).
+    pub failed: u64,
+    /// Open time of the oldest candle left unrepaired (failed or already in the stream).
+    pub oldest_unrepaired: Option<i64>,
+    /// REST requests spent.
+    pub rest_requests: u64,
+    /// Wall time of the run.
+    pub elapsed: Duration,
+}
+
+impl AuditRun {
+    /// Candles this run could not repair.
+    pub fn unrepaired(&self) -> u64 {
+        self.in_stream + self.failed
+    }
+
+    /// One line for the log and stdout.
+    pub fn line(&self) -> String {
+        let mut s = format!(
+            "audit: {} series, {} candles missing, {} repaired, {} already in the stream, {} not on the exchange, {} failed; {} REST requests in {:.1} s",
+            self.series,
+            self.missing,
+            self.repaired,
+            self.in_stream,
+            self.exchange_gaps,
+            self.failed,
+            self.rest_requests,
+            self.elapsed.as_secs_f64()
+        );
+        if let Some(t) = self.oldest_unrepaired {
+            let _ = write!(s, "; oldest unrepaired {}", datetime(t));
+        }
+        s
+    }
+}
+
+/// The auditor's REST client: its own limiter, and patience for exchange incidents (a run that
+/// still fails is simply retried at the next one).
+pub fn rest_client(a: &AuditArgs) -> Result<RestClient, CtlError> {
+    let config = RestConfig {
+        base_url: a.rest_url.trim_end_matches('/').to_owned(),
+        retry: RetryPolicy {
+            patience: Some(Duration::from_secs(60)),
+            ..RetryPolicy::default()
+        },
+        ..RestConfig::default()
+    };
+    RestClient::new(config, Arc::new(WeightLimiter::new(a.weight_budget)))
+        .map_err(|e| CtlError::Exchange(e.to_string()))
+}
+
+/// Days of history the check of `interval` covers: `window`, at least [`MIN_CANDLES`] candles.
+fn days_for(interval: Interval, window: Duration) -> u32 {
+    let ms = (window.as_millis() as i64).max(MIN_CANDLES * interval.nominal_ms());
+    ((ms + 86_399_999) / 86_400_000).clamp(1, i64::from(u32::MAX)) as u32
+}
+
+/// One audit: verify the recent window of every series, repair what is missing.
+pub async fn audit_once(
+    pool: &PgPool,
+    js: &Context,
+    rest: &RestClient,
+    symbols: &[Symbol],
+    intervals: &[Interval],
+    a: &AuditArgs,
+    cancel: &CancellationToken,
+) -> Result<AuditRun, CtlError> {
+    let started = Instant::now();
+    let requests_before = rest.stats().requests;
+    let server_now = rest
+        .server_time()
+        .await
+        .map_err(|e| CtlError::Exchange(format!("asking {} for its time: {e}", a.rest_url)))?;
+    // Halts and delistings become verdicts of their own, not holes to repair.
+    let statuses = match kline_backfill::verify::exchange_statuses(rest, symbols).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read exchangeInfo; symbol statuses not refreshed");
+            Vec::new()
+        }
+    };
+    for (symbol, status) in &statuses {
+        klinebus_verify::record_symbol_status(pool, symbol, status, server_now).await?;
+    }
+    let at = server_now - a.grace.as_millis() as i64;
+    let mut results = BTreeMap::new();
+    for &interval in intervals {
+        let req = VerifyRequest {
+            symbols: symbols.to_vec(),
+            intervals: vec![interval],
+            days: Some(days_for(interval, a.window.into())),
+            now_ms: at,
+        };
+        let report = klinebus_verify::verify(pool, &req).await;
+        for (symbol, by_tf) in report.results {
+            results
+                .entry(symbol)
+                .or_insert_with(BTreeMap::new)
+                .extend(by_tf);
+        }
+    }
+    let report = Report {
+        checked_at: datetime(at),
+        overall_status: klinebus_verify::Status::Ok,
+        results,
+    };
+    let mut run = AuditRun {
+        series: symbols.len() * intervals.len(),
+        ..AuditRun::default()
+    };
+    let plan = repair::plan(&report, server_now)?;
+    run.missing = plan.series.iter().map(|s| s.expected()).sum();
+    if !plan.series.is_empty() {
+        let options = RunOptions {
+            concurrency: CONCURRENCY,
+            progress: ProgressMode::Quiet,
+        };
+        let summary = run_backfill(&plan, rest, js, options, cancel).await;
+        kline_backfill::verify::record_exchange_facts(pool, &summary, &[], server_now).await?;
+        for (p, s) in plan.series.iter().zip(&summary.series) {
+            run.repaired += s.published;
+            run.exchange_gaps += s.gaps.iter().map(|g| g.candles).sum::<u64>();
+            let in_stream = s.present + s.duplicates;
+            run.in_stream += in_stream;
+            let failed = matches!(s.status, FetchStatus::Failed(_) | FetchStatus::Cancelled);
+            if failed {
+                run.failed += s.expected.saturating_sub(s.stored());
+                tracing::warn!(symbol = %p.symbol, interval = %p.interval, status = ?s.status,
+                    from = %datetime(p.from_ms), "audit repair failed; retried at the next run");
+            }
+            if failed || in_stream > 0 {
+                run.oldest_unrepaired = Some(
+                    run.oldest_unrepaired
+                        .map_or(p.from_ms, |o| o.min(p.from_ms)),
+                );
+            }
+            if in_stream > 0 {
+                tracing::warn!(symbol = %p.symbol, interval = %p.interval, candles = in_stream,
+                    from = %datetime(p.from_ms),
+                    "missing candles are already in the KLINES stream: the sink is behind or lost them (klinectl replay)");
+            }
+        }
+    }
+    run.rest_requests = rest.stats().requests - requests_before;
+    run.elapsed = started.elapsed();
+    record(&run);
+    Ok(run)
+}
+
+fn record(run: &AuditRun) {
+    metrics::counter!("klinebus_audit_runs_total", "outcome" => "ok").increment(1);
+    metrics::counter!("klinebus_audit_holes_found_total").increment(run.missing);
+    metrics::counter!("klinebus_audit_candles_repaired_total").increment(run.repaired);
+    metrics::counter!("klinebus_audit_rest_requests_total").increment(run.rest_requests);
+    metrics::gauge!("klinebus_audit_missing_candles").set(run.missing as f64);
+    metrics::gauge!("klinebus_audit_unrepaired_candles").set(run.unrepaired() as f64);
+    metrics::gauge!("klinebus_audit_oldest_unrepaired_candle_seconds")
+        .set(run.oldest_unrepaired.map_or(0.0, |t| t as f64 / 1000.0));
+    metrics::gauge!("klinebus_audit_last_run_duration_seconds").set(run.elapsed.as_secs_f64());
+    metrics::gauge!("klinebus_audit_last_run_timestamp_seconds").set(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64()),
+    );
+}
+
+/// `klinectl audit`: one run with `--once` (exit code 1 when something stayed unrepaired),
+/// otherwise a run every `--every` until SIGINT/SIGTERM.
+pub async fn run(db: &str, bus: &BusOptions, a: &AuditArgs) -> Result<Outcome, CtlError> {
+    let symbols = Symbol::parse_list(&a.symbols.join(","))
+        .map_err(|e| CtlError::Usage(format!("--symbols / TRADING_PAIRS: {e}")))?;
+    let intervals = Interval::parse_list(&a.timeframes.join(","))
+        .map_err(|e| CtlError::Usage(format!("--timeframes / TIMEFRAMES: {e}")))?;
+    let metrics_addr = klinebus_svc::parse_metrics_addr(&a.metrics_addr)
+        .map_err(|e| CtlError::Usage(format!("--metrics-addr: {e}")))?;
+    let shutdown = klinebus_svc::shutdown_token();
+    let health = klinebus_svc::Health::default();
+    if let Some(addr) = metrics_addr {
+        let bound = klinebus_svc::serve_telemetry(addr, health.clone(), shutdown.clone())
+            .await
+            .map_err(|e| CtlError::Usage(e.to_string()))?;
+        tracing::info!(%bound, "serving /metrics and /health");
+    }
+    let pool = crate::pool(db).await?;
+    let js = repair::connect(bus).await?;
+    let rest = rest_client(a)?;
+    health.set_ready(true);
+    if a.once {
+        let r = audit_once(&pool, &js, &rest, &symbols, &intervals, a, &shutdown).await?;
+        return Ok(Outcome {
+            output: format!("{}\n", r.line()),
+            code: u8::from(r.unrepaired() > 0),
+        });
+    }
+    tracing::info!(series = symbols.len() * intervals.len(), every = %a.every, "auditor started");
+    let every: Duration = a.every.into();
+    loop {
+        match audit_once(&pool, &js, &rest, &symbols, &intervals, a, &shutdown).await {
+            Ok(r) if r.missing > 0 || r.unrepaired() > 0 => tracing::warn!("{}", r.line()),
+            Ok(r) => tracing::info!("{}", r.line()),
+            Err(e) => {
+                metrics::counter!("klinebus_audit_runs_total", "outcome" => "error").increment(1);
+                tracing::warn!(error = %e, "audit run failed; trying again at the next one");
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+    Ok(Outcome {
+        output: String::new(),
+        code: 0,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_check_covers_the_window_and_at_least_three_candles() {
+        let day = Duration::from_secs(86_400);
+        assert_eq!(days_for(Interval::M1, day), 1);
+        assert_eq!(days_for(Interval::H4, day), 1);
+        assert_eq!(days_for(Interval::D1, day), 3);
+        assert_eq!(days_for(Interval::W1, day), 21);
+        assert_eq!(days_for(Interval::M1, 2 * day + Duration::from_secs(1)), 3);
+    }
+}
