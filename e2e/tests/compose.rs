@@ -571,7 +571,12 @@ fn prometheus_scrapes_every_service_with_metrics() {
     }
     assert_eq!(
         serving.keys().map(String::as_str).collect::<Vec<_>>(),
-        ["kline-audit", "kline-live", "kline-pg-sink", "kline-signals"]
+        [
+            "kline-audit",
+            "kline-live",
+            "kline-pg-sink",
+            "kline-signals"
+        ]
     );
 
     let prom = yaml(&compose_dir().join("prometheus/prometheus.yml"));
