@@ -22,8 +22,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::Context;
-use kline_backfill::{run_backfill, ProgressMode, RunOptions, Status as FetchStatus};
-use klinebus_binance::{RestClient, RestConfig, RetryPolicy, WeightLimiter};
+use kline_backfill::{
+    run_backfill, Plan, ProgressMode, RunOptions, SeriesPlan, Status as FetchStatus,
+};
+use klinebus_binance::{RestClient, RestConfig, RetryPolicy, WeightLimiter, MAX_KLINES_LIMIT};
 use klinebus_schemas::bus::BusOptions;
 use klinebus_schemas::{Interval, Symbol};
 use klinebus_verify::{datetime, Report, VerifyRequest};
@@ -45,16 +47,14 @@ pub struct AuditRun {
     pub series: usize,
     /// Closed candles missing from the table (holes and expired forming rows).
     pub missing: u64,
-    /// Candles the repair published.
+    /// Missing candles the repair published (or found just published: a dedup-window
+    /// duplicate is on its way to the sinks).
     pub repaired: u64,
-    /// Missing candles the KLINES stream already holds on the backfill subject: the sink is
-    /// behind or lost them (`klinectl replay`), so publishing again would change nothing.
-    pub in_stream: u64,
     /// Candles the exchange itself has none of (recorded as exchange gaps).
     pub exchange_gaps: u64,
     /// Missing candles whose repair failed (retried at the next run).
     pub failed: u64,
-    /// Open time of the oldest candle left unrepaired (failed or already in the stream).
+    /// Open time of the oldest candle whose repair failed.
     pub oldest_unrepaired: Option<i64>,
     /// REST requests spent.
     pub rest_requests: u64,
@@ -65,17 +65,16 @@ pub struct AuditRun {
 impl AuditRun {
     /// Candles this run could not repair.
     pub fn unrepaired(&self) -> u64 {
-        self.in_stream + self.failed
+        self.failed
     }
 
     /// One line for the log and stdout.
     pub fn line(&self) -> String {
         let mut s = format!(
-            "audit: {} series, {} candles missing, {} repaired, {} already in the stream, {} not on the exchange, {} failed; {} REST requests in {:.1} s",
+            "audit: {} series, {} candles missing, {} repaired, {} not on the exchange, {} failed; {} REST requests in {:.1} s",
             self.series,
             self.missing,
             self.repaired,
-            self.in_stream,
             self.exchange_gaps,
             self.failed,
             self.rest_requests,
@@ -101,6 +100,36 @@ pub fn rest_client(a: &AuditArgs) -> Result<RestClient, CtlError> {
     };
     RestClient::new(config, Arc::new(WeightLimiter::new(a.weight_budget)))
         .map_err(|e| CtlError::Exchange(e.to_string()))
+}
+
+/// The holes of `plan` joined per series into ranges of at most one REST page, so that many
+/// small holes cost a request per page, not one each; with the number of holes in each range.
+fn pages(plan: Plan) -> (Plan, Vec<u64>) {
+    let mut series: Vec<SeriesPlan> = Vec::new();
+    let mut holes = Vec::new();
+    for p in plan.series {
+        let n = p.expected();
+        if let Some(last) = series.last_mut() {
+            let same = last.symbol == p.symbol && last.interval == p.interval;
+            let span = p.interval.count_between(last.from_ms, p.to_ms);
+            if same && p.from_ms >= last.to_ms && span <= i64::from(MAX_KLINES_LIMIT) {
+                last.to_ms = p.to_ms;
+                if let Some(h) = holes.last_mut() {
+                    *h += n;
+                }
+                continue;
+            }
+        }
+        series.push(p);
+        holes.push(n);
+    }
+    (
+        Plan {
+            series,
+            server_now_ms: plan.server_now_ms,
+        },
+        holes,
+    )
 }
 
 /// Days of history the check of `interval` covers: `window`, at least [`MIN_CANDLES`] candles.
@@ -162,36 +191,32 @@ pub async fn audit_once(
         series: symbols.len() * intervals.len(),
         ..AuditRun::default()
     };
-    let plan = repair::plan(&report, server_now)?;
-    run.missing = plan.series.iter().map(|s| s.expected()).sum();
+    let holes = repair::plan(&report, server_now)?;
+    run.missing = holes.series.iter().map(|s| s.expected()).sum();
+    let (plan, holes_in) = pages(holes);
     if !plan.series.is_empty() {
+        // Every candle of a range is published again, whatever the stream holds: the table
+        // lacks it, and the sinks' upsert leaves the candles it has unchanged.
         let options = RunOptions {
             concurrency: CONCURRENCY,
-            progress: ProgressMode::Quiet,
+            progress: ProgressMode::Silent,
+            resume: false,
         };
         let summary = run_backfill(&plan, rest, js, options, cancel).await;
         kline_backfill::verify::record_exchange_facts(pool, &summary, &[], server_now).await?;
-        for (p, s) in plan.series.iter().zip(&summary.series) {
-            run.repaired += s.published;
-            run.exchange_gaps += s.gaps.iter().map(|g| g.candles).sum::<u64>();
-            let in_stream = s.present + s.duplicates;
-            run.in_stream += in_stream;
-            let failed = matches!(s.status, FetchStatus::Failed(_) | FetchStatus::Cancelled);
-            if failed {
-                run.failed += s.expected.saturating_sub(s.stored());
-                tracing::warn!(symbol = %p.symbol, interval = %p.interval, status = ?s.status,
-                    from = %datetime(p.from_ms), "audit repair failed; retried at the next run");
-            }
-            if failed || in_stream > 0 {
+        for ((p, s), holes) in plan.series.iter().zip(&summary.series).zip(holes_in) {
+            let absent: u64 = s.gaps.iter().map(|g| g.candles).sum::<u64>() + s.before_listing;
+            run.exchange_gaps += absent;
+            if matches!(s.status, FetchStatus::Failed(_) | FetchStatus::Cancelled) {
+                run.failed += holes;
                 run.oldest_unrepaired = Some(
                     run.oldest_unrepaired
                         .map_or(p.from_ms, |o| o.min(p.from_ms)),
                 );
-            }
-            if in_stream > 0 {
-                tracing::warn!(symbol = %p.symbol, interval = %p.interval, candles = in_stream,
-                    from = %datetime(p.from_ms),
-                    "missing candles are already in the KLINES stream: the sink is behind or lost them (klinectl replay)");
+                tracing::warn!(symbol = %p.symbol, interval = %p.interval, status = ?s.status,
+                    from = %datetime(p.from_ms), "audit repair failed; retried at the next run");
+            } else {
+                run.repaired += holes.saturating_sub(absent);
             }
         }
     }
@@ -271,6 +296,44 @@ pub async fn run(db: &str, bus: &BusOptions, a: &AuditArgs) -> Result<Outcome, C
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn holes_are_joined_into_pages() {
+        let m = 60_000;
+        let hole = |sym: &str, iv, from: i64, to: i64| SeriesPlan {
+            symbol: sym.parse().unwrap_or_else(|_| unreachable!()),
+            interval: iv,
+            from_ms: from * m,
+            to_ms: to * m,
+        };
+        let plan = Plan {
+            series: vec![
+                hole("BTCUSDT", Interval::M1, 0, 1),
+                hole("BTCUSDT", Interval::M1, 5, 7),
+                hole("BTCUSDT", Interval::M1, 999, 1000),
+                hole("BTCUSDT", Interval::M1, 1000, 1001),
+                hole("BTCUSDT", Interval::H1, 0, 60),
+                hole("ETHUSDT", Interval::M1, 2, 3),
+            ],
+            server_now_ms: 0,
+        };
+        let (joined, holes) = pages(plan);
+        let ranges: Vec<_> = joined
+            .series
+            .iter()
+            .map(|p| (p.symbol.as_str().to_owned(), p.from_ms / m, p.to_ms / m))
+            .collect();
+        assert_eq!(
+            ranges,
+            [
+                ("BTCUSDT".to_owned(), 0, 1000),
+                ("BTCUSDT".to_owned(), 1000, 1001),
+                ("BTCUSDT".to_owned(), 0, 60),
+                ("ETHUSDT".to_owned(), 2, 3),
+            ]
+        );
+        assert_eq!(holes, [4, 1, 1, 1]);
+    }
 
     #[test]
     fn a_check_covers_the_window_and_at_least_three_candles() {

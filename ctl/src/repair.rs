@@ -131,6 +131,7 @@ pub async fn repair(
     let options = RunOptions {
         concurrency: CONCURRENCY,
         progress: ProgressMode::Quiet,
+        resume: true,
     };
     let summary = run_backfill(&plan, rest, js, options, cancel).await;
     out.push_str(&render(&plan, &summary));

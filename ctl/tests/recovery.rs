@@ -257,6 +257,7 @@ async fn verify_repair_backfills_the_gaps_through_the_backfill_code() {
     let opts = RunOptions {
         concurrency: 4,
         progress: ProgressMode::Quiet,
+        resume: true,
     };
     let holes = [
         ("BTCUSDT", from + 300 * MIN, from + 480 * MIN),

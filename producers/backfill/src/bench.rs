@@ -100,6 +100,7 @@ pub async fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     let options = RunOptions {
         concurrency: args.concurrency,
         progress: ProgressMode::Quiet,
+        resume: true,
     };
     let cancel = CancellationToken::new();
     if limits {

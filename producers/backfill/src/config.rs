@@ -118,6 +118,8 @@ pub enum ProgressMode {
     Plain,
     /// Completion lines and the summary only.
     Quiet,
+    /// Nothing (for callers with their own report, such as the auditor).
+    Silent,
 }
 
 use klinebus_schemas::list::{

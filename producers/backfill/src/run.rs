@@ -24,6 +24,10 @@ pub struct RunOptions {
     pub concurrency: usize,
     /// Progress display.
     pub progress: ProgressMode,
+    /// Fetch only the open times the `KLINES` stream does not hold yet (the resume rule). The
+    /// auditor turns it off: a candle missing from the table must be published again even when
+    /// the stream holds it (outside the dedup window the sink stores it again).
+    pub resume: bool,
 }
 
 /// The REST client a [`Config`] describes (with its own limiter).
@@ -113,6 +117,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let options = RunOptions {
         concurrency: usize::from(config.concurrency),
         progress: config.progress,
+        resume: true,
     };
     let syms: Vec<_> = config.symbols.0.iter().map(|s| s.as_str()).collect();
     let tfs: Vec<_> = config.timeframes.0.iter().map(|i| i.as_str()).collect();
@@ -228,10 +233,20 @@ pub async fn run_backfill(
             async move {
                 let label = format!("{} {}", series.symbol, series.interval);
                 let bar = progress.series(label, series.expected());
-                let report =
-                    backfill_series(series, rest, js, plan.server_now_ms, &bar, shutdown).await;
+                let report = backfill_series(
+                    series,
+                    rest,
+                    js,
+                    plan.server_now_ms,
+                    &bar,
+                    options.resume,
+                    shutdown,
+                )
+                .await;
                 bar.finish();
-                progress.println(&completion_line(&report));
+                if options.progress != ProgressMode::Silent {
+                    progress.println(&completion_line(&report));
+                }
                 (i, report)
             }
         })

@@ -51,6 +51,8 @@ struct Run<'a> {
     js: &'a Context,
     server_now_ms: i64,
     progress: &'a SeriesProgress,
+    /// Skip what the stream holds (see [`crate::RunOptions::resume`]).
+    resume: bool,
     /// Checked before each REST request, never in the middle of publishing a page, so every
     /// candle sent to the bus is also counted.
     cancel: &'a CancellationToken,
@@ -92,6 +94,7 @@ pub async fn backfill_series(
     js: &Context,
     server_now_ms: i64,
     progress: &SeriesProgress,
+    resume: bool,
     cancel: &CancellationToken,
 ) -> SeriesReport {
     let mut run = Run {
@@ -100,6 +103,7 @@ pub async fn backfill_series(
         js,
         server_now_ms,
         progress,
+        resume,
         cancel,
         report: SeriesReport {
             symbol: plan.symbol.clone(),
@@ -133,7 +137,14 @@ pub async fn backfill_series(
 
 impl Run<'_> {
     async fn fetch_all(&mut self) -> Result<(), Stop> {
-        let missing = resume::missing(self.js, self.plan).await?;
+        let missing = if self.resume {
+            resume::missing(self.js, self.plan).await?
+        } else {
+            resume::Missing {
+                ranges: vec![(self.plan.from_ms, self.plan.to_ms)],
+                present: 0,
+            }
+        };
         self.report.present = missing.present;
         self.progress.inc(missing.present);
         for (start, end) in missing.ranges {

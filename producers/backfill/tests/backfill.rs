@@ -85,6 +85,7 @@ async fn backfill(e: &Env, plan: &Plan, cancel: &CancellationToken) -> Summary {
     let opts = RunOptions {
         concurrency: 4,
         progress: ProgressMode::Quiet,
+        resume: true,
     };
     run_backfill(plan, &e.rest, &e.js, opts, cancel).await
 }
@@ -450,6 +451,7 @@ async fn an_outage_of_5xx_answers_is_ridden_out_with_patience() {
     let opts = RunOptions {
         concurrency: 4,
         progress: ProgressMode::Quiet,
+        resume: true,
     };
     let outage_for = |d: Duration| {
         let faults = e.sim.faults();
