@@ -4,128 +4,33 @@
 //! the other series of the same connection.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
 use async_nats::jetstream::Context;
-use binance_sim::SimHandle;
-use clap::Parser;
-use futures::StreamExt;
-use kline_live::{run_live, LiveStats, Settings};
-use klinebus_binance::{RestClient, RestConfig, RetryPolicy, WeightLimiter};
-use klinebus_schemas::streams::{Retention, KLINES_STREAM};
-use klinebus_schemas::{bus, codec, Interval, KlineEvent, Symbol};
-use klinebus_testkit::NatsServer;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
+use common::{start, stored, Env};
+use kline_live::Settings;
+use klinebus_schemas::{Interval, KlineEvent};
 
 const TFS: [Interval; 2] = [Interval::M1, Interval::M3];
 
-struct Env {
-    sim: SimHandle,
-    _nats: NatsServer,
-    js: Context,
-}
-
 async fn env(symbols: &str) -> Env {
-    let args = ["binance-sim", "--symbols", symbols, "--speed", "600"];
-    let sim = binance_sim::spawn(binance_sim::Config::parse_from(args))
-        .await
-        .unwrap();
-    let nats = NatsServer::start();
-    let client = bus::connect(&bus::BusOptions::new(nats.url(), "test"))
-        .await
-        .unwrap();
-    let js = bus::jetstream(client, 5_000);
-    bus::ensure_streams(&js, &Retention::default())
-        .await
-        .unwrap();
-    Env {
-        sim,
-        _nats: nats,
-        js,
-    }
+    common::env(symbols, &[]).await
 }
 
-/// Settings scaled to the ×600 clock (as in live.rs).
 fn settings(e: &Env, symbols: &str) -> Settings {
-    let mut s = Settings::new(
-        Symbol::parse_list(symbols).unwrap(),
-        TFS.to_vec(),
-        e.sim.ws_url(),
-    );
-    s.watchdog = Duration::from_millis(800);
-    s.backoff_min = Duration::from_millis(20);
-    s.backoff_max = Duration::from_millis(100);
-    s.connect_timeout = Duration::from_secs(2);
-    s.fallback_after = 1000;
-    s.flush_timeout = Duration::from_secs(5);
-    s
-}
-
-struct Running {
-    stop: CancellationToken,
-    task: JoinHandle<()>,
-    stats: Arc<LiveStats>,
-}
-
-fn start(e: &Env, s: Settings) -> Running {
-    let rest = RestClient::new(
-        RestConfig {
-            base_url: e.sim.base_url(),
-            timeout: Duration::from_secs(5),
-            retry: RetryPolicy {
-                base_delay: Duration::from_millis(10),
-                max_delay: Duration::from_millis(100),
-                ..RetryPolicy::default()
-            },
-        },
-        Arc::new(WeightLimiter::default()),
-    )
-    .unwrap();
-    let stop = CancellationToken::new();
-    let stats = Arc::new(LiveStats::default());
-    let task = tokio::spawn(run_live(s, rest, e.js.clone(), stats.clone(), stop.clone()));
-    Running { stop, task, stats }
-}
-
-impl Running {
-    async fn finish(self) -> Arc<LiveStats> {
-        self.stop.cancel();
-        tokio::time::timeout(Duration::from_secs(10), self.task)
-            .await
-            .expect("run_live stops within 10 s of shutdown")
-            .unwrap();
-        self.stats
-    }
+    common::settings(e, symbols, &TFS)
 }
 
 /// Closed candles stored for one series, by open time, each once.
 async fn closed(js: &Context, sym: &str, iv: Interval) -> Vec<KlineEvent> {
-    let subject = format!("klines.*.binance.{sym}.{iv}");
-    let stream = js.get_stream(KLINES_STREAM).await.unwrap();
-    let consumer = stream
-        .create_consumer(OrderedConfig {
-            filter_subject: subject,
-            deliver_policy: DeliverPolicy::All,
-            ..Default::default()
-        })
+    let mut out: Vec<KlineEvent> = stored(js, &format!("klines.*.binance.{sym}.{iv}"))
         .await
-        .unwrap();
-    let mut msgs = consumer.messages().await.unwrap();
-    let mut out: Vec<KlineEvent> = Vec::new();
-    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(500), msgs.next()).await {
-        let m = m.unwrap();
-        let ev: KlineEvent = codec::decode(&m.payload).unwrap();
-        if ev.closed {
-            out.push(ev);
-        }
-        if m.info().unwrap().pending == 0 {
-            break;
-        }
-    }
+        .into_iter()
+        .filter(|ev| ev.closed)
+        .collect();
     out.sort_by_key(|ev| ev.open_time);
     out
 }
