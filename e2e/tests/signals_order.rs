@@ -8,8 +8,6 @@
 //! stream exactly one event per row.
 #![allow(clippy::unwrap_used)]
 
-use std::future::Future;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -18,6 +16,9 @@ use klinebus_schemas::streams::{Retention, CANDLES_STREAM, KLINES_STREAM, SIGNAL
 use klinebus_schemas::{bus, Interval};
 use klinebus_testkit::{NatsServer, TestDb};
 use sqlx::PgPool;
+
+mod support;
+use support::{wait_until, Proc};
 
 /// 2025-06-04T12:00:00Z
 const T0: i64 = 1_749_038_400_000;
@@ -28,74 +29,6 @@ const SYMBOLS: [&str; 2] = ["BTCUSDT", "ETHUSDT"];
 const BEFORE_BOOTSTRAP: i64 = 3;
 /// Live candles per series closed in all before the check.
 const LIVE: i64 = 40;
-
-/// A child process, SIGKILLed on drop.
-struct Proc {
-    name: &'static str,
-    child: Child,
-}
-
-impl Proc {
-    fn start(name: &'static str, bin: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut cmd = Command::new(bin);
-        cmd.args(args)
-            .env("RUST_LOG", "warn")
-            .env("NO_COLOR", "1")
-            .env_remove("LOG_FORMAT")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        Self { name, child }
-    }
-
-    /// SIGTERM; it must exit 0 within 20 s.
-    async fn terminate(mut self) {
-        let pid = self.child.id().to_string();
-        assert!(Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success());
-        let status = self.wait(Duration::from_secs(20)).await;
-        assert!(status.success(), "{} on SIGTERM: {status:?}", self.name);
-    }
-
-    async fn wait(&mut self, timeout: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "{} still running", self.name);
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while !cond().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 /// Open times of the closed 1m candles stored for `symbol`, from `from` on.
 async fn closed(pool: &PgPool, symbol: &str, from: i64) -> Vec<i64> {
@@ -179,20 +112,20 @@ async fn every_live_candle_gets_one_signal_with_the_readme_start_order() {
     ];
 
     // The sinks run first, as in the README.
-    let sink = Proc::start(
+    let sink = Proc::start_with_env(
         "kline-pg-sink",
         env!("CARGO_BIN_EXE_e2e-kline-pg-sink"),
         &["--flush-interval-ms", "50"],
         &common,
     );
-    let signals_proc = Proc::start(
+    let signals_proc = Proc::start_with_env(
         "kline-signals",
         env!("CARGO_BIN_EXE_e2e-kline-signals"),
         &[],
         &common,
     );
     // kline-live first: it covers from now on …
-    let live = Proc::start(
+    let live = Proc::start_with_env(
         "kline-live",
         env!("CARGO_BIN_EXE_e2e-kline-live"),
         &[],
@@ -231,7 +164,7 @@ async fn every_live_candle_gets_one_signal_with_the_readme_start_order() {
     );
 
     // … and the bootstrap everything before.
-    let mut backfill = Proc::start(
+    let mut backfill = Proc::start_with_env(
         "kline-backfill",
         env!("CARGO_BIN_EXE_e2e-kline-backfill"),
         &["--days", "2", "--progress", "quiet"],
@@ -255,7 +188,8 @@ async fn every_live_candle_gets_one_signal_with_the_readme_start_order() {
         }
     })
     .await;
-    live.terminate().await;
+    let status = live.terminate().await;
+    assert!(status.success(), "live on SIGTERM: {status}");
     wait_until(
         "the sink, then kline-signals, to process everything",
         Duration::from_secs(30),
@@ -267,8 +201,10 @@ async fn every_live_candle_gets_one_signal_with_the_readme_start_order() {
         },
     )
     .await;
-    signals_proc.terminate().await;
-    sink.terminate().await;
+    let status = signals_proc.terminate().await;
+    assert!(status.success(), "signals_proc on SIGTERM: {status}");
+    let status = sink.terminate().await;
+    assert!(status.success(), "sink on SIGTERM: {status}");
     eprintln!(
         "[{:5.1}s] pipeline stopped",
         started.elapsed().as_secs_f64()

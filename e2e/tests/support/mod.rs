@@ -21,14 +21,28 @@ pub struct Proc {
 impl Proc {
     /// Starts `path` (an `env!("CARGO_BIN_EXE_…")`) with `args`, warnings on stderr.
     pub fn start(name: &'static str, path: &str, args: &[&str]) -> Self {
-        let child = Command::new(path)
-            .args(args)
+        Self::start_with_env(name, path, args, &[])
+    }
+
+    /// [`start`](Self::start) with environment variables set.
+    pub fn start_with_env(
+        name: &'static str,
+        path: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
+        let mut cmd = Command::new(path);
+        cmd.args(args)
             .env("RUST_LOG", "warn")
             .env("NO_COLOR", "1")
             .env_remove("LOG_FORMAT")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {name} ({path}): {e}"));
         Self { name, child }
@@ -57,14 +71,19 @@ impl Proc {
         let pid = self.child.id().to_string();
         let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
         assert!(sent.success());
-        let deadline = Instant::now() + Duration::from_secs(20);
+        self.wait(Duration::from_secs(20)).await
+    }
+
+    /// Its exit status, once it exits (within `timeout`).
+    pub async fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
             assert!(
                 Instant::now() < deadline,
-                "{} still running 20 s after SIGTERM",
+                "{} still running after {timeout:?}",
                 self.name
             );
             sleep_ms(50).await;
