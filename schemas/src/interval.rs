@@ -257,11 +257,6 @@ impl Interval {
         };
         Duration::from_millis(ms as u64)
     }
-
-    /// Default REST polling period (`POLLING_INTERVAL_<tf>` overrides it): one candle.
-    pub const fn default_polling(self) -> Duration {
-        self.period()
-    }
 }
 
 fn month_start(t_ms: i64) -> i64 {

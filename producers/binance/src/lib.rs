@@ -43,4 +43,4 @@ pub use rest::{
     RestClient, RestConfig, RetryPolicy, SymbolStatus, DEFAULT_REST_URL, MAX_KLINES_LIMIT,
 };
 pub use ws::{KlineSocket, WsItem, DEFAULT_WS_URL, MAX_STREAMS_PER_CONNECTION};
-pub use ws_event::{parse_event, parse_frame, Frame, FrameError, WsKline};
+pub use ws_event::{parse_frame, Frame, FrameError, WsKline};

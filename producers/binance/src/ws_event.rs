@@ -225,7 +225,8 @@ impl WsKline {
 }
 
 /// Parses a frame down to a validated event; control replies and notices are `Ok(None)`.
-pub fn parse_event(text: &str, received_at_ms: i64) -> Result<Option<KlineEvent>, FrameError> {
+#[cfg(test)]
+fn parse_event(text: &str, received_at_ms: i64) -> Result<Option<KlineEvent>, FrameError> {
     match parse_frame(text)? {
         Frame::Kline(k) => k.to_event(received_at_ms).map(Some),
         Frame::Control(_) | Frame::ServerShutdown { .. } => Ok(None),

@@ -114,9 +114,9 @@ pub struct Config {
     #[arg(long, env = "LIVE_FLUSH_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub flush_timeout: Duration,
 
-    /// Address of /metrics (Prometheus) and /health.
-    #[arg(long, env = "METRICS_ADDR", default_value = "127.0.0.1:9102")]
-    pub metrics_addr: SocketAddr,
+    /// Address of /metrics (Prometheus) and /health; `off` disables it.
+    #[arg(long, env = "METRICS_ADDR", default_value = "127.0.0.1:9102", value_parser = check_metrics_addr)]
+    pub metrics_addr: String,
 
     #[command(flatten)]
     pub nats: NatsArgs,
@@ -203,6 +203,12 @@ impl Settings {
     }
 }
 
+fn check_metrics_addr(a: &str) -> Result<String, String> {
+    klinebus_svc::parse_metrics_addr(a)
+        .map(|_| a.to_owned())
+        .map_err(|e| format!("{a:?}: {e} (host:port or off)"))
+}
+
 /// `POLLING_INTERVAL_<tf>` for each timeframe, read through `lookup` (the environment).
 pub fn poll_overrides(
     timeframes: &[Interval],
@@ -254,6 +260,14 @@ impl Config {
         Ok(s)
     }
 
+    /// Where /metrics and /health are served; `None` for `off`.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        // Checked by clap when parsed.
+        klinebus_svc::parse_metrics_addr(&self.metrics_addr)
+            .ok()
+            .flatten()
+    }
+
     /// The NATS connection options (secrets stay out of `Debug`).
     pub fn bus_options(&self) -> Result<BusOptions, SecretError> {
         self.nats.bus_options("kline-live")
@@ -275,7 +289,28 @@ mod tests {
         assert_eq!(c.mode, Mode::Websocket);
         assert_eq!(c.ws_url, "wss://stream.binance.com:9443");
         assert_eq!(c.rest_url, "https://api.binance.com");
-        assert_eq!(c.metrics_addr.to_string(), "127.0.0.1:9102");
+        assert_eq!(
+            c.metrics_addr().map(|a| a.to_string()).as_deref(),
+            Some("127.0.0.1:9102")
+        );
+        let off = parse(&[
+            "--symbols",
+            "BTCUSDT",
+            "--timeframes",
+            "1m",
+            "--metrics-addr",
+            "off",
+        ]);
+        assert_eq!(off.unwrap().metrics_addr(), None);
+        assert!(parse(&[
+            "--symbols",
+            "BTCUSDT",
+            "--timeframes",
+            "1m",
+            "--metrics-addr",
+            "x"
+        ])
+        .is_err());
         let s = c.settings().unwrap();
         assert_eq!(s.streams_per_connection, 1024);
         assert_eq!(s.rotate_after, Duration::from_secs(23 * 3600));

@@ -122,9 +122,10 @@ pub fn rest_client(config: &Config) -> anyhow::Result<RestClient> {
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let settings = config.settings().map_err(anyhow::Error::msg)?;
     let health = klinebus_svc::Health::default();
-    let addr = klinebus_svc::serve_telemetry(config.metrics_addr, health.clone(), shutdown.clone())
-        .await?;
-    tracing::info!(%addr, "serving /metrics and /health");
+    if let Some(addr) = config.metrics_addr() {
+        let addr = klinebus_svc::serve_telemetry(addr, health.clone(), shutdown.clone()).await?;
+        tracing::info!(%addr, "serving /metrics and /health");
+    }
     let rest = rest_client(&config)?;
     let bus_options = config.bus_options()?;
     // NATS down at start-up is waited out (like an outage later on), not a crash loop.

@@ -86,7 +86,6 @@ use klinebus_schemas::streams::{
 use klinebus_schemas::{subjects, ClosedCandles, KlineEvent};
 use klinebus_svc::Health;
 use sqlx::postgres::PgPoolOptions;
-use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 pub use config::SinkConfig;
@@ -596,12 +595,4 @@ async fn nak_all(msgs: &[(&jetstream::Message, u64, usize)]) {
     for (m, _, _) in msgs {
         let _ = m.ack_with(AckKind::Nak(None)).await;
     }
-}
-
-/// A pool for tests and tools.
-pub async fn connect_db(url: &str, max: u32) -> Result<PgPool, sqlx::Error> {
-    PgPoolOptions::new()
-        .max_connections(max.max(1))
-        .connect(url)
-        .await
 }

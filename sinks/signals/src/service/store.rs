@@ -3,7 +3,6 @@
 
 use klinebus_schemas::{Interval, Symbol};
 use sqlx::postgres::PgConnection;
-use sqlx::types::Json;
 use sqlx::{Connection, PgPool};
 
 use crate::{Candle, SignalReport};
@@ -130,36 +129,6 @@ impl<'a> SignalRow<'a> {
             details,
         }
     }
-}
-
-/// Inserts or updates one row; an identical row is left alone (its `updated_at` too). Returns
-/// true if something was written.
-pub async fn upsert_signal(pool: &PgPool, row: &SignalRow<'_>) -> Result<bool, sqlx::Error> {
-    let confidence = if row.confidence.is_finite() {
-        row.confidence.clamp(0.0, 1.0)
-    } else {
-        0.0
-    };
-    let done = sqlx::query(
-        r#"INSERT INTO signals (symbol, timeframe, "timestamp", action, confidence, regime, details)
-           VALUES ($1, $2, $3, $4, $5, $6, $7)
-           ON CONFLICT (symbol, timeframe, "timestamp") DO UPDATE
-             SET action = EXCLUDED.action, confidence = EXCLUDED.confidence,
-                 regime = EXCLUDED.regime, details = EXCLUDED.details, updated_at = now()
-             WHERE (signals.action, signals.confidence, signals.regime, signals.details)
-                   IS DISTINCT FROM
-                   (EXCLUDED.action, EXCLUDED.confidence, EXCLUDED.regime, EXCLUDED.details)"#,
-    )
-    .bind(row.symbol.as_str())
-    .bind(row.interval.as_str())
-    .bind(row.open_time)
-    .bind(row.action)
-    .bind(confidence)
-    .bind(row.regime)
-    .bind(Json(&row.details))
-    .execute(pool)
-    .await?;
-    Ok(done.rows_affected() > 0)
 }
 
 /// One row of `signals` ready for [`upsert_signals`]: owned, `details` already JSON text.
