@@ -7,7 +7,6 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::HashSet;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
@@ -18,6 +17,9 @@ use klinebus_schemas::{bus, codec, ClosedCandles, Interval, KlineEvent, Source, 
 use klinebus_testkit::{NatsServer, TestDb};
 use sqlx::PgPool;
 
+mod support;
+use support::Proc;
+
 /// 2025-06-04T12:00:00Z
 const T0: i64 = 1_749_038_400_000;
 const SYMBOLS: usize = 30;
@@ -27,41 +29,21 @@ const PER_SYMBOL: usize = 2_000;
 const TAKEOVER_LIMIT: Duration = Duration::from_secs(20);
 
 /// A `kline-pg-sink` process with its defaults (ack wait included), SIGKILLed on drop.
-struct SinkProcess {
-    child: Child,
+fn sink(nats_url: &str, db_url: &str) -> Proc {
+    Proc::start(
+        "kline-pg-sink",
+        env!("CARGO_BIN_EXE_e2e-kline-pg-sink"),
+        &[
+            "--nats-url",
+            nats_url,
+            "--database-url",
+            db_url,
+            "--metrics-addr",
+            "off",
+        ],
+    )
 }
 
-impl SinkProcess {
-    fn start(nats_url: &str, db_url: &str) -> Self {
-        let child = Command::new(env!("CARGO_BIN_EXE_e2e-kline-pg-sink"))
-            .args(["--nats-url", nats_url, "--database-url", db_url])
-            .args(["--metrics-addr", "off"])
-            .env("RUST_LOG", "warn")
-            .env("NO_COLOR", "1")
-            .env_remove("LOG_FORMAT")
-            .env_remove("SINK_ACK_WAIT_SECS")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("cannot start e2e-kline-pg-sink");
-        Self { child }
-    }
-
-    /// SIGKILL: no flush, no ack, no goodbye.
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for SinkProcess {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// Closed 1m candle number `i` of symbol `s`, as a backfill publishes it.
 fn candle(s: usize, i: usize) -> KlineEvent {
     let open_time = T0 + i as i64 * 60_000;
     KlineEvent {
@@ -197,8 +179,8 @@ async fn a_killed_sinks_batches_are_stored_by_the_other_within_seconds() {
         started.elapsed().as_secs_f64()
     );
 
-    let mut a = SinkProcess::start(&nats.url(), &db.url);
-    let b = SinkProcess::start(&nats.url(), &db.url);
+    let mut a = sink(&nats.url(), &db.url);
+    let b = sink(&nats.url(), &db.url);
     // Both have started (each updates the durable at start-up): the ack wait is the new one.
     let deadline = Instant::now() + Duration::from_secs(20);
     while info(&js).await.config.ack_wait != Duration::from_secs(10) {

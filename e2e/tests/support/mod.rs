@@ -36,6 +36,8 @@ impl Proc {
             .env("RUST_LOG", "warn")
             .env("NO_COLOR", "1")
             .env_remove("LOG_FORMAT")
+            // The ack wait is what takeover tests measure: a developer's shell must not set it.
+            .env_remove("SINK_ACK_WAIT_SECS")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
