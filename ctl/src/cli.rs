@@ -23,9 +23,10 @@ pub struct Cli {
 /// The operators' commands.
 #[derive(Debug, Subcommand)]
 pub enum Cmd {
-    /// Check stored candles per symbol and timeframe: ok, missing, stale, incomplete or error,
-    /// with the gaps inside the window; with --repair, backfill the gaps and check again.
-    /// Exit code 0 only when everything (finally) is ok.
+    /// Check stored candles per symbol and timeframe: ok, halted (not trading, complete up to
+    /// its halt), incomplete, stale, missing or error, with the gaps inside the window (from
+    /// the listing, when the series is younger); with --repair, backfill the gaps and check
+    /// again. Exit code 0 only when everything (finally) is ok or halted.
     Verify(VerifyArgs),
     /// Show ingestion_status and each JetStream consumer's lag.
     Status(StatusArgs),
