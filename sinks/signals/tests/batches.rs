@@ -3,6 +3,8 @@
 //! run — every row, and every SIGNALS event once, in order.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::Context;
@@ -10,76 +12,12 @@ use clap::Parser;
 use kline_signals::{Candle, Config, Outcome, SeriesState, SignalReport, SinkConfig};
 use klinebus_schemas::bus;
 use klinebus_schemas::streams::{Retention, CANDLES_STREAM, SIGNALS_STREAM};
-use klinebus_schemas::{Interval, KlineEvent, Source, Venue};
+use klinebus_schemas::{Interval, KlineEvent, Source};
 use klinebus_testkit::{NatsServer, TestDb};
-use serde::Deserialize;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-#[derive(Deserialize)]
-struct Row {
-    open_time: i64,
-    open: String,
-    high: String,
-    low: String,
-    close: String,
-    volume: String,
-}
-
-fn fixture_events(n: usize) -> Vec<KlineEvent> {
-    let rows: Vec<Row> = serde_json::from_str(include_str!("fixtures/candles.json")).unwrap();
-    rows.into_iter()
-        .take(n)
-        .map(|r| {
-            let close_time = Interval::H1.close_time(r.open_time);
-            KlineEvent {
-                venue: Venue::binance(),
-                symbol: "BTCUSDT".parse().unwrap(),
-                interval: Interval::H1,
-                open_time: r.open_time,
-                close_time,
-                open: r.open,
-                high: r.high,
-                low: r.low,
-                close: r.close,
-                volume: r.volume,
-                quote_volume: "0".into(),
-                trades: 1,
-                taker_buy_base: "0".into(),
-                taker_buy_quote: "0".into(),
-                closed: true,
-                event_time: close_time + 1,
-                source: Source::Backfill,
-                received_at: close_time + 2,
-            }
-        })
-        .collect()
-}
-
-async fn insert_candles(pool: &PgPool, events: &[KlineEvent]) {
-    for e in events {
-        sqlx::query(
-            r#"INSERT INTO ohlcv_candles (symbol, timeframe, "timestamp", open, high, low, close,
-                 volume, quote_volume, taker_buy_base, taker_buy_quote, trades, close_time,
-                 is_closed, event_time, source)
-               VALUES ($1, $2, $3, $4::numeric, $5::numeric, $6::numeric, $7::numeric,
-                 $8::numeric, 0, 0, 0, 1, $9, TRUE, $10, 'backfill')"#,
-        )
-        .bind(e.symbol.as_str())
-        .bind(e.interval.as_str())
-        .bind(e.open_time)
-        .bind(&e.open)
-        .bind(&e.high)
-        .bind(&e.low)
-        .bind(&e.close)
-        .bind(&e.volume)
-        .bind(e.close_time)
-        .bind(e.event_time)
-        .execute(pool)
-        .await
-        .unwrap();
-    }
-}
+use common::{commit, fixture_events};
 
 async fn setup(n: usize) -> (NatsServer, TestDb, Context, Vec<KlineEvent>) {
     let nats = NatsServer::start();
@@ -89,8 +27,8 @@ async fn setup(n: usize) -> (NatsServer, TestDb, Context, Vec<KlineEvent>) {
     bus::ensure_streams(&js, &Retention::default())
         .await
         .unwrap();
-    let events = fixture_events(n);
-    insert_candles(&db.pool, &events).await;
+    let events = fixture_events(n, Source::Backfill);
+    commit(&db.pool, &events).await;
     let mut acks = Vec::new();
     for e in &events {
         acks.extend(bus::publish_closed(&js, &[e]).await.unwrap());

@@ -5,60 +5,21 @@
 //! stream must hold exactly one signal per candle, in candle order, equal to an in-order run's.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::Context;
 use clap::Parser;
 use kline_signals::{Candle, Config, Outcome, SeriesState, SignalReport, SinkConfig};
 use klinebus_schemas::streams::{Retention, CANDLES_STREAM, SIGNALS_STREAM};
-use klinebus_schemas::{bus, codec, Interval, KlineEvent, Source, Venue};
+use klinebus_schemas::{bus, codec, Interval, KlineEvent, Source};
 use klinebus_testkit::{NatsServer, TestDb};
-use serde::Deserialize;
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-#[derive(Deserialize)]
-struct Row {
-    open_time: i64,
-    open: String,
-    high: String,
-    low: String,
-    close: String,
-    volume: String,
-}
-
-/// The first `n` one-hour candles of the committed fixture as closed BTCUSDT events from
-/// `source`.
-fn fixture_events(n: usize, source: Source) -> Vec<KlineEvent> {
-    let rows: Vec<Row> = serde_json::from_str(include_str!("fixtures/candles.json")).unwrap();
-    rows.into_iter()
-        .take(n)
-        .map(|r| {
-            let close_time = Interval::H1.close_time(r.open_time);
-            KlineEvent {
-                venue: Venue::binance(),
-                symbol: "BTCUSDT".parse().unwrap(),
-                interval: Interval::H1,
-                open_time: r.open_time,
-                close_time,
-                open: r.open,
-                high: r.high,
-                low: r.low,
-                close: r.close,
-                volume: r.volume,
-                quote_volume: "0".into(),
-                trades: 1,
-                taker_buy_base: "0".into(),
-                taker_buy_quote: "0".into(),
-                closed: true,
-                event_time: close_time + 1,
-                source,
-                received_at: close_time + 2,
-            }
-        })
-        .collect()
-}
+use common::{commit, fixture_events};
 
 /// With `source` set on each.
 fn from_source(events: &[KlineEvent], source: Source) -> Vec<KlineEvent> {
@@ -70,33 +31,6 @@ fn from_source(events: &[KlineEvent], source: Source) -> Vec<KlineEvent> {
             e
         })
         .collect()
-}
-
-/// What kline-pg-sink commits before it announces the candles.
-async fn commit(pool: &PgPool, events: &[KlineEvent]) {
-    for e in events {
-        sqlx::query(
-            r#"INSERT INTO ohlcv_candles (symbol, timeframe, "timestamp", open, high, low, close,
-                 volume, quote_volume, taker_buy_base, taker_buy_quote, trades, close_time,
-                 is_closed, event_time, source)
-               VALUES ($1, $2, $3, $4::numeric, $5::numeric, $6::numeric, $7::numeric,
-                 $8::numeric, 0, 0, 0, 1, $9, TRUE, $10, $11)"#,
-        )
-        .bind(e.symbol.as_str())
-        .bind(e.interval.as_str())
-        .bind(e.open_time)
-        .bind(&e.open)
-        .bind(&e.high)
-        .bind(&e.low)
-        .bind(&e.close)
-        .bind(&e.volume)
-        .bind(e.close_time)
-        .bind(e.event_time)
-        .bind(e.source.as_str())
-        .execute(pool)
-        .await
-        .unwrap();
-    }
 }
 
 /// Announces as kline-pg-sink does after its commits, `per_message` candles a message.

@@ -3,6 +3,8 @@
 //! `SeriesState` directly.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::future::Future;
 use std::time::{Duration, Instant};
 
@@ -13,79 +15,13 @@ use kline_signals::{Candle, Config, Outcome, SeriesState, SignalReport, SinkConf
 use klinebus_consume::consumer_lag;
 use klinebus_schemas::bus;
 use klinebus_schemas::streams::{Retention, CANDLES_STREAM, SIGNALS_STREAM};
-use klinebus_schemas::{Interval, KlineEvent, Source, Venue};
+use klinebus_schemas::{KlineEvent, Source};
 use klinebus_testkit::{NatsServer, TestDb};
-use serde::Deserialize;
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-#[derive(Deserialize)]
-struct Row {
-    open_time: i64,
-    open: String,
-    high: String,
-    low: String,
-    close: String,
-    volume: String,
-}
-
-/// The first `n` one-hour candles of the committed fixture as closed BTCUSDT events.
-fn fixture_events(n: usize) -> Vec<KlineEvent> {
-    let rows: Vec<Row> = serde_json::from_str(include_str!("fixtures/candles.json")).unwrap();
-    rows.into_iter()
-        .take(n)
-        .map(|r| {
-            let close_time = Interval::H1.close_time(r.open_time);
-            KlineEvent {
-                venue: Venue::binance(),
-                symbol: "BTCUSDT".parse().unwrap(),
-                interval: Interval::H1,
-                open_time: r.open_time,
-                close_time,
-                open: r.open,
-                high: r.high,
-                low: r.low,
-                close: r.close,
-                volume: r.volume,
-                quote_volume: "0".into(),
-                trades: 1,
-                taker_buy_base: "0".into(),
-                taker_buy_quote: "0".into(),
-                closed: true,
-                event_time: close_time + 1,
-                source: Source::Backfill,
-                received_at: close_time + 2,
-            }
-        })
-        .collect()
-}
-
-/// What kline-pg-sink would have committed before publishing the events.
-async fn insert_candles(pool: &PgPool, events: &[KlineEvent]) {
-    for e in events {
-        sqlx::query(
-            r#"INSERT INTO ohlcv_candles (symbol, timeframe, "timestamp", open, high, low, close,
-                 volume, quote_volume, taker_buy_base, taker_buy_quote, trades, close_time,
-                 is_closed, event_time, source)
-               VALUES ($1, $2, $3, $4::numeric, $5::numeric, $6::numeric, $7::numeric,
-                 $8::numeric, 0, 0, 0, 1, $9, TRUE, $10, 'backfill')"#,
-        )
-        .bind(e.symbol.as_str())
-        .bind(e.interval.as_str())
-        .bind(e.open_time)
-        .bind(&e.open)
-        .bind(&e.high)
-        .bind(&e.low)
-        .bind(&e.close)
-        .bind(&e.volume)
-        .bind(e.close_time)
-        .bind(e.event_time)
-        .execute(pool)
-        .await
-        .unwrap();
-    }
-}
+use common::{commit, fixture_events};
 
 async fn js_for(url: &str) -> Context {
     let client = async_nats::connect(url).await.unwrap();
@@ -270,8 +206,8 @@ async fn signals_equal_direct_computation_and_replays_change_nothing() {
     let nats = NatsServer::start();
     let db = TestDb::fresh().await;
     let js = js_for(&nats.url()).await;
-    let events = fixture_events(200);
-    insert_candles(&db.pool, &events).await;
+    let events = fixture_events(200, Source::Backfill);
+    commit(&db.pool, &events).await;
     publish_closed(&js, &events).await;
     let expected = reports(&direct(&events));
     assert_eq!(
@@ -348,8 +284,8 @@ async fn multi_candle_messages_give_the_same_signals() {
     let nats = NatsServer::start();
     let db = TestDb::fresh().await;
     let js = js_for(&nats.url()).await;
-    let events = fixture_events(200);
-    insert_candles(&db.pool, &events).await;
+    let events = fixture_events(200, Source::Backfill);
+    commit(&db.pool, &events).await;
     publish_closed_in(&js, &events, 37).await;
     let (stop, h) = spawn(config(&nats.url(), &db.url, &[]));
     wait_caught_up(&js, "signals", 200_u64.div_ceil(37)).await;
@@ -363,8 +299,8 @@ async fn warms_from_postgres_at_first_sight() {
     let nats = NatsServer::start();
     let db = TestDb::fresh().await;
     let js = js_for(&nats.url()).await;
-    let events = fixture_events(200);
-    insert_candles(&db.pool, &events).await;
+    let events = fixture_events(200, Source::Backfill);
+    commit(&db.pool, &events).await;
     // Only the last five candles arrive as events; the history is in the table.
     publish_closed(&js, &events[195..]).await;
     let expected: Vec<SignalReport> = reports(&direct(&events))
@@ -386,9 +322,9 @@ async fn a_gap_gives_insufficient_data_not_a_panic() {
     let db = TestDb::fresh().await;
     let js = js_for(&nats.url()).await;
     // Candle 100 is missing from the table and from the events.
-    let mut events = fixture_events(200);
+    let mut events = fixture_events(200, Source::Backfill);
     events.remove(100);
-    insert_candles(&db.pool, &events).await;
+    commit(&db.pool, &events).await;
     publish_closed(&js, &events).await;
     let outcomes = direct(&events);
 
@@ -428,8 +364,8 @@ async fn a_second_instance_waits_for_the_owner_lock() {
     let nats = NatsServer::start();
     let db = TestDb::fresh().await;
     let js = js_for(&nats.url()).await;
-    let events = fixture_events(100);
-    insert_candles(&db.pool, &events).await;
+    let events = fixture_events(100, Source::Backfill);
+    commit(&db.pool, &events).await;
     publish_closed(&js, &events).await;
     let owner = OwnerLock::try_acquire(&db.url, "signals")
         .await
@@ -464,8 +400,8 @@ async fn caught_up_on_120_of_200(
 ) {
     let db = TestDb::fresh().await;
     let js = js_for(&nats.url()).await;
-    let events = fixture_events(200);
-    insert_candles(&db.pool, &events).await;
+    let events = fixture_events(200, Source::Backfill);
+    commit(&db.pool, &events).await;
     publish_closed(&js, &events[..120]).await;
     let (stop, h) = spawn(config(&nats.url(), &db.url, &[]));
     wait_caught_up(&js, "signals", 120).await;
@@ -518,8 +454,8 @@ async fn poison_is_dead_lettered_and_the_rest_processed() {
     let nats = NatsServer::start();
     let db = TestDb::fresh().await;
     let js = js_for(&nats.url()).await;
-    let events = fixture_events(100);
-    insert_candles(&db.pool, &events).await;
+    let events = fixture_events(100, Source::Backfill);
+    commit(&db.pool, &events).await;
     publish_closed(&js, &events[..50]).await;
     // Redelivered old candles (no Nats-Msg-Id, so the stream keeps them): replays, no change.
     for e in &events[40..45] {
@@ -560,8 +496,8 @@ async fn the_binary_stops_cleanly_on_sigterm() {
     let nats = NatsServer::start();
     let db = TestDb::fresh().await;
     let js = js_for(&nats.url()).await;
-    let events = fixture_events(100);
-    insert_candles(&db.pool, &events).await;
+    let events = fixture_events(100, Source::Backfill);
+    commit(&db.pool, &events).await;
     publish_closed(&js, &events).await;
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_kline-signals"))
         .args(["--metrics-addr", "127.0.0.1:0", "--no-migrate"])

@@ -3,7 +3,9 @@
 #![allow(clippy::unwrap_used, dead_code)]
 
 use kline_signals::Candle;
+use klinebus_schemas::{Interval, KlineEvent, Source, Venue};
 use serde::Deserialize;
+use sqlx::PgPool;
 
 #[derive(Deserialize)]
 struct Row {
@@ -24,4 +26,62 @@ pub fn candles() -> Vec<Candle> {
             Candle::from_text(r.open_time, &r.open, &r.high, &r.low, &r.close, &r.volume).unwrap()
         })
         .collect()
+}
+
+/// The first `n` candles of the fixture as closed BTCUSDT 1h events from `source`.
+pub fn fixture_events(n: usize, source: Source) -> Vec<KlineEvent> {
+    let rows: Vec<Row> = serde_json::from_str(include_str!("../fixtures/candles.json")).unwrap();
+    rows.into_iter()
+        .take(n)
+        .map(|r| {
+            let close_time = Interval::H1.close_time(r.open_time);
+            KlineEvent {
+                venue: Venue::binance(),
+                symbol: "BTCUSDT".parse().unwrap(),
+                interval: Interval::H1,
+                open_time: r.open_time,
+                close_time,
+                open: r.open,
+                high: r.high,
+                low: r.low,
+                close: r.close,
+                volume: r.volume,
+                quote_volume: "0".into(),
+                trades: 1,
+                taker_buy_base: "0".into(),
+                taker_buy_quote: "0".into(),
+                closed: true,
+                event_time: close_time + 1,
+                source,
+                received_at: close_time + 2,
+            }
+        })
+        .collect()
+}
+
+/// What kline-pg-sink commits before it announces the candles.
+pub async fn commit(pool: &PgPool, events: &[KlineEvent]) {
+    for e in events {
+        sqlx::query(
+            r#"INSERT INTO ohlcv_candles (symbol, timeframe, "timestamp", open, high, low, close,
+                 volume, quote_volume, taker_buy_base, taker_buy_quote, trades, close_time,
+                 is_closed, event_time, source)
+               VALUES ($1, $2, $3, $4::numeric, $5::numeric, $6::numeric, $7::numeric,
+                 $8::numeric, 0, 0, 0, 1, $9, TRUE, $10, $11)"#,
+        )
+        .bind(e.symbol.as_str())
+        .bind(e.interval.as_str())
+        .bind(e.open_time)
+        .bind(&e.open)
+        .bind(&e.high)
+        .bind(&e.low)
+        .bind(&e.close)
+        .bind(&e.volume)
+        .bind(e.close_time)
+        .bind(e.event_time)
+        .bind(e.source.as_str())
+        .execute(pool)
+        .await
+        .unwrap();
+    }
 }
