@@ -33,10 +33,7 @@ pub(crate) async fn fetch_closed(
     let mut start = match after {
         Some(t) => interval.next_open(t),
         None => {
-            let mut t = current;
-            for _ in 0..ctx.settings.initial_candles {
-                t = interval.align(t - 1);
-            }
+            let t = candles_back(interval, current, ctx.settings.initial_candles);
             if t == current {
                 // Nothing wanted from the past: start from the candle that closed last.
                 ctx.tracker
@@ -46,7 +43,7 @@ pub(crate) async fn fetch_closed(
             t
         }
     };
-    let earliest = earliest_repaired(interval, current, ctx.settings.max_repair_candles);
+    let earliest = candles_back(interval, current, ctx.settings.max_repair_candles);
     if start < earliest {
         let skipped = interval.count_between(start, earliest);
         tracing::warn!(%symbol, %interval, skipped, from = start, to = earliest,
@@ -103,17 +100,11 @@ pub(crate) async fn fetch_closed(
     Ok(published)
 }
 
-/// Open time of the oldest candle a repair at `current` fetches: `max` candles back.
-fn earliest_repaired(interval: Interval, current: i64, max: u32) -> i64 {
+/// Open time of the candle `n` candles before the one opening at `current`.
+fn candles_back(interval: Interval, current: i64, n: u32) -> i64 {
     match interval.fixed_ms() {
-        Some(ms) => current - i64::from(max) * ms,
-        None => {
-            let mut t = current;
-            for _ in 0..max.min(1200) {
-                t = interval.align(t - 1);
-            }
-            t
-        }
+        Some(ms) => current - i64::from(n) * ms,
+        None => (0..n).fold(current, |t, _| interval.align(t - 1)),
     }
 }
 
@@ -141,7 +132,7 @@ fn awaiting(
                 .min(ctx.settings.max_repair_candles),
         );
     };
-    let from = interval.next_open(after).max(earliest_repaired(
+    let from = interval.next_open(after).max(candles_back(
         interval,
         current,
         ctx.settings.max_repair_candles,
