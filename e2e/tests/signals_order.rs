@@ -18,7 +18,7 @@ use klinebus_testkit::{NatsServer, TestDb};
 use sqlx::PgPool;
 
 mod support;
-use support::{wait_until, Proc};
+use support::{assert_table_equals_exchange, wait_until, Proc};
 
 /// 2025-06-04T12:00:00Z
 const T0: i64 = 1_749_038_400_000;
@@ -262,4 +262,131 @@ async fn every_live_candle_gets_one_signal_with_the_readme_start_order() {
         "[{:5.1}s] {total} signals, one per live candle; SIGNALS {per_subject:?}",
         started.elapsed().as_secs_f64()
     );
+}
+
+/// The reverse of the README's order: the producers first (the bootstrap, then kline-live),
+/// the sink and kline-signals only after them, so everything reaches them from the streams'
+/// retained history. The table must then equal the simulator's candles over the whole window,
+/// and every candle that closed while kline-signals ran must have exactly one signal (the
+/// candles before it started, live or not, may only warm the series).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reverse_start_order_ends_with_the_exchange_candles_and_a_signal_each() {
+    let sim = binance_sim::spawn(binance_sim::Config::parse_from([
+        "binance-sim",
+        "--start-time",
+        &T0.to_string(),
+        "--speed",
+        SPEED,
+        "--symbols",
+        &SYMBOLS.join(","),
+    ]))
+    .await
+    .unwrap();
+    let nats = NatsServer::start();
+    let db = TestDb::fresh().await;
+    let (nats_url, rest, ws) = (nats.url(), sim.base_url(), sim.ws_url());
+    let symbols = SYMBOLS.join(",");
+    let common = [
+        ("NATS_URL", nats_url.as_str()),
+        ("DATABASE_URL", db.url.as_str()),
+        ("METRICS_ADDR", "127.0.0.1:0"),
+        ("TRADING_PAIRS", symbols.as_str()),
+        ("TIMEFRAMES", "1m"),
+        ("BINANCE_REST_URL", rest.as_str()),
+        ("BINANCE_WS_URL", ws.as_str()),
+    ];
+    let mut backfill = Proc::start_with_env(
+        "kline-backfill",
+        env!("CARGO_BIN_EXE_e2e-kline-backfill"),
+        &["--days", "2", "--progress", "quiet"],
+        &common,
+    );
+    let window_start = Interval::M1.align(sim.clock().now_ms() - 2 * 86_400_000);
+    let status = backfill.wait(Duration::from_secs(60)).await;
+    assert!(status.success(), "kline-backfill: {status:?}");
+    let live_from = Interval::M1.next_open(sim.clock().now_ms());
+    let live = Proc::start_with_env(
+        "kline-live",
+        env!("CARGO_BIN_EXE_e2e-kline-live"),
+        &[],
+        &common,
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let sink = Proc::start_with_env(
+        "kline-pg-sink",
+        env!("CARGO_BIN_EXE_e2e-kline-pg-sink"),
+        &["--flush-interval-ms", "50"],
+        &common,
+    );
+    // The contract: a signal for every candle that closes while kline-signals runs.
+    let signals_from = Interval::M1.next_open(sim.clock().now_ms());
+    let signals_proc = Proc::start_with_env(
+        "kline-signals",
+        env!("CARGO_BIN_EXE_e2e-kline-signals"),
+        &[],
+        &common,
+    );
+    let pool = db.pool.clone();
+    wait_until("live candles stored", Duration::from_secs(60), || {
+        let pool = pool.clone();
+        async move {
+            for s in SYMBOLS {
+                if (closed(&pool, s, live_from).await.len() as i64) < LIVE / 2 {
+                    return false;
+                }
+            }
+            true
+        }
+    })
+    .await;
+    let status = live.terminate().await;
+    assert!(status.success(), "kline-live on SIGTERM: {status}");
+    let client = bus::connect(&bus::BusOptions::new(nats.url(), "e2e-reverse-order"))
+        .await
+        .unwrap();
+    let js = bus::jetstream(client, 1024);
+    wait_until(
+        "the sink, then kline-signals, to process everything",
+        Duration::from_secs(60),
+        || {
+            let js = js.clone();
+            async move {
+                caught_up(&js, KLINES_STREAM, "pg-sink").await && signals_caught_up(&js).await
+            }
+        },
+    )
+    .await;
+    let status = signals_proc.terminate().await;
+    assert!(status.success(), "kline-signals on SIGTERM: {status}");
+    let status = sink.terminate().await;
+    assert!(status.success(), "kline-pg-sink on SIGTERM: {status}");
+
+    for s in SYMBOLS {
+        let stored = closed(&db.pool, s, live_from).await;
+        let end = Interval::M1.next_open(*stored.last().unwrap());
+        // The bootstrap's window began when it read the exchange clock, a moment after ours.
+        let first = closed(&db.pool, s, 0).await[0];
+        assert!(
+            first <= window_start + 2 * 60_000,
+            "{s}: history from {first}"
+        );
+        assert_table_equals_exchange(&db.pool, &sim, s, Interval::M1, first, end).await;
+        let rows = signals(&db.pool, s).await;
+        let live_rows: Vec<_> = rows.iter().filter(|r| r.0 >= signals_from).collect();
+        let at: Vec<i64> = live_rows.iter().map(|r| r.0).collect();
+        let want: Vec<i64> = stored.into_iter().filter(|t| *t >= signals_from).collect();
+        assert!(
+            want.len() as i64 >= LIVE / 4,
+            "{s}: {} live candles",
+            want.len()
+        );
+        assert_eq!(
+            at, want,
+            "{s}: exactly one signal per candle closed while kline-signals ran"
+        );
+        assert!(
+            live_rows.iter().all(|r| r.1 != "insufficient_data"),
+            "{s}: {live_rows:?}"
+        );
+    }
 }
