@@ -270,8 +270,6 @@ async fn every_live_candle_gets_one_signal_with_the_readme_start_order() {
 /// and every candle that closed while kline-signals ran must have exactly one signal (the
 /// candles before it started, live or not, may only warm the series).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails intermittently under load: a candle that closed while kline-signals ran got no \
-            signal (issue #14, item 5); run with --run-ignored all"]
 async fn the_reverse_start_order_ends_with_the_exchange_candles_and_a_signal_each() {
     let sim = binance_sim::spawn(binance_sim::Config::parse_from([
         "binance-sim",

@@ -277,6 +277,12 @@ impl SeriesState {
         last
     }
 
+    /// Applies one closed candle without evaluating the strategies (its report is not
+    /// wanted): the state afterwards is the same as after [`apply`](Self::apply).
+    pub fn advance(&mut self, candle: &Candle) {
+        self.step(candle, false);
+    }
+
     /// Forgets everything (as after a gap).
     pub fn reset(&mut self) {
         *self = Self::new(&self.cfg, self.symbol.clone(), self.interval);

@@ -382,3 +382,25 @@ async fn a_late_live_candle_before_the_first_one_seen_gets_its_signal() {
     published.swap(0, 1);
     assert_events(&s.js, &published).await;
 }
+
+#[tokio::test]
+async fn a_candle_stored_before_the_next_but_announced_after_it_gets_its_signal() {
+    // The sink's two workers: 150 is committed first, but 151's announcement is out before
+    // 150's. 151 finds 150 in the table (the series warms over it); 150 must still get its
+    // signal, once, and before 151's.
+    let s = setup().await;
+    let events = fixture_events(200, Source::Ws);
+    let (stop, h) = spawn(&s, &[]);
+    deliver(&s.js, &s.db.pool, &events[..150], 1).await;
+    caught_up(&s.js).await;
+    commit(&s.db.pool, &events[150..151]).await;
+    deliver(&s.js, &s.db.pool, &events[151..152], 1).await;
+    caught_up(&s.js).await;
+    announce(&s.js, &events[150..151], 1).await;
+    deliver(&s.js, &s.db.pool, &events[152..], 1).await;
+    caught_up(&s.js).await;
+    assert_exactly(&s.js, &s.db.pool, &in_order(&events)).await;
+    assert_redelivery_changes_nothing(&s, &events[148..154]).await;
+    stop.cancel();
+    h.await.unwrap();
+}

@@ -279,7 +279,19 @@ impl Engine {
                             Some(h) => h.3,
                             None => self.first_floor(e).await?,
                         };
-                        let state = self.warm(&e.symbol, e.interval, e.open_time).await?;
+                        // Candles between the last one applied (or the floor) and this one
+                        // that are in the table already were announced late or not yet (the
+                        // sink's workers commit and announce independently): the series
+                        // warms over them, so they get their signals here.
+                        let from = match held.and_then(|h| h.0) {
+                            Some(last) => floor.max(e.interval.next_open(last)),
+                            None => floor,
+                        };
+                        let state = if from < e.open_time && self.max_recompute > 0 {
+                            self.rebuild(e, e.open_time, from, &mut rows).await?.0
+                        } else {
+                            self.warm(&e.symbol, e.interval, e.open_time).await?
+                        };
                         Series { state, floor }
                     }
                 },
@@ -412,11 +424,9 @@ impl Engine {
             .is_some_and(|c| e.interval.next_open(c.open_time()) == run_start))
     }
 
-    /// Rebuilds `e`'s series from the table up to its last candle `last`: ONE read of the
-    /// `--warm-candles` before the recomputed range plus the range (`from`..=`last`, at most
-    /// `max_recompute` candles, the newest if longer). Every candle of the range that has no
-    /// stored signal gets one (rows into `rows`). `None` (state kept as it was) if the table
-    /// does not end at `last`.
+    /// Rebuilds `e`'s series from the table up to its last candle `last`: see
+    /// [`rebuild`](Self::rebuild). `None` (state kept as it was) if the table does not end at
+    /// `last`.
     async fn recompute(
         &self,
         e: &KlineEvent,
@@ -424,53 +434,73 @@ impl Engine {
         from: i64,
         rows: &mut PendingRows,
     ) -> Result<Option<SeriesState>, EngineError> {
+        let (state, table_last) = self
+            .rebuild(e, e.interval.next_open(last), from, rows)
+            .await?;
+        if table_last != Some(last) {
+            tracing::warn!(symbol = %e.symbol, interval = %e.interval, last,
+                "cannot recompute: ohlcv_candles does not end at the series' last candle");
+            return Ok(None);
+        }
+        Ok(Some(state))
+    }
+
+    /// `e`'s series rebuilt from the stored closed candles before `until`: ONE read of the
+    /// `--warm-candles` before the recomputed range plus the range (from `from`, at most
+    /// `max_recompute` candles, the newest if longer). Every candle of the range that has no
+    /// stored signal gets one (rows into `rows`). Also returns the newest stored candle read.
+    async fn rebuild(
+        &self,
+        e: &KlineEvent,
+        until: i64,
+        from: i64,
+        rows: &mut PendingRows,
+    ) -> Result<(SeriesState, Option<i64>), EngineError> {
         let started = Instant::now();
         let (symbol, interval) = (&e.symbol, e.interval);
-        let span = interval
-            .count_between(from, interval.next_open(last))
-            .max(1) as usize;
+        let span = interval.count_between(from, until).max(1) as usize;
         let n = span.min(self.max_recompute);
         let history = load_history(
             &self.pool,
             symbol,
             interval,
-            interval.next_open(last),
+            until,
             self.warm_candles + n as i64,
         )
         .await
         .map_err(db_error)?;
-        if history.last().map(Candle::open_time) != Some(last) {
-            tracing::warn!(%symbol, %interval, last,
-                "cannot recompute: ohlcv_candles does not end at the series' last candle");
-            return Ok(None);
-        }
+        let table_last = history.last().map(Candle::open_time);
         let first = history
             .len()
             .saturating_sub(n)
             .max(history.partition_point(|c| c.open_time() < from));
         let range = &history[first..];
-        let done: HashSet<i64> = match range.first() {
-            Some(c) => signalled_between(&self.pool, symbol, interval, c.open_time(), last)
-                .await
-                .map_err(db_error)?
-                .into_iter()
-                .filter(|t| !self.unconfirmed.contains(&candle_key(e, *t)))
-                .collect(),
-            None => HashSet::new(),
+        let done: HashSet<i64> = match (range.first(), table_last) {
+            (Some(c), Some(last)) => {
+                signalled_between(&self.pool, symbol, interval, c.open_time(), last)
+                    .await
+                    .map_err(db_error)?
+                    .into_iter()
+                    .filter(|t| !self.unconfirmed.contains(&candle_key(e, *t)))
+                    .collect()
+            }
+            _ => HashSet::new(),
         };
         let mut state = SeriesState::new(&self.cfg, symbol.clone(), interval);
         state.warm(&history[..first]);
         let mut signals = 0u64;
         for c in range {
             let t = c.open_time();
+            if done.contains(&t) {
+                state.advance(c);
+                continue;
+            }
             match state.apply(c) {
-                Outcome::Signal(report) if !done.contains(&t) => {
+                Outcome::Signal(report) => {
                     signals += 1;
                     rows.push(self.signal_row(e, &report, true)?);
                 }
-                Outcome::InsufficientData { reason, have, need }
-                    if self.store_insufficient && !done.contains(&t) =>
-                {
+                Outcome::InsufficientData { reason, have, need } if self.store_insufficient => {
                     rows.push(insufficient_row(e, t, &reason, have, need, true));
                 }
                 _ => {}
@@ -480,13 +510,13 @@ impl Engine {
         metrics::counter!("klinebus_signals_recomputed_signals_total").increment(signals);
         if span > n {
             tracing::warn!(%symbol, %interval, from, candles = span, max_recompute = n,
-                "hole filled further back than --max-recompute; older candles not recomputed");
+                "candles to recompute beyond --max-recompute; the older ones get no signal");
         }
-        tracing::info!(%symbol, %interval, from = range.first().map(Candle::open_time), last,
-            candles = range.len(), signals, already_signalled = done.len(),
+        tracing::info!(%symbol, %interval, from = range.first().map(Candle::open_time),
+            until, candles = range.len(), signals, already_signalled = done.len(),
             warm = state.is_warm(), elapsed_ms = started.elapsed().as_millis() as u64,
-            "older candle filled the hole before the series: recomputed from ohlcv_candles");
-        Ok(Some(state))
+            "recomputed from ohlcv_candles");
+        Ok((state, table_last))
     }
 
     /// A fresh state fed the stored closed candles before `open_time`.
