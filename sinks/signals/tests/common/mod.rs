@@ -1,8 +1,7 @@
-//! The committed candle fixture, shared by the integration tests.
+//! The core's committed candle fixture as bus events, shared by the integration tests.
 
 #![allow(clippy::unwrap_used, dead_code)]
 
-use kline_signals::Candle;
 use klinebus_schemas::{Interval, KlineEvent, Source, Venue};
 use serde::Deserialize;
 use sqlx::PgPool;
@@ -17,20 +16,12 @@ struct Row {
     volume: String,
 }
 
-/// The 600 one-hour candles of `fixtures/candles.json` (from `make_reference.py`).
-pub fn candles() -> Vec<Candle> {
-    let text = include_str!("../fixtures/candles.json");
-    let rows: Vec<Row> = serde_json::from_str(text).unwrap();
-    rows.iter()
-        .map(|r| {
-            Candle::from_text(r.open_time, &r.open, &r.high, &r.low, &r.close, &r.volume).unwrap()
-        })
-        .collect()
-}
-
-/// The first `n` candles of the fixture as closed BTCUSDT 1h events from `source`.
+/// The first `n` candles of the fixture (`signals-core/tests/fixtures/candles.json`) as closed BTCUSDT 1h events from `source`.
 pub fn fixture_events(n: usize, source: Source) -> Vec<KlineEvent> {
-    let rows: Vec<Row> = serde_json::from_str(include_str!("../fixtures/candles.json")).unwrap();
+    let rows: Vec<Row> = serde_json::from_str(include_str!(
+        "../../../../signals-core/tests/fixtures/candles.json"
+    ))
+    .unwrap();
     rows.into_iter()
         .take(n)
         .map(|r| {

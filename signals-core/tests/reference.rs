@@ -5,10 +5,10 @@
 #![allow(clippy::unwrap_used)]
 
 use common::candles;
-use kline_signals::indicators::{
+use klinebus_signals_core::indicators::{
     Adx, Atr, Bollinger, Ema, Ichimoku, IchimokuConfig, Keltner, Macd, Rsi, Sma, Stochastic,
 };
-use kline_signals::Candle;
+use klinebus_signals_core::Candle;
 use serde_json::Value;
 
 mod common;
@@ -95,7 +95,7 @@ fn macd() {
         line.push(m.line());
         vals.push(v);
     }
-    let part = |f: fn(&kline_signals::indicators::MacdValue) -> f64| -> Vec<Option<f64>> {
+    let part = |f: fn(&klinebus_signals_core::indicators::MacdValue) -> f64| -> Vec<Option<f64>> {
         vals.iter().map(|v| v.as_ref().map(f)).collect()
     };
     // Exact: the same construction from TA-Lib's EMA.
@@ -145,7 +145,7 @@ fn bollinger() {
     for (key, f) in [
         (
             "upper",
-            (|v| v.upper) as fn(&kline_signals::indicators::BollingerValue) -> f64,
+            (|v| v.upper) as fn(&klinebus_signals_core::indicators::BollingerValue) -> f64,
         ),
         ("middle", |v| v.middle),
         ("lower", |v| v.lower),
@@ -218,9 +218,10 @@ fn ichimoku() {
         full.push(ich.update(c));
         parts.push(ich.partial());
     }
-    let col = |f: fn(&kline_signals::indicators::IchimokuPartial) -> Option<f64>| -> Vec<_> {
-        parts.iter().map(f).collect()
-    };
+    let col =
+        |f: fn(&klinebus_signals_core::indicators::IchimokuPartial) -> Option<f64>| -> Vec<_> {
+            parts.iter().map(f).collect()
+        };
     let key = |k: &str| series(&r, &["ichimoku", k]);
     check("tenkan", &col(|p| p.tenkan), &key("tenkan"), 0);
     check("kijun", &col(|p| p.kijun), &key("kijun"), 0);
@@ -247,7 +248,7 @@ fn keltner() {
     for (key, f) in [
         (
             "upper",
-            (|v| v.upper) as fn(&kline_signals::indicators::KeltnerValue) -> f64,
+            (|v| v.upper) as fn(&klinebus_signals_core::indicators::KeltnerValue) -> f64,
         ),
         ("middle", |v| v.middle),
         ("lower", |v| v.lower),

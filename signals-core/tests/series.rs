@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use common::candles;
-use kline_signals::{
+use klinebus_signals_core::{
     lookback, Action, Candle, Config, Outcome, SeriesState, SignalReport, StrategyId,
 };
 

@@ -3,12 +3,12 @@
 
 #![allow(clippy::unwrap_used)]
 
-use kline_signals::config::StrategyParams;
-use kline_signals::indicators::{
+use klinebus_signals_core::config::StrategyParams;
+use klinebus_signals_core::indicators::{
     AdxValue, BollingerValue, IchimokuValue, KeltnerValue, MacdValue, StochasticValue,
 };
-use kline_signals::strategies::{self, Context};
-use kline_signals::{Action, IndicatorValues};
+use klinebus_signals_core::strategies::{self, Context};
+use klinebus_signals_core::{Action, IndicatorValues};
 
 /// A quiet market: close 100 in the middle of everything, RSI 50, nothing crossing.
 fn base() -> IndicatorValues {
