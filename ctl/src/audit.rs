@@ -98,8 +98,12 @@ pub fn rest_client(a: &AuditArgs) -> Result<RestClient, CtlError> {
         },
         ..RestConfig::default()
     };
-    RestClient::new(config, Arc::new(WeightLimiter::new(a.weight_budget)))
-        .map_err(|e| CtlError::Exchange(e.to_string()))
+    RestClient::new(config, Arc::new(WeightLimiter::new(a.weight_budget))).map_err(|source| {
+        CtlError::Exchange {
+            what: "the REST client".into(),
+            source,
+        }
+    })
 }
 
 /// The holes of `plan` joined per series into ranges of at most one REST page, so that many
@@ -153,7 +157,10 @@ pub async fn audit_once(
     let server_now = rest
         .server_time()
         .await
-        .map_err(|e| CtlError::Exchange(format!("asking {} for its time: {e}", a.rest_url)))?;
+        .map_err(|source| CtlError::Exchange {
+            what: format!("asking {} for its time", a.rest_url),
+            source,
+        })?;
     // Halts and delistings become verdicts of their own, not holes to repair.
     let statuses = match kline_backfill::verify::exchange_statuses(rest, symbols).await {
         Ok(s) => s,
@@ -279,7 +286,7 @@ pub async fn run(db: &str, bus: &BusOptions, a: &AuditArgs) -> Result<Outcome, C
             Ok(r) => tracing::info!("{}", r.line()),
             Err(e) => {
                 metrics::counter!("klinebus_audit_runs_total", "outcome" => "error").increment(1);
-                tracing::warn!(error = %e, "audit run failed; trying again at the next one");
+                tracing::warn!(error = %klinebus_svc::error_line(&e), "audit run failed; trying again at the next one");
             }
         }
         tokio::select! {

@@ -42,14 +42,39 @@ pub enum CtlError {
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),
     /// NATS could not be reached or refused an operation.
-    #[error("nats: {0}")]
-    Nats(String),
+    #[error("nats: {what}")]
+    Nats {
+        /// What was being done.
+        what: &'static str,
+        /// The client's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The exchange (REST) could not be used.
-    #[error("exchange: {0}")]
-    Exchange(String),
+    #[error("exchange: {what}")]
+    Exchange {
+        /// What was being asked.
+        what: String,
+        /// The client's error.
+        #[source]
+        source: klinebus_binance::BinanceError,
+    },
     /// A secret file could not be read.
     #[error(transparent)]
     Secret(#[from] klinebus_svc::SecretError),
+}
+
+impl CtlError {
+    /// `map_err` for a NATS operation: what was being done, the client's error as the source.
+    pub fn nats<E>(what: &'static str) -> impl FnOnce(E) -> Self
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        move |e| Self::Nats {
+            what,
+            source: Box::new(e),
+        }
+    }
 }
 
 /// Connects to the database.

@@ -16,7 +16,7 @@ async fn main() -> ExitCode {
             ExitCode::from(out.code)
         }
         Err(e) => {
-            eprintln!("klinectl: {e}");
+            eprintln!("klinectl: {}", klinebus_svc::error_line(&e));
             ExitCode::from(2)
         }
     }

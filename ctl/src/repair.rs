@@ -87,15 +87,19 @@ pub fn rest_client(a: &RepairArgs) -> Result<RestClient, CtlError> {
         base_url: a.rest_url.trim_end_matches('/').to_owned(),
         ..RestConfig::default()
     };
-    RestClient::new(config, Arc::new(WeightLimiter::new(a.weight_budget)))
-        .map_err(|e| CtlError::Exchange(e.to_string()))
+    RestClient::new(config, Arc::new(WeightLimiter::new(a.weight_budget))).map_err(|source| {
+        CtlError::Exchange {
+            what: "the REST client".into(),
+            source,
+        }
+    })
 }
 
 /// Connects to NATS with a publishing context (acks pipelined, back-pressure when full).
 pub async fn connect(opts: &BusOptions) -> Result<Context, CtlError> {
     let client = bus::connect(opts)
         .await
-        .map_err(|e| CtlError::Nats(e.to_string()))?;
+        .map_err(CtlError::nats("connecting"))?;
     Ok(bus::jetstream(client, MAX_INFLIGHT))
 }
 
@@ -111,7 +115,10 @@ pub async fn repair(
     let server_now = rest
         .server_time()
         .await
-        .map_err(|e| CtlError::Exchange(format!("asking {} for its time: {e}", a.rest_url)))?;
+        .map_err(|source| CtlError::Exchange {
+            what: format!("asking {} for its time", a.rest_url),
+            source,
+        })?;
     let plan = plan(report, server_now)?;
     let mut out = String::new();
     if plan.series.is_empty() {

@@ -42,24 +42,38 @@ pub async fn reset(
     from: DeliverPolicy,
     filter: Option<&str>,
 ) -> Result<consumer::Info, CtlError> {
-    let nats = |e: &dyn std::fmt::Display| CtlError::Nats(e.to_string());
-    let s = js.get_stream(stream).await.map_err(|e| nats(&e))?;
+    let s = js
+        .get_stream(stream)
+        .await
+        .map_err(CtlError::nats("reading the stream"))?;
     let mut c: consumer::Consumer<consumer::Config> =
         s.get_consumer(consumer_name).await.map_err(|e| {
             CtlError::Usage(format!(
                 "no consumer {consumer_name:?} on stream {stream}: {e}"
             ))
         })?;
-    let mut config = c.info().await.map_err(|e| nats(&e))?.config.clone();
+    let mut config = c
+        .info()
+        .await
+        .map_err(CtlError::nats("reading the consumer"))?
+        .config
+        .clone();
     config.deliver_policy = from;
     if let Some(f) = filter {
         config.filter_subject = f.to_owned();
     }
     s.delete_consumer(consumer_name)
         .await
-        .map_err(|e| nats(&e))?;
-    let mut created = s.create_consumer(config).await.map_err(|e| nats(&e))?;
-    let info = created.info().await.map_err(|e| nats(&e))?.clone();
+        .map_err(CtlError::nats("deleting the consumer"))?;
+    let mut created = s
+        .create_consumer(config)
+        .await
+        .map_err(CtlError::nats("creating the consumer"))?;
+    let info = created
+        .info()
+        .await
+        .map_err(CtlError::nats("reading the new consumer"))?
+        .clone();
     Ok(info)
 }
 
@@ -68,7 +82,7 @@ pub async fn run(opts: &BusOptions, a: &ReplayArgs) -> Result<Outcome, CtlError>
     let from = parse_from(&a.from)?;
     let client = bus::connect(opts)
         .await
-        .map_err(|e| CtlError::Nats(e.to_string()))?;
+        .map_err(CtlError::nats("connecting"))?;
     let js = async_nats::jetstream::new(client);
     let info = reset(&js, &a.stream, &a.consumer, from, a.subjects.as_deref()).await?;
     Ok(Outcome {

@@ -70,7 +70,7 @@ pub async fn series(pool: &sqlx::PgPool) -> Result<Vec<SeriesStatus>, sqlx::Erro
 pub async fn consumers(opts: &BusOptions) -> Result<Vec<ConsumerLag>, CtlError> {
     let client = bus::connect(opts)
         .await
-        .map_err(|e| CtlError::Nats(e.to_string()))?;
+        .map_err(CtlError::nats("connecting"))?;
     let js = async_nats::jetstream::new(client);
     let mut out = Vec::new();
     for spec in all_streams(&Retention::default()) {
@@ -81,7 +81,7 @@ pub async fn consumers(opts: &BusOptions) -> Result<Vec<ConsumerLag>, CtlError> 
             .consumers()
             .try_collect()
             .await
-            .map_err(|e| CtlError::Nats(e.to_string()))?;
+            .map_err(CtlError::nats("listing consumers"))?;
         for c in infos {
             out.push(ConsumerLag {
                 stream: spec.name.clone(),
@@ -166,7 +166,11 @@ fn render(rows: &[SeriesStatus], lags: &Result<Vec<ConsumerLag>, CtlError>) -> S
             }
         }
         Err(e) => {
-            let _ = writeln!(o, "consumers: unavailable ({e})");
+            let _ = writeln!(
+                o,
+                "consumers: unavailable ({})",
+                klinebus_svc::error_line(e)
+            );
         }
     }
     o

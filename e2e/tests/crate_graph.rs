@@ -82,7 +82,13 @@ const EXTRA_DEV: &[(&str, &[&str])] = &[
 /// members' features.
 fn workspace() -> (Vec<(String, String, String)>, BTreeMap<String, Vec<String>>) {
     let out = Command::new(env!("CARGO"))
-        .args(["metadata", "--format-version", "1", "--no-deps", "--offline"])
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--offline",
+        ])
         .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
         .output()
         .unwrap();
@@ -103,12 +109,7 @@ fn workspace() -> (Vec<(String, String, String)>, BTreeMap<String, Vec<String>>)
         let name = p["name"].as_str().unwrap();
         features.insert(
             name.to_owned(),
-            p["features"]
-                .as_object()
-                .unwrap()
-                .keys()
-                .cloned()
-                .collect(),
+            p["features"].as_object().unwrap().keys().cloned().collect(),
         );
         for d in p["dependencies"].as_array().unwrap() {
             let dep = d["name"].as_str().unwrap();

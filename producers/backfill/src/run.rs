@@ -63,7 +63,7 @@ pub struct RunResult {
     /// The backfill.
     pub summary: Summary,
     /// The verification report (with `--verify`), or why it could not run.
-    pub verification: Option<Result<klinebus_verify::Report, String>>,
+    pub verification: Option<Result<klinebus_verify::Report, VerifyError>>,
 }
 
 impl RunResult {
@@ -152,7 +152,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         let v = verify_after_backfill(&config, &plan, &summary, &statuses, &js, &shutdown).await;
         match &v {
             Ok(report) => print!("\n{}", report.render_text()),
-            Err(e) => println!("\nVerification failed: {e}"),
+            Err(e) => println!("\nVerification failed: {}", klinebus_svc::error_line(e)),
         }
         Some(v)
     } else {
@@ -164,6 +164,23 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     })
 }
 
+/// Why `--verify` could not give a report.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// The sink did not catch up (or the wait was interrupted).
+    #[error(transparent)]
+    Wait(#[from] crate::verify::WaitError),
+    /// The database URL's secret file could not be read.
+    #[error(transparent)]
+    Secret(#[from] klinebus_svc::SecretError),
+    /// The database could not be reached.
+    #[error("cannot connect to the database")]
+    Connect(#[source] sqlx::Error),
+    /// The exchange's gaps, listings or statuses could not be stored.
+    #[error("cannot record what the exchange said")]
+    Record(#[source] sqlx::Error),
+}
+
 /// `--verify`: wait for the sink to drain, then verify the plan's series and window.
 async fn verify_after_backfill(
     config: &Config,
@@ -172,7 +189,7 @@ async fn verify_after_backfill(
     statuses: &[(klinebus_schemas::Symbol, String)],
     js: &Context,
     shutdown: &CancellationToken,
-) -> Result<klinebus_verify::Report, String> {
+) -> Result<klinebus_verify::Report, VerifyError> {
     println!(
         "\nWaiting for consumer {} to catch up…",
         config.verify_consumer
@@ -184,19 +201,18 @@ async fn verify_after_backfill(
         std::time::Duration::from_millis(250),
         shutdown,
     )
-    .await
-    .map_err(|e| e.to_string())?;
+    .await?;
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(2)
         .acquire_timeout(std::time::Duration::from_secs(10))
-        .connect(&config.db.url().map_err(|e| e.to_string())?)
+        .connect(&config.db.url()?)
         .await
-        .map_err(|e| format!("cannot connect to the database: {e}"))?;
+        .map_err(VerifyError::Connect)?;
     // The exchange's own gaps, the listings and the statuses become known, so verification
     // counts neither gaps nor the time before a listing as missing.
     crate::verify::record_exchange_facts(&pool, summary, statuses, plan.server_now_ms)
         .await
-        .map_err(|e| format!("cannot record what the exchange said: {e}"))?;
+        .map_err(VerifyError::Record)?;
     let request = klinebus_verify::VerifyRequest {
         symbols: config.symbols.0.clone(),
         intervals: config.timeframes.0.clone(),

@@ -9,7 +9,7 @@ use klinebus_svc::{DbArgs, NatsArgs};
 /// Consumes kline events from the KLINES JetStream stream through a durable pull consumer and
 /// upserts them into PostgreSQL (`ohlcv_candles`, `ingestion_status`). Start several instances
 /// with the same `--consumer` to split the work.
-#[derive(Clone, Parser)]
+#[derive(Debug, Clone, Parser)]
 #[command(name = "kline-pg-sink", version)]
 pub struct Config {
     #[command(flatten)]
@@ -80,25 +80,6 @@ impl Config {
     /// The telemetry address, `None` when disabled.
     pub fn metrics_addr(&self) -> Result<Option<std::net::SocketAddr>, std::net::AddrParseError> {
         klinebus_svc::parse_metrics_addr(&self.metrics_addr)
-    }
-}
-
-impl std::fmt::Debug for Config {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Config")
-            .field("nats", &self.nats)
-            .field("db", &self.db)
-            .field("consumer", &self.consumer)
-            .field("filter_subject", &self.filter_subject)
-            .field("batch_size", &self.batch_size)
-            .field("flush_interval_ms", &self.flush_interval_ms)
-            .field("ack_wait_secs", &self.ack_wait_secs)
-            .field("workers", &self.workers)
-            .field("max_connections", &self.max_connections)
-            .field("metrics_addr", &self.metrics_addr)
-            .field("replay_from", &self.replay_from)
-            .field("no_migrate", &self.no_migrate)
-            .finish()
     }
 }
 
