@@ -23,7 +23,7 @@ use crate::{subjects, KlineEvent};
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
     /// Could not reach or authenticate to the server.
-    #[error("cannot connect to NATS at {url}: {source}")]
+    #[error("cannot connect to NATS at {url}")]
     Connect {
         /// The URL tried.
         url: String,
@@ -39,7 +39,7 @@ pub enum BusError {
         reason: String,
     },
     /// A credentials file could not be read.
-    #[error("cannot read NATS credentials file {path}: {source}")]
+    #[error("cannot read NATS credentials file {path}")]
     Credentials {
         /// The file.
         path: PathBuf,
@@ -47,7 +47,7 @@ pub enum BusError {
         source: std::io::Error,
     },
     /// A stream could not be created or updated (e.g. JetStream disabled on the server).
-    #[error("cannot create or update stream {stream}: {source}")]
+    #[error("cannot create or update stream {stream}")]
     Stream {
         /// The stream name.
         stream: String,
@@ -58,7 +58,7 @@ pub enum BusError {
     #[error(transparent)]
     Encode(#[from] codec::EncodeError),
     /// The publish was not accepted for sending.
-    #[error("publish to {subject}: {source}")]
+    #[error("publish to {subject}")]
     Publish {
         /// The subject.
         subject: String,

@@ -12,7 +12,7 @@ use crate::indicators::IchimokuConfig;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}")]
     Io {
         /// The path.
         path: String,

@@ -12,7 +12,7 @@ use klinebus_schemas::streams::Retention;
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
     /// The file named by a `*_FILE` flag or variable could not be read.
-    #[error("cannot read {what} from {path}: {source}")]
+    #[error("cannot read {what} from {path}")]
     Read {
         /// Which secret.
         what: &'static str,

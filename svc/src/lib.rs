@@ -126,7 +126,7 @@ pub enum TelemetryError {
     #[error("metrics recorder: {0}")]
     Recorder(String),
     /// The listen address could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Bind {
         /// The address.
         addr: SocketAddr,
@@ -197,7 +197,7 @@ pub async fn serve_telemetry(
 mod tests {
     #![allow(clippy::unwrap_used)]
     #[derive(Debug, thiserror::Error)]
-    #[error("cannot connect to {url}: {source}")]
+    #[error("cannot connect to {url}")]
     struct Connect {
         url: &'static str,
         source: std::io::Error,

@@ -35,12 +35,24 @@ const RETRY_PAUSE_MAX: Duration = Duration::from_secs(5);
 /// Why a series stopped early.
 #[derive(Debug, thiserror::Error)]
 enum Stop {
-    #[error("{0}")]
+    #[error(transparent)]
     Binance(#[from] BinanceError),
-    #[error("{0}")]
+    #[error(transparent)]
     Resume(#[from] resume::ResumeError),
-    #[error("publish: {0}")]
-    Publish(String),
+    #[error("publish")]
+    Publish(#[source] BusError),
+    #[error("ack task failed")]
+    AckTask(#[source] tokio::task::JoinError),
+    #[error("publish refused")]
+    Refused(#[source] PublishError),
+    #[error("{candles} candles not acknowledged after {PUBLISH_RETRIES} republishing rounds")]
+    Unacknowledged {
+        candles: usize,
+        #[source]
+        last: PublishError,
+    },
+    #[error("cancelled with {0} candles not acknowledged")]
+    CancelledUnacknowledged(usize),
     #[error("cancelled")]
     Cancelled,
 }
@@ -128,7 +140,7 @@ pub async fn backfill_series(
     let flushed = run.flush_all().await;
     run.report.status = match (fetched, flushed) {
         (Err(Stop::Cancelled), _) => Status::Cancelled,
-        (Err(e), _) | (Ok(()), Err(e)) => Status::Failed(e.to_string()),
+        (Err(e), _) | (Ok(()), Err(e)) => Status::Failed(klinebus_svc::error_line(&e)),
         (Ok(()), Ok(())) if run.report.gaps.is_empty() => Status::Complete,
         (Ok(()), Ok(())) => Status::Gaps,
     };
@@ -284,7 +296,7 @@ impl Run<'_> {
                     unsent = Some(source.kind());
                     break;
                 }
-                Err(e) => return Err(Stop::Publish(e.to_string())),
+                Err(e) => return Err(Stop::Publish(e)),
             }
         }
         let n = events.len();
@@ -316,9 +328,7 @@ impl Run<'_> {
         let Some(Page { mut events, acks }) = self.acks.pop_front() else {
             return Ok(());
         };
-        let mut results = acks
-            .await
-            .map_err(|e| Stop::Publish(format!("ack task failed: {e}")))?;
+        let mut results = acks.await.map_err(Stop::AckTask)?;
         let mut pause = RETRY_PAUSE_MIN;
         let mut round = 0;
         loop {
@@ -337,17 +347,17 @@ impl Run<'_> {
                         stored += 1;
                     }
                     Err(e) if retryable(&e) => {
-                        last_err = Some(e.to_string());
+                        last_err = Some(e);
                         unconfirmed.push(ev);
                     }
                     Err(e) => {
-                        refused.get_or_insert_with(|| e.to_string());
+                        refused.get_or_insert(e);
                     }
                 }
             }
             self.count_stored(stored);
             if let Some(e) = refused {
-                return Err(Stop::Publish(format!("publish refused: {e}")));
+                return Err(Stop::Refused(e));
             }
             let Some(err) = last_err else {
                 return Ok(());
@@ -355,10 +365,10 @@ impl Run<'_> {
             round += 1;
             if round > PUBLISH_RETRIES || self.gave_up {
                 self.gave_up = true;
-                return Err(Stop::Publish(format!(
-                    "{} candles not acknowledged after {PUBLISH_RETRIES} republishing rounds: {err}",
-                    unconfirmed.len()
-                )));
+                return Err(Stop::Unacknowledged {
+                    candles: unconfirmed.len(),
+                    last: err,
+                });
             }
             tracing::warn!(symbol = %self.plan.symbol, interval = %self.plan.interval,
                 candles = unconfirmed.len(), round, error = %err,
@@ -368,10 +378,7 @@ impl Run<'_> {
             tokio::select! {
                 biased;
                 () = self.cancel.cancelled() => {
-                    return Err(Stop::Publish(format!(
-                        "cancelled with {} candles not acknowledged",
-                        unconfirmed.len()
-                    )));
+                    return Err(Stop::CancelledUnacknowledged(unconfirmed.len()));
                 }
                 () = tokio::time::sleep(wait) => {}
             }
@@ -379,7 +386,7 @@ impl Run<'_> {
                 .send(&unconfirmed)
                 .await?
                 .await
-                .map_err(|e| Stop::Publish(format!("ack task failed: {e}")))?;
+                .map_err(Stop::AckTask)?;
             events = unconfirmed;
         }
     }

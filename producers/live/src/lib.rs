@@ -132,7 +132,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let client = loop {
         match bus::connect(&bus_options).await {
             Ok(c) => break c,
-            Err(e) => tracing::warn!(error = %e, "NATS unavailable; retrying in 2 s"),
+            Err(e) => {
+                tracing::warn!(error = %klinebus_svc::error_line(&e), "NATS unavailable; retrying in 2 s")
+            }
         }
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
