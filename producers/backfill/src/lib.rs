@@ -29,5 +29,5 @@ pub mod bench;
 
 pub use config::{Config, ProgressMode};
 pub use plan::{Plan, SeriesPlan, Window};
-pub use run::{run, run_backfill, RunOptions, RunResult, VerifyError};
+pub use run::{run, run_backfill, BackfillError, RunOptions, RunResult, VerifyError};
 pub use summary::{ExchangeGap, SeriesReport, Status, Summary};

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::Context as _;
 use async_nats::jetstream::Context;
 use futures::StreamExt;
 use klinebus_binance::{RestClient, RestConfig, RetryPolicy, WeightLimiter};
@@ -30,8 +29,28 @@ pub struct RunOptions {
     pub resume: bool,
 }
 
+/// Why a backfill could not start or run (each series' own failures are in its report).
+#[derive(Debug, thiserror::Error)]
+pub enum BackfillError {
+    /// `--metrics-addr` is not an address.
+    #[error("--metrics-addr {0:?}")]
+    MetricsAddr(String, #[source] std::net::AddrParseError),
+    /// The telemetry endpoint could not start.
+    #[error(transparent)]
+    Telemetry(#[from] klinebus_svc::TelemetryError),
+    /// A secret file could not be read.
+    #[error(transparent)]
+    Secret(#[from] klinebus_svc::SecretError),
+    /// The REST client could not be built, or the exchange did not answer.
+    #[error("{0}")]
+    Exchange(String, #[source] klinebus_binance::BinanceError),
+    /// NATS could not be reached or the streams made.
+    #[error("{0}")]
+    Bus(&'static str, #[source] klinebus_schemas::bus::BusError),
+}
+
 /// The REST client a [`Config`] describes (with its own limiter).
-pub fn rest_client(config: &Config) -> anyhow::Result<RestClient> {
+pub fn rest_client(config: &Config) -> Result<RestClient, BackfillError> {
     let rest = RestConfig {
         base_url: config.rest_url.clone(),
         timeout: config.request_timeout,
@@ -41,19 +60,19 @@ pub fn rest_client(config: &Config) -> anyhow::Result<RestClient> {
             ..RetryPolicy::default()
         },
     };
-    Ok(RestClient::new(
-        rest,
-        Arc::new(WeightLimiter::new(config.weight_budget)),
-    )?)
+    RestClient::new(rest, Arc::new(WeightLimiter::new(config.weight_budget)))
+        .map_err(|e| BackfillError::Exchange("the REST client".into(), e))
 }
 
 /// Connects to NATS and makes sure the streams exist.
-pub async fn connect_bus(config: &Config) -> anyhow::Result<Context> {
-    let client = bus::connect(&config.bus_options()?).await?;
+pub async fn connect_bus(config: &Config) -> Result<Context, BackfillError> {
+    let client = bus::connect(&config.bus_options()?)
+        .await
+        .map_err(|e| BackfillError::Bus("connecting", e))?;
     let js = bus::jetstream(client, config.max_inflight.max(1));
     bus::ensure_streams(&js, &config.nats.retention())
         .await
-        .context("creating the klinebus streams")?;
+        .map_err(|e| BackfillError::Bus("creating the klinebus streams", e))?;
     Ok(js)
 }
 
@@ -80,13 +99,13 @@ impl RunResult {
 
 /// The whole command: returns the summary and verification (already printed); the caller turns
 /// them into the exit code with [`RunResult::exit_code`].
-pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<RunResult> {
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<RunResult, BackfillError> {
     let health = klinebus_svc::Health::default();
     // The endpoint lives as long as this run.
     let telemetry = shutdown.child_token();
     let _telemetry = telemetry.clone().drop_guard();
     if let Some(addr) = klinebus_svc::parse_metrics_addr(&config.metrics_addr)
-        .with_context(|| format!("--metrics-addr {:?}", config.metrics_addr))?
+        .map_err(|e| BackfillError::MetricsAddr(config.metrics_addr.clone(), e))?
     {
         let bound = klinebus_svc::serve_telemetry(addr, health.clone(), telemetry).await?;
         tracing::info!(%bound, "serving /metrics and /health");
@@ -94,10 +113,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let rest = rest_client(&config)?;
     let js = connect_bus(&config).await?;
     health.set_ready(true);
-    let server_now = rest
-        .server_time()
-        .await
-        .with_context(|| format!("asking {} for its time", config.rest_url))?;
+    let server_now = rest.server_time().await.map_err(|e| {
+        BackfillError::Exchange(format!("asking {} for its time", config.rest_url), e)
+    })?;
     let window = match config.from {
         Some(from_ms) => Window::Range {
             from_ms,

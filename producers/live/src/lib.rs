@@ -37,7 +37,6 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use async_nats::jetstream::Context;
 use klinebus_binance::{RestClient, RestConfig, RetryPolicy, WeightLimiter};
 use klinebus_schemas::bus;
@@ -104,23 +103,41 @@ pub(crate) struct Ctx {
     pub shutdown: CancellationToken,
 }
 
+/// Why kline-live could not start (once running, it rides out outages).
+#[derive(Debug, thiserror::Error)]
+pub enum LiveError {
+    /// Flags that do not fit together.
+    #[error("{0}")]
+    Config(String),
+    /// The telemetry endpoint could not start.
+    #[error(transparent)]
+    Telemetry(#[from] klinebus_svc::TelemetryError),
+    /// A secret file could not be read.
+    #[error(transparent)]
+    Secret(#[from] klinebus_svc::SecretError),
+    /// The REST client could not be built.
+    #[error("the REST client")]
+    Rest(#[source] klinebus_binance::BinanceError),
+    /// The streams could not be created or updated.
+    #[error("creating the klinebus streams")]
+    Streams(#[source] klinebus_schemas::bus::BusError),
+}
+
 /// The REST client a [`Config`] describes (with its own limiter).
-pub fn rest_client(config: &Config) -> anyhow::Result<RestClient> {
+pub fn rest_client(config: &Config) -> Result<RestClient, LiveError> {
     let rest = RestConfig {
         base_url: config.rest_url.clone(),
         timeout: config.request_timeout,
         retry: RetryPolicy::default(),
     };
-    Ok(RestClient::new(
-        rest,
-        Arc::new(WeightLimiter::new(config.weight_budget)),
-    )?)
+    RestClient::new(rest, Arc::new(WeightLimiter::new(config.weight_budget)))
+        .map_err(LiveError::Rest)
 }
 
 /// The whole service: telemetry, NATS, then [`run_live`] until `shutdown`; exits cleanly after
 /// flushing what is buffered.
-pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let settings = config.settings().map_err(anyhow::Error::msg)?;
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), LiveError> {
+    let settings = config.settings().map_err(LiveError::Config)?;
     let health = klinebus_svc::Health::default();
     if let Some(addr) = config.metrics_addr() {
         let addr = klinebus_svc::serve_telemetry(addr, health.clone(), shutdown.clone()).await?;
@@ -144,7 +161,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let js = bus::jetstream(client, 10_000);
     bus::ensure_streams(&js, &config.nats.retention())
         .await
-        .context("creating the klinebus streams")?;
+        .map_err(LiveError::Streams)?;
     health.set_ready(true);
     tracing::info!(
         symbols = settings.symbols.len(),

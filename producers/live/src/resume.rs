@@ -13,7 +13,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream::context::GetStreamErrorKind;
-use async_nats::jetstream::stream::{LastRawMessageErrorKind, Stream};
+use async_nats::jetstream::stream::{LastRawMessageError, LastRawMessageErrorKind, Stream};
 use async_nats::jetstream::Context;
 use futures::StreamExt as _;
 use klinebus_schemas::streams::KLINES_STREAM;
@@ -101,7 +101,7 @@ async fn resume_point(
     symbol: &Symbol,
     interval: Interval,
     shutdown: &CancellationToken,
-) -> Result<Option<i64>, String> {
+) -> Result<Option<i64>, LastRawMessageError> {
     let venue = Venue::binance();
     let mut best: Option<i64> = None;
     for source in Source::ALL {
@@ -124,7 +124,7 @@ async fn last_event(
     stream: &Stream,
     subject: &str,
     shutdown: &CancellationToken,
-) -> Result<Option<KlineEvent>, String> {
+) -> Result<Option<KlineEvent>, LastRawMessageError> {
     let started = tokio::time::Instant::now();
     loop {
         match stream.get_last_raw_message_by_subject(subject).await {
@@ -139,9 +139,7 @@ async fn last_event(
                 };
             }
             Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(None),
-            Err(e) if started.elapsed() >= PATIENCE || shutdown.is_cancelled() => {
-                return Err(e.to_string())
-            }
+            Err(e) if started.elapsed() >= PATIENCE || shutdown.is_cancelled() => return Err(e),
             Err(e) => tracing::debug!(%subject, error = %e, "reading the newest message; retrying"),
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
