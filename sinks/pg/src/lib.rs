@@ -36,7 +36,7 @@ use klinebus_schemas::bus::{self, BusOptions};
 use klinebus_schemas::streams::{
     ConsumerSpec, Retention, CANDLES_STREAM, DLQ_STREAM, KLINES_STREAM,
 };
-use klinebus_svc::Health;
+use klinebus_svc::{until_ok, Health};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -89,33 +89,6 @@ pub fn consume_options(c: &Config) -> ConsumeOptions {
     o.flush_interval = c.flush_interval();
     o.start = c.replay_from.clone().unwrap_or(StartFrom::Resume);
     o
-}
-
-/// Retries `f` with a growing pause until it succeeds or `shutdown` fires (`None`).
-async fn until_ok<T, E: std::fmt::Display, F, Fut>(
-    what: &str,
-    shutdown: &CancellationToken,
-    mut f: F,
-) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, E>>,
-{
-    let mut backoff =
-        klinebus_consume::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
-    loop {
-        match f().await {
-            Ok(v) => return Some(v),
-            Err(e) => {
-                let d = backoff.fail();
-                tracing::warn!(error = %e, retry_in_ms = d.as_millis() as u64, "cannot reach {what} yet");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return None,
-                    _ = tokio::time::sleep(d) => {}
-                }
-            }
-        }
-    }
 }
 
 /// Creates the streams only if one is missing (an existing stream keeps the retention its
