@@ -9,6 +9,7 @@ use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::Context;
 use async_nats::HeaderMap;
 use klinebus_consume::db::is_fatal;
+use klinebus_schemas::signal::{signal_msg_id, SIGNAL_SCHEMA, SIGNAL_SCHEMA_HEADER};
 use klinebus_schemas::{subjects, Interval, KlineEvent, Source, Symbol};
 use sqlx::PgPool;
 
@@ -16,11 +17,6 @@ use super::store::{
     earliest_signal, load_history, signalled_between, upsert_signals, SignalRecord, SignalRow,
 };
 use crate::{Candle, CandleError, Config, Outcome, SeriesState, SignalReport};
-
-/// Header naming the payload format of a signal event.
-pub const SIGNAL_SCHEMA_HEADER: &str = "Klinebus-Schema";
-/// Its value: a JSON [`SignalReport`](crate::SignalReport).
-pub const SIGNAL_SCHEMA: &str = "signal/1";
 
 /// Why a batch could not be processed (nothing of it is kept; see
 /// [`Engine::process_batch`]).
@@ -73,11 +69,6 @@ fn db(what: &'static str) -> impl FnOnce(sqlx::Error) -> EngineError {
         metrics::counter!("klinebus_signals_errors_total", "kind" => "db").increment(1);
         EngineError::Db { what, source }
     }
-}
-
-/// The `Nats-Msg-Id` of a signal event: `<venue>:<symbol>:<interval>:<open_time>`.
-pub fn signal_msg_id(e: &KlineEvent) -> String {
-    e.candle_key()
 }
 
 /// Default of `--max-recompute`: most candles one recompute evaluates.
@@ -561,12 +552,7 @@ fn is_live(source: Source) -> bool {
 
 /// The candle key (`Nats-Msg-Id` of its signal event) of `e`'s series at `open_time`.
 fn candle_key(e: &KlineEvent, open_time: i64) -> String {
-    format!(
-        "{}:{}:{}:{open_time}",
-        e.venue,
-        e.symbol,
-        e.interval.as_str()
-    )
+    signal_msg_id(&e.venue, &e.symbol, e.interval, open_time)
 }
 
 /// An `insufficient_data` row (`--store-insufficient`).
