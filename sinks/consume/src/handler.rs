@@ -30,11 +30,11 @@ pub struct Delivered<T = KlineEvent> {
 pub enum HandlerError {
     /// Try again later (database down, deadlock, timeout): the batch is naked with a backoff
     /// delay and comes back; nothing is lost or skipped.
-    #[error("retryable: {0}")]
-    Retryable(BoxError),
+    #[error("retryable")]
+    Retryable(#[source] BoxError),
     /// Stop consuming (misconfiguration): the batch is naked and the loop returns the error.
-    #[error("fatal: {0}")]
-    Fatal(BoxError),
+    #[error("fatal")]
+    Fatal(#[source] BoxError),
 }
 
 /// What must still succeed before a committed batch is acked, e.g. post-commit announcements

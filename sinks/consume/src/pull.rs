@@ -28,24 +28,26 @@ use crate::progress::{self, InFlight, Tracked};
 #[derive(Debug, thiserror::Error)]
 pub enum ConsumeError {
     /// The stream does not exist or JetStream is unreachable.
-    #[error("stream {stream}: {source}")]
+    #[error("stream {stream}")]
     Stream {
         /// Stream name.
         stream: String,
         /// Why.
+        #[source]
         source: async_nats::jetstream::context::GetStreamError,
     },
     /// The durable consumer could not be fetched, created or deleted.
-    #[error("consumer {durable}: {source}")]
+    #[error("consumer {durable}")]
     Consumer {
         /// Durable name.
         durable: String,
         /// Why.
+        #[source]
         source: async_nats::jetstream::stream::ConsumerError,
     },
     /// The handler reported a fatal error.
-    #[error("handler: {0}")]
-    Handler(BoxError),
+    #[error("handler failed")]
+    Handler(#[source] BoxError),
 }
 
 /// Consecutive non-terminal stream errors after which the pull stream is rebuilt anyway.
@@ -388,7 +390,7 @@ impl Consumer {
             }
             Err(e) => {
                 self.count_error("dlq");
-                tracing::warn!(stream_seq = seq, error = %e, "dead-lettering failed; message naked for another try");
+                tracing::warn!(stream_seq = seq, error = %klinebus_svc::error_line(&e), "dead-lettering failed; message naked for another try");
                 let _ = m.ack_with(AckKind::Nak(Some(self.opts.backoff_max))).await;
             }
         }
@@ -452,7 +454,7 @@ async fn settle(
         }
         Err(e) => {
             count_error(&durable, "confirm");
-            tracing::warn!(error = %e, messages = msgs.len(), retry_in_ms = retry_in.as_millis() as u64,
+            tracing::warn!(error = %klinebus_svc::error_line(e.as_ref()), messages = msgs.len(), retry_in_ms = retry_in.as_millis() as u64,
                 "batch committed but not confirmed; naked for redelivery");
             nak_all(&msgs, Some(retry_in)).await;
             Stats::add(&stats.naked, msgs.len());
@@ -581,7 +583,9 @@ async fn collect_loop(
         }
         match prepare(&js, &o, &StartFrom::Resume).await {
             Ok(c) => consumer = c,
-            Err(e) => tracing::warn!(error = %e, "cannot get the consumer yet"),
+            Err(e) => {
+                tracing::warn!(error = %klinebus_svc::error_line(&e), "cannot get the consumer yet")
+            }
         }
     }
 }

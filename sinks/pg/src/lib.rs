@@ -57,18 +57,18 @@ pub enum SinkError {
     /// NATS trouble at start-up.
     #[error(transparent)]
     Bus(#[from] bus::BusError),
-    /// A stream could not be checked.
-    #[error("JetStream: {0}")]
-    JetStream(String),
+    /// The streams could not be created.
+    #[error("creating the klinebus streams")]
+    Streams(#[source] bus::BusError),
     /// Migrations failed.
-    #[error("migrations: {0}")]
+    #[error("migrations")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     /// The consumer loop stopped.
     #[error(transparent)]
     Consume(#[from] klinebus_consume::ConsumeError),
     /// A worker task panicked.
-    #[error("worker task failed: {0}")]
-    Worker(String),
+    #[error("worker task failed")]
+    Worker(#[source] tokio::task::JoinError),
 }
 
 /// NATS connection options from the config.
@@ -105,7 +105,7 @@ async fn check_streams(
             );
             return bus::ensure_streams(js, retention)
                 .await
-                .map_err(|e| SinkError::JetStream(e.to_string()));
+                .map_err(SinkError::Streams);
         }
     }
     Ok(())
@@ -188,10 +188,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Sink
         let failed = match joined {
             Ok(Ok(())) => continue,
             Ok(Err(e)) => SinkError::from(e),
-            Err(e) => SinkError::Worker(e.to_string()),
+            Err(e) => SinkError::Worker(e),
         };
         // One worker failing stops the others: the process exits with the first error.
-        tracing::error!(error = %failed, "worker stopped; stopping the others");
+        tracing::error!(error = %klinebus_svc::error_line(&failed), "worker stopped; stopping the others");
         shutdown.cancel();
         if result.is_ok() {
             result = Err(failed);
