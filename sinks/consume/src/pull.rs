@@ -349,8 +349,8 @@ impl Consumer {
         }
     }
 
-    /// Dead-letters the messages the handler rejected after all and, without a confirmation
-    /// to wait for, acks the others, all in stream order; returns the ones left to settle.
+    /// Dead-letters the messages the handler rejected after all; returns the others, in stream
+    /// order, to be acked (or confirmed) as usual.
     async fn settle_rejected<T>(
         &self,
         msgs: Vec<jetstream::Message>,
