@@ -78,9 +78,11 @@ const EXTRA_DEV: &[(&str, &[&str])] = &[
     ("klinectl", &["kline-pg-sink"]),
 ];
 
-/// `(crate, dependency, kind)` for every dependency between workspace members, with the
-/// members' features.
-fn workspace() -> (Vec<(String, String, String)>, BTreeMap<String, Vec<String>>) {
+/// `(crate, dependency, kind)`: one arrow between workspace members.
+type Edge = (String, String, String);
+
+/// Every arrow between workspace members, and each member's features.
+fn workspace() -> (Vec<Edge>, BTreeMap<String, Vec<String>>) {
     let out = Command::new(env!("CARGO"))
         .args([
             "metadata",

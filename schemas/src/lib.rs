@@ -21,6 +21,7 @@ pub mod decimal;
 pub mod event;
 pub mod interval;
 pub mod list;
+pub mod signal;
 pub mod streams;
 pub mod subjects;
 pub mod symbol;

@@ -34,6 +34,13 @@ pub const SIGNALS_STREAM: &str = "SIGNALS";
 /// Stream of dead letters (`dlq.>`).
 pub const DLQ_STREAM: &str = "DLQ";
 
+/// Default durable consumer of kline-pg-sink on `KLINES` (`--consumer`); also what a backfill
+/// waits for (`--verify-consumer`). Its dead letters go to `dlq.pg-sink`.
+pub const PG_SINK_DURABLE: &str = "pg-sink";
+/// Default durable consumer of kline-signals on `CANDLES` (`--consumer`); also names its
+/// dead-letter subject `dlq.signals` and its ownership lock.
+pub const SIGNALS_DURABLE: &str = "signals";
+
 const GIB: i64 = 1 << 30;
 const DAY: Duration = Duration::from_secs(86_400);
 

@@ -5,9 +5,12 @@
 //! - [`serve_telemetry`]: `/metrics` (Prometheus text) and `/health` on a configurable address.
 //! - [`NatsArgs`] and [`DbArgs`]: the connection flags, with secrets from env or files.
 //! - [`exit_with`]: a binary's last words: its error on one line, and the exit code.
+//! - [`Backoff`] and [`until_ok`]: waiting out failures (reconnects, retries, start-up).
 
 mod args;
+mod retry;
 pub use args::{redact_url, DbArgs, NatsArgs, SecretError};
+pub use retry::{until_ok, Backoff};
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};

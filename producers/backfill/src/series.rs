@@ -11,7 +11,7 @@ use async_nats::jetstream::Context;
 use klinebus_binance::{BinanceError, RestClient, MAX_KLINES_LIMIT};
 use klinebus_schemas::bus::{self, BusError};
 use klinebus_schemas::{KlineEvent, Source};
-use rand::Rng;
+use klinebus_svc::Backoff;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -329,7 +329,7 @@ impl Run<'_> {
             return Ok(());
         };
         let mut results = acks.await.map_err(Stop::AckTask)?;
-        let mut pause = RETRY_PAUSE_MIN;
+        let mut pause = Backoff::jittered(RETRY_PAUSE_MIN, RETRY_PAUSE_MAX);
         let mut round = 0;
         loop {
             let mut unconfirmed = Vec::new();
@@ -373,8 +373,7 @@ impl Run<'_> {
             tracing::warn!(symbol = %self.plan.symbol, interval = %self.plan.interval,
                 candles = unconfirmed.len(), round, error = %err,
                 "publishes not acknowledged; republishing");
-            let wait = rand::rng().random_range(pause / 2..=pause);
-            pause = (pause * 2).min(RETRY_PAUSE_MAX);
+            let wait = pause.fail();
             tokio::select! {
                 biased;
                 () = self.cancel.cancelled() => {

@@ -19,7 +19,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 /// Default durable consumer of the Postgres sink.
-pub const DEFAULT_VERIFY_CONSUMER: &str = "pg-sink";
+pub const DEFAULT_VERIFY_CONSUMER: &str = klinebus_schemas::streams::PG_SINK_DURABLE;
 
 /// Why the wait ended without the consumer being caught up.
 #[derive(Debug, thiserror::Error)]

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use klinebus_schemas::{Interval, Symbol};
-use rand::Rng;
+use klinebus_svc::Backoff;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use reqwest::StatusCode;
 use serde::Deserialize;
@@ -346,14 +346,7 @@ impl RestClient {
     }
 
     fn backoff(&self, failures: u32) -> Duration {
-        let exp = self
-            .retry
-            .base_delay
-            .saturating_mul(1u32 << failures.saturating_sub(1).min(16))
-            .min(self.retry.max_delay);
-        let ms = exp.as_millis().max(1) as u64;
-        // Full jitter: uniformly in [ms/2, ms].
-        Duration::from_millis(rand::rng().random_range(ms / 2..=ms))
+        Backoff::jittered(self.retry.base_delay, self.retry.max_delay).delay(failures)
     }
 }
 

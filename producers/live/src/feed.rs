@@ -19,7 +19,7 @@ use klinebus_binance::limiter::wall_now_ms;
 use klinebus_binance::ws::{combined_url, stream_name};
 use klinebus_binance::{Frame, FrameError, KlineSocket, WsItem};
 use klinebus_schemas::{Interval, Symbol};
-use rand::Rng;
+use klinebus_svc::Backoff;
 use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
@@ -31,12 +31,7 @@ use crate::Ctx;
 
 /// Jittered exponential backoff after `failures` (≥ 1) failures in a row.
 pub(crate) fn backoff(s: &Settings, failures: u32) -> Duration {
-    let exp = s
-        .backoff_min
-        .saturating_mul(1u32 << failures.saturating_sub(1).min(16))
-        .min(s.backoff_max);
-    let ms = exp.as_millis().max(1) as u64;
-    Duration::from_millis(rand::rng().random_range(ms / 2..=ms))
+    Backoff::jittered(s.backoff_min, s.backoff_max).delay(failures)
 }
 
 /// How a connection ended.

@@ -1,8 +1,11 @@
-//! Turning one JetStream message into a validated [`KlineEvent`], or saying why it is poison.
+//! Turning one JetStream message into validated candles, or saying why it is poison: a
+//! producer's [`KlineEvent`] ([`decode_event`]) or a sink's closed-candle announcement
+//! ([`decode_closed`]).
 
 use async_nats::HeaderMap;
+use klinebus_schemas::closed::CLOSED_SCHEMA_VERSION;
 use klinebus_schemas::codec::{self, SCHEMA_HEADER};
-use klinebus_schemas::{subjects, KlineEvent};
+use klinebus_schemas::{subjects, ClosedCandles, KlineEvent};
 
 /// Why a message cannot be used. Poison is dead-lettered and terminated, never retried.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -65,6 +68,44 @@ pub fn decode_event(
         )));
     }
     Ok(event)
+}
+
+/// Decodes a `candles.closed.<venue>.<symbol>.<interval>` message (stream `CANDLES`) into its
+/// closed candles, in order: a [`ClosedCandles`] payload (header `Klinebus-Schema: closed/1`,
+/// what kline-pg-sink publishes) or a single `KlineEvent` (header `kline/1` or none); every
+/// candle valid and closed, all of the subject's series.
+pub fn decode_closed(
+    subject: &str,
+    headers: Option<&HeaderMap>,
+    payload: &[u8],
+) -> Result<Vec<KlineEvent>, Poison> {
+    let version = headers
+        .and_then(|h| h.get(SCHEMA_HEADER))
+        .map(|v| v.as_str());
+    let batch = if version == Some(CLOSED_SCHEMA_VERSION) {
+        codec::decode::<ClosedCandles>(payload).map_err(|e| Poison::Undecodable(e.to_string()))?
+    } else {
+        codec::check_version(version).map_err(|e| Poison::Version(e.to_string()))?;
+        let event: KlineEvent =
+            codec::decode(payload).map_err(|e| Poison::Undecodable(e.to_string()))?;
+        ClosedCandles {
+            candles: vec![event],
+        }
+    };
+    batch
+        .validate()
+        .map_err(|e| Poison::Invalid(e.to_string()))?;
+    // `validate` refuses an empty message, so there is a first candle.
+    let Some(first) = batch.candles.first() else {
+        return Err(Poison::Invalid("no candles".into()));
+    };
+    let expected = subjects::closed(&first.venue, &first.symbol, first.interval);
+    if subject != expected {
+        return Err(Poison::Subject(format!(
+            "{subject:?} does not match payload {expected}"
+        )));
+    }
+    Ok(batch.candles)
 }
 
 #[cfg(test)]

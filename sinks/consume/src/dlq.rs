@@ -25,16 +25,17 @@ const MAX_REASON: usize = 1000;
 #[derive(Debug, thiserror::Error)]
 pub enum DlqError {
     /// The publish was not sent.
-    #[error("dead-letter publish to {subject}: {source}")]
+    #[error("dead-letter publish to {subject}")]
     Publish {
         /// DLQ subject.
         subject: String,
         /// Why.
+        #[source]
         source: async_nats::jetstream::context::PublishError,
     },
     /// Terminating the original failed (the copy is stored; a redelivery is deduplicated).
-    #[error("terminate original: {0}")]
-    Term(async_nats::Error),
+    #[error("terminating the original")]
+    Term(#[source] async_nats::Error),
 }
 
 /// Header values cannot hold line breaks; keep them short too.

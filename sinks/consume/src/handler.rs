@@ -3,16 +3,20 @@
 use std::future::Future;
 use std::pin::Pin;
 
+use async_nats::jetstream::Message;
 use klinebus_schemas::KlineEvent;
+
+use crate::decode::Poison;
 
 /// A boxed error from a handler.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
-/// One good (decoded, validated) message of a batch.
+/// One good (decoded, validated) message of a batch: a [`KlineEvent`] for producer subjects,
+/// or whatever the handler's [`Handler::decode`] makes of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Delivered {
-    /// The event.
-    pub event: KlineEvent,
+pub struct Delivered<T = KlineEvent> {
+    /// The decoded payload.
+    pub event: T,
     /// The subject it was published on.
     pub subject: async_nats::Subject,
     /// Its stream sequence (0 if the server did not say).
@@ -26,11 +30,11 @@ pub struct Delivered {
 pub enum HandlerError {
     /// Try again later (database down, deadlock, timeout): the batch is naked with a backoff
     /// delay and comes back; nothing is lost or skipped.
-    #[error("retryable: {0}")]
-    Retryable(BoxError),
+    #[error("retryable")]
+    Retryable(#[source] BoxError),
     /// Stop consuming (misconfiguration): the batch is naked and the loop returns the error.
-    #[error("fatal: {0}")]
-    Fatal(BoxError),
+    #[error("fatal")]
+    Fatal(#[source] BoxError),
 }
 
 /// What must still succeed before a committed batch is acked, e.g. post-commit announcements
@@ -43,14 +47,28 @@ pub type Confirmation = Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send
 /// The sink side of the pull loop. `handle` must have a durable, idempotent effect before it
 /// returns `Ok`: the loop acks the batch only afterwards (at-least-once delivery).
 pub trait Handler: Send {
+    /// What one message decodes to ([`KlineEvent`] with [`decode_event`](crate::decode_event)).
+    type Item: Send + Sync;
     /// What `handle` hands on to `after_commit` (e.g. the rows that changed).
     type Committed: Send;
 
-    /// Persists a batch. Called with at least one event.
+    /// Decodes and validates one message; poison is dead-lettered and never reaches `handle`.
+    fn decode(&self, msg: &Message) -> Result<Self::Item, Poison>;
+
+    /// Persists a batch. Called with at least one message. With
+    /// [`Retry::InOrder`](crate::Retry::InOrder) a retryable failure calls it again with the
+    /// same batch, so it must leave nothing of a failed attempt behind.
     fn handle(
         &mut self,
-        batch: &[Delivered],
+        batch: &[Delivered<Self::Item>],
     ) -> impl Future<Output = Result<Self::Committed, HandlerError>> + Send;
+
+    /// Messages of a committed batch that proved unusable while it was handled (index into the
+    /// batch, and why): they are dead-lettered instead of acked. None by default.
+    fn rejected(&self, committed: &mut Self::Committed) -> Vec<(usize, Poison)> {
+        let _ = committed;
+        Vec::new()
+    }
 
     /// Runs after `handle` committed, before the batch is acked: starts what must succeed
     /// first (e.g. publishes post-commit events) and returns it to be awaited, or `None` to ack

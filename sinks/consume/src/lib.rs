@@ -7,7 +7,9 @@
 //! - [`batch`](crate::ConsumeOptions): messages are collected until `batch_size`, until
 //!   `flush_interval` after the first one, or until the stream is quiet for `idle_gap` —
 //!   whichever comes first, so a single candle never waits for the next message.
-//! - [`decode_event`]: schema header, MessagePack, `KlineEvent::validate`, subject ↔ payload.
+//! - [`Handler::decode`]: the sink's decoder, e.g. [`decode_event`] (schema header,
+//!   MessagePack, `KlineEvent::validate`, subject ↔ payload) for producer events or
+//!   [`decode_closed`] for the closed-candle announcements on `CANDLES`.
 //! - [`dlq`]: poison is copied to `dlq.<consumer>` with `Klinebus-Dlq-Reason`/`-Subject`/
 //!   `-Consumer` headers, the copy's ack awaited, then the original terminated (`AckKind::Term`):
 //!   never dropped silently, never blocking, never redelivered forever.
@@ -18,7 +20,11 @@
 //!   messages). A failed confirmation naks them with a backoff delay: the batch comes back
 //!   (`delivered` > 1) and the follow-up is done again.
 //!   [`HandlerError::Retryable`] → every message is naked with a bounded exponential
-//!   [`Backoff`] delay and the loop pauses as long; nothing is lost or skipped.
+//!   [`Backoff`](klinebus_svc::Backoff) delay and the loop pauses as long; nothing is lost or skipped. With
+//!   [`Retry::InOrder`] the same batch is handed to the handler again after each pause
+//!   instead, so nothing overtakes it (a sink that needs stream order).
+//!   [`Handler::rejected`] may name messages of a committed batch that proved unusable: they
+//!   are dead-lettered instead of acked.
 //! - Progress acks: every batch held (queued for the handler, in its transaction, awaiting its
 //!   confirmation) longer than a quarter of the consumer's ack wait is kept alive with
 //!   `AckKind::Progress`, so a short ack wait redelivers only what a dead instance held, never
@@ -27,11 +33,13 @@
 //! - Broker restarts: the client reconnects; the pull stream is rebuilt and the consumer
 //!   fetched again when needed.
 //! - [`Stats`] / [`consumer_lag`]: received, acked, dead letters, consumer lag.
+//! - [`db::is_fatal`]: which PostgreSQL errors a handler reports as
+//!   [`HandlerError::Fatal`] rather than retryable.
 //!
 //! Several processes sharing one durable name split the work (each message goes to one).
 
-mod backoff;
 mod batch;
+pub mod db;
 pub mod decode;
 pub mod dlq;
 mod handler;
@@ -40,9 +48,8 @@ mod options;
 mod progress;
 mod pull;
 
-pub use backoff::Backoff;
-pub use decode::{decode_event, Poison};
+pub use decode::{decode_closed, decode_event, Poison};
 pub use handler::{BoxError, Confirmation, Delivered, Handler, HandlerError};
 pub use lag::{consumer_lag, ConsumerLag, Stats};
-pub use options::{ConsumeOptions, StartFrom};
+pub use options::{ConsumeOptions, Retry, StartFrom};
 pub use pull::{flush_acks, ConsumeError, Consumer};

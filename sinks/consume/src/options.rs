@@ -58,6 +58,20 @@ impl StartFrom {
     }
 }
 
+/// What happens to a batch after a retryable handler error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Nak its messages with a backoff delay and pause as long (the default); the batch comes
+    /// back later, and other messages may be handled before it.
+    Nak,
+    /// Keep it and hand it to the handler again after each backoff pause, its messages kept
+    /// alive with progress acks meanwhile, so nothing after it is handled first. For a handler
+    /// that needs stream order (indicator state). On shutdown, the batch being retried and
+    /// every message pulled but not yet handled are naked at once, in stream order, so that
+    /// the next owner gets them before anything newer.
+    InOrder,
+}
+
 /// Settings of the pull loop.
 #[derive(Debug, Clone)]
 pub struct ConsumeOptions {
@@ -82,11 +96,14 @@ pub struct ConsumeOptions {
     /// `spec.ack_wait` to it (nats-server 2.9 lets a durable's ack wait change in place;
     /// messages pending keep their delivery). Off by default: the consumer is left as it is.
     pub update_ack_wait: bool,
+    /// How a batch is retried after a retryable handler error.
+    pub retry: Retry,
 }
 
 impl ConsumeOptions {
     /// Defaults: batches of 1000, flushed after at most 200 ms (or a 2 ms gap), retries from
-    /// 100 ms up to 5 s, resume where the durable left off, an existing durable left as it is.
+    /// 100 ms up to 5 s (naked, [`Retry::Nak`]), resume where the durable left off, an existing
+    /// durable left as it is.
     pub fn new(spec: ConsumerSpec) -> Self {
         Self {
             spec,
@@ -98,6 +115,7 @@ impl ConsumeOptions {
             start: StartFrom::Resume,
             lag_interval: Duration::from_secs(5),
             update_ack_wait: false,
+            retry: Retry::Nak,
         }
     }
 }

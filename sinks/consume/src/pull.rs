@@ -9,42 +9,45 @@ use std::time::{Duration, Instant};
 use async_nats::connection::State;
 use async_nats::jetstream::consumer::{pull, FromConsumer, PullConsumer};
 use async_nats::jetstream::{self, AckKind, Context};
+use futures::{FutureExt, StreamExt};
 use klinebus_schemas::bus::consumer_config;
+use klinebus_svc::Backoff;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::backoff::Backoff;
 use crate::batch::{collect, is_terminal, Collected, Limits};
-use crate::decode::{decode_event, Poison};
+use crate::decode::Poison;
 use crate::dlq::dead_letter;
 use crate::handler::{BoxError, Confirmation, Delivered, Handler, HandlerError};
 use crate::lag::{consumer_lag, Stats};
-use crate::options::{ConsumeOptions, StartFrom};
+use crate::options::{ConsumeOptions, Retry, StartFrom};
 use crate::progress::{self, InFlight, Tracked};
 
 /// Pull-loop failures that stop it.
 #[derive(Debug, thiserror::Error)]
 pub enum ConsumeError {
     /// The stream does not exist or JetStream is unreachable.
-    #[error("stream {stream}: {source}")]
+    #[error("stream {stream}")]
     Stream {
         /// Stream name.
         stream: String,
         /// Why.
+        #[source]
         source: async_nats::jetstream::context::GetStreamError,
     },
     /// The durable consumer could not be fetched, created or deleted.
-    #[error("consumer {durable}: {source}")]
+    #[error("consumer {durable}")]
     Consumer {
         /// Durable name.
         durable: String,
         /// Why.
+        #[source]
         source: async_nats::jetstream::stream::ConsumerError,
     },
     /// The handler reported a fatal error.
-    #[error("handler: {0}")]
-    Handler(BoxError),
+    #[error("handler failed")]
+    Handler(#[source] BoxError),
 }
 
 /// Consecutive non-terminal stream errors after which the pull stream is rebuilt anyway.
@@ -56,6 +59,13 @@ const CONFIRM_AT_SHUTDOWN: Duration = Duration::from_secs(15);
 
 /// A collected batch and its progress-ack registration.
 type Batch = (Vec<jetstream::Message>, Tracked);
+
+/// What the loop does after a batch.
+enum Flow {
+    Next,
+    /// Shutdown came while a batch was retried in order ([`Retry::InOrder`]).
+    Stop,
+}
 
 /// A durable pull consumer feeding a [`Handler`]. Several processes running it with the same
 /// durable name split the messages between them.
@@ -166,9 +176,19 @@ impl Consumer {
             stop_collector.clone(),
         ));
         let mut backoff = Backoff::new(self.opts.backoff_min, self.opts.backoff_max);
+        let in_order = self.opts.retry == Retry::InOrder;
         let mut result = Ok(());
+        let mut stopped = false;
         while let Some((mut batch, tracked)) = rx.recv().await {
-            if let Err(e) = self
+            if stopped || (in_order && shutdown.is_cancelled()) {
+                // In order: what was pulled but not handled goes back at once, in stream
+                // order, so that it comes before anything newer (the collector hands over
+                // what its pull stream still buffers, then ends).
+                self.nak_all(&batch, None).await;
+                drop(tracked);
+                continue;
+            }
+            let flow = self
                 .process(
                     &mut batch,
                     tracked,
@@ -177,11 +197,17 @@ impl Consumer {
                     confirming,
                     shutdown,
                 )
-                .await
-            {
-                result = Err(e);
+                .await;
+            match flow {
+                Ok(Flow::Next) => continue,
+                Ok(Flow::Stop) => {}
+                Err(e) => result = Err(e),
+            }
+            if !in_order {
                 break;
             }
+            stopped = true;
+            stop_collector.cancel();
         }
         stop_collector.cancel();
         drop(rx);
@@ -203,7 +229,7 @@ impl Consumer {
         backoff: &mut Backoff,
         confirming: &mut JoinSet<()>,
         shutdown: &CancellationToken,
-    ) -> Result<(), ConsumeError> {
+    ) -> Result<Flow, ConsumeError> {
         let durable = &self.opts.spec.durable;
         Stats::add(&self.stats.received, raw.len());
         metrics::counter!("klinebus_sink_messages_received_total", "consumer" => durable.clone())
@@ -219,7 +245,7 @@ impl Consumer {
                 }
                 Err(_) => (0, 1),
             };
-            match decode_event(m.subject.as_str(), m.headers.as_ref(), &m.payload) {
+            match handler.decode(&m) {
                 Ok(event) => {
                     good.push(Delivered {
                         event,
@@ -236,7 +262,7 @@ impl Consumer {
             self.set_lag(l);
         }
         if good.is_empty() {
-            return Ok(());
+            return Ok(Flow::Next);
         }
         let span = tracing::info_span!(
             "batch",
@@ -246,9 +272,32 @@ impl Consumer {
             last_seq = good.last().map_or(0, |d| d.stream_sequence),
         );
         let started = Instant::now();
-        match handler.handle(&good).instrument(span.clone()).await {
-            Ok(committed) => {
+        let mut outcome = handler.handle(&good).instrument(span.clone()).await;
+        if self.opts.retry == Retry::InOrder {
+            // The same batch again, in place: nothing after it may be handled first.
+            while let Err(HandlerError::Retryable(e)) = &outcome {
+                let delay = backoff.fail();
+                self.count_error("handler_retryable");
+                tracing::warn!(parent: &span, error = %klinebus_svc::error_line(e.as_ref()),
+                    delay_ms = delay.as_millis() as u64, failures = backoff.failures(),
+                    "batch failed; retrying it in place");
+                for m in &good_msgs {
+                    let _ = m.ack_with(AckKind::Progress).await;
+                }
+                if !pause(delay, shutdown).await {
+                    self.nak_all(&good_msgs, None).await;
+                    return Ok(Flow::Stop);
+                }
+                outcome = handler.handle(&good).instrument(span.clone()).await;
+            }
+        }
+        match outcome {
+            Ok(mut committed) => {
                 backoff.reset();
+                let rejected = handler.rejected(&mut committed);
+                if !rejected.is_empty() {
+                    good_msgs = self.settle_rejected(good_msgs, &good, rejected).await;
+                }
                 let confirmation = handler
                     .after_commit(committed)
                     .instrument(span.clone())
@@ -258,7 +307,7 @@ impl Consumer {
                     Stats::add(&self.stats.acked, good_msgs.len());
                     self.stats.batches.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(parent: &span, elapsed_ms = started.elapsed().as_millis() as u64, "batch committed and acked");
-                    return Ok(());
+                    return Ok(Flow::Next);
                 };
                 while confirming.try_join_next().is_some() {}
                 while confirming.len() >= MAX_CONFIRMING {
@@ -278,24 +327,50 @@ impl Consumer {
                     )
                     .instrument(span),
                 );
-                Ok(())
+                Ok(Flow::Next)
             }
             Err(HandlerError::Retryable(e)) => {
                 let delay = backoff.fail();
                 self.count_error("handler_retryable");
-                tracing::warn!(parent: &span, error = %e, delay_ms = delay.as_millis() as u64,
-                    failures = backoff.failures(), "batch failed; naked for retry");
+                tracing::warn!(parent: &span, error = %klinebus_svc::error_line(e.as_ref()),
+                    delay_ms = delay.as_millis() as u64, failures = backoff.failures(),
+                    "batch failed; naked for retry");
                 self.nak_all(&good_msgs, Some(delay)).await;
                 pause(delay, shutdown).await;
-                Ok(())
+                Ok(Flow::Next)
             }
             Err(HandlerError::Fatal(e)) => {
                 self.count_error("handler_fatal");
-                tracing::error!(parent: &span, error = %e, "batch failed fatally; stopping");
+                tracing::error!(parent: &span, error = %klinebus_svc::error_line(e.as_ref()),
+                    "batch failed fatally; stopping");
                 self.nak_all(&good_msgs, None).await;
                 Err(ConsumeError::Handler(e))
             }
         }
+    }
+
+    /// Dead-letters the messages the handler rejected after all; returns the others, in stream
+    /// order, to be acked (or confirmed) as usual.
+    async fn settle_rejected<T>(
+        &self,
+        msgs: Vec<jetstream::Message>,
+        good: &[Delivered<T>],
+        rejected: Vec<(usize, Poison)>,
+    ) -> Vec<jetstream::Message> {
+        let mut reasons: Vec<Option<Poison>> = (0..msgs.len()).map(|_| None).collect();
+        for (i, p) in rejected {
+            if let Some(slot) = reasons.get_mut(i) {
+                *slot = Some(p);
+            }
+        }
+        let mut rest = Vec::with_capacity(msgs.len());
+        for ((m, d), reason) in msgs.into_iter().zip(good).zip(reasons) {
+            match reason {
+                Some(p) => self.poison(&m, d.stream_sequence, &p).await,
+                None => rest.push(m),
+            }
+        }
+        rest
     }
 
     async fn nak_all(&self, msgs: &[jetstream::Message], delay: Option<Duration>) {
@@ -315,7 +390,7 @@ impl Consumer {
             }
             Err(e) => {
                 self.count_error("dlq");
-                tracing::warn!(stream_seq = seq, error = %e, "dead-lettering failed; message naked for another try");
+                tracing::warn!(stream_seq = seq, error = %klinebus_svc::error_line(&e), "dead-lettering failed; message naked for another try");
                 let _ = m.ack_with(AckKind::Nak(Some(self.opts.backoff_max))).await;
             }
         }
@@ -354,11 +429,8 @@ async fn nak_all(msgs: &[jetstream::Message], delay: Option<Duration>) {
 /// The redelivery delay of a batch whose messages were delivered `times` times: doubling from
 /// `backoff_min` up to `backoff_max`.
 fn nak_delay(o: &ConsumeOptions, times: i64) -> Duration {
-    let shift = u32::try_from(times.saturating_sub(1)).unwrap_or(0).min(20);
-    o.backoff_min
-        .checked_mul(1u32 << shift)
-        .map_or(o.backoff_max, |d| d.min(o.backoff_max))
-        .max(o.backoff_min)
+    let times = u32::try_from(times.max(1)).unwrap_or(u32::MAX);
+    Backoff::new(o.backoff_min, o.backoff_max).delay(times)
 }
 
 /// Awaits a committed batch's confirmation, then acks its messages, or naks them for
@@ -382,7 +454,7 @@ async fn settle(
         }
         Err(e) => {
             count_error(&durable, "confirm");
-            tracing::warn!(error = %e, messages = msgs.len(), retry_in_ms = retry_in.as_millis() as u64,
+            tracing::warn!(error = %klinebus_svc::error_line(e.as_ref()), messages = msgs.len(), retry_in_ms = retry_in.as_millis() as u64,
                 "batch committed but not confirmed; naked for redelivery");
             nak_all(&msgs, Some(retry_in)).await;
             Stats::add(&stats.naked, msgs.len());
@@ -427,14 +499,22 @@ async fn collect_loop(
     tx: tokio::sync::mpsc::Sender<Batch>,
     stop: CancellationToken,
 ) {
-    let limits = Limits {
+    let wanted = Limits {
         size: o.batch_size.max(1),
         flush_interval: o.flush_interval,
         idle_gap: o.idle_gap,
     };
     let durable = &o.spec.durable;
+    let in_order = o.retry == Retry::InOrder;
     let mut stream_backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
     while !stop.is_cancelled() {
+        // With one un-acked message allowed (the consumer's setting, which may predate the
+        // options) nothing more can arrive before this one is acked: never wait for company.
+        let limits = if consumer.cached_info().config.max_ack_pending == 1 {
+            Limits { size: 1, ..wanted }
+        } else {
+            wanted
+        };
         let messages = consumer
             .stream()
             .max_messages_per_batch(limits.size.min(20_000))
@@ -471,6 +551,15 @@ async fn collect_loop(
             }
             match state {
                 Collected::Ready => {}
+                Collected::Shutdown if in_order => {
+                    // Hand over what the pull already delivered, to be naked in order.
+                    let rest = buffered(&mut messages);
+                    if !rest.is_empty() {
+                        let tracked = in_flight.track(&rest);
+                        let _ = tx.send((rest, tracked)).await;
+                    }
+                    return;
+                }
                 Collected::Shutdown => return,
                 Collected::Error(e) if !is_terminal(&e) && errors < MAX_STREAM_ERRORS => {
                     errors += 1;
@@ -494,9 +583,23 @@ async fn collect_loop(
         }
         match prepare(&js, &o, &StartFrom::Resume).await {
             Ok(c) => consumer = c,
-            Err(e) => tracing::warn!(error = %e, "cannot get the consumer yet"),
+            Err(e) => {
+                tracing::warn!(error = %klinebus_svc::error_line(&e), "cannot get the consumer yet")
+            }
         }
     }
+}
+
+/// The messages a pull stream has already delivered, without waiting for more.
+fn buffered<S>(messages: &mut S) -> Vec<jetstream::Message>
+where
+    S: futures::Stream<Item = Result<jetstream::Message, pull::MessagesError>> + Unpin,
+{
+    let mut out = Vec::new();
+    while let Some(Some(Ok(m))) = messages.next().now_or_never() {
+        out.push(m);
+    }
+    out
 }
 
 /// Sleeps `d` unless shutdown comes first; false if it did.

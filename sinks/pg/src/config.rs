@@ -20,7 +20,7 @@ pub struct Config {
 
     /// Durable consumer name; instances sharing it split the messages. Also names the dead-letter
     /// subject `dlq.<consumer>`.
-    #[arg(long = "consumer", env = "SINK_CONSUMER", default_value = "pg-sink")]
+    #[arg(long = "consumer", env = "SINK_CONSUMER", default_value = klinebus_schemas::streams::PG_SINK_DURABLE)]
     pub consumer: String,
 
     /// Subject filter of the durable consumer (applies when it is created), e.g. `klines.ws.>`.

@@ -36,7 +36,7 @@ use klinebus_schemas::bus::{self, BusOptions};
 use klinebus_schemas::streams::{
     ConsumerSpec, Retention, CANDLES_STREAM, DLQ_STREAM, KLINES_STREAM,
 };
-use klinebus_svc::Health;
+use klinebus_svc::{until_ok, Health};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -57,18 +57,18 @@ pub enum SinkError {
     /// NATS trouble at start-up.
     #[error(transparent)]
     Bus(#[from] bus::BusError),
-    /// A stream could not be checked.
-    #[error("JetStream: {0}")]
-    JetStream(String),
+    /// The streams could not be created.
+    #[error("creating the klinebus streams")]
+    Streams(#[source] bus::BusError),
     /// Migrations failed.
-    #[error("migrations: {0}")]
+    #[error("migrations")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     /// The consumer loop stopped.
     #[error(transparent)]
     Consume(#[from] klinebus_consume::ConsumeError),
     /// A worker task panicked.
-    #[error("worker task failed: {0}")]
-    Worker(String),
+    #[error("worker task failed")]
+    Worker(#[source] tokio::task::JoinError),
 }
 
 /// NATS connection options from the config.
@@ -91,33 +91,6 @@ pub fn consume_options(c: &Config) -> ConsumeOptions {
     o
 }
 
-/// Retries `f` with a growing pause until it succeeds or `shutdown` fires (`None`).
-async fn until_ok<T, E: std::fmt::Display, F, Fut>(
-    what: &str,
-    shutdown: &CancellationToken,
-    mut f: F,
-) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, E>>,
-{
-    let mut backoff =
-        klinebus_consume::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
-    loop {
-        match f().await {
-            Ok(v) => return Some(v),
-            Err(e) => {
-                let d = backoff.fail();
-                tracing::warn!(error = %e, retry_in_ms = d.as_millis() as u64, "cannot reach {what} yet");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return None,
-                    _ = tokio::time::sleep(d) => {}
-                }
-            }
-        }
-    }
-}
-
 /// Creates the streams only if one is missing (an existing stream keeps the retention its
 /// operator gave it).
 async fn check_streams(
@@ -132,7 +105,7 @@ async fn check_streams(
             );
             return bus::ensure_streams(js, retention)
                 .await
-                .map_err(|e| SinkError::JetStream(e.to_string()));
+                .map_err(SinkError::Streams);
         }
     }
     Ok(())
@@ -215,10 +188,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Sink
         let failed = match joined {
             Ok(Ok(())) => continue,
             Ok(Err(e)) => SinkError::from(e),
-            Err(e) => SinkError::Worker(e.to_string()),
+            Err(e) => SinkError::Worker(e),
         };
         // One worker failing stops the others: the process exits with the first error.
-        tracing::error!(error = %failed, "worker stopped; stopping the others");
+        tracing::error!(error = %klinebus_svc::error_line(&failed), "worker stopped; stopping the others");
         shutdown.cancel();
         if result.is_ok() {
             result = Err(failed);

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::context::{PublishAckFuture, PublishError};
 use async_nats::jetstream::Context;
-use klinebus_consume::{Confirmation, Delivered, Handler, HandlerError};
+use async_nats::jetstream::Message;
+use klinebus_consume::db::is_fatal;
+use klinebus_consume::{decode_event, Confirmation, Delivered, Handler, HandlerError, Poison};
 use klinebus_schemas::closed::MAX_PER_MESSAGE;
 use klinebus_schemas::{bus, Interval, KlineEvent, Symbol};
 use klinebus_svc::Health;
@@ -129,18 +131,6 @@ fn key(e: &KlineEvent) -> (&str, &'static str, i64) {
     (e.symbol.as_str(), e.interval.as_str(), e.open_time)
 }
 
-/// Errors worth retrying: connection trouble, timeouts, serialization failures, deadlocks,
-/// a server shutting down. Anything else (a schema mismatch) is fatal.
-fn is_fatal(e: &sqlx::Error) -> bool {
-    match e {
-        sqlx::Error::Database(db) => db
-            .code()
-            .is_some_and(|c| c.starts_with("42") || c.starts_with("3D") || c.starts_with("28")),
-        sqlx::Error::Configuration(_) | sqlx::Error::ColumnNotFound(_) => true,
-        _ => false,
-    }
-}
-
 fn error_kind(e: &sqlx::Error) -> &'static str {
     match e {
         sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) => "db_connection",
@@ -151,7 +141,12 @@ fn error_kind(e: &sqlx::Error) -> &'static str {
 }
 
 impl Handler for PgSink {
+    type Item = KlineEvent;
     type Committed = Vec<KlineEvent>;
+
+    fn decode(&self, msg: &Message) -> Result<KlineEvent, Poison> {
+        decode_event(msg.subject.as_str(), msg.headers.as_ref(), &msg.payload)
+    }
 
     async fn handle(&mut self, batch: &[Delivered]) -> Result<Vec<KlineEvent>, HandlerError> {
         let rows = winners(batch.iter().map(|d| &d.event));

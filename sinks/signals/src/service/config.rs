@@ -31,7 +31,7 @@ pub struct SinkConfig {
 
     /// Durable consumer name on the CANDLES stream. Also names the dead-letter subject
     /// `dlq.<consumer>` and the ownership lock.
-    #[arg(long = "consumer", env = "SIGNALS_CONSUMER", default_value = "signals")]
+    #[arg(long = "consumer", env = "SIGNALS_CONSUMER", default_value = klinebus_schemas::streams::SIGNALS_DURABLE)]
     pub consumer: String,
 
     /// Subject filter of the durable consumer (applies when it is created), e.g.

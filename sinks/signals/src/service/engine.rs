@@ -4,55 +4,71 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
+use async_nats::jetstream::context::{PublishAckFuture, PublishError};
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::Context;
 use async_nats::HeaderMap;
+use klinebus_consume::db::is_fatal;
+use klinebus_schemas::signal::{signal_msg_id, SIGNAL_SCHEMA, SIGNAL_SCHEMA_HEADER};
 use klinebus_schemas::{subjects, Interval, KlineEvent, Source, Symbol};
 use sqlx::PgPool;
 
 use super::store::{
     earliest_signal, load_history, signalled_between, upsert_signals, SignalRecord, SignalRow,
 };
-use crate::{Candle, Config, Outcome, SeriesState, SignalReport};
+use crate::{Candle, CandleError, Config, Outcome, SeriesState, SignalReport};
 
-/// Header naming the payload format of a signal event.
-pub const SIGNAL_SCHEMA_HEADER: &str = "Klinebus-Schema";
-/// Its value: a JSON [`SignalReport`](crate::SignalReport).
-pub const SIGNAL_SCHEMA: &str = "signal/1";
-
-/// Why an event could not be processed.
+/// Why a batch could not be processed (nothing of it is kept; see
+/// [`Engine::process_batch`]).
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
-    /// The event is unusable (dead-letter it).
-    #[error("{0}")]
-    Poison(String),
-    /// Try the same event again later (database or broker trouble).
-    #[error("retryable: {0}")]
-    Retryable(String),
-    /// Stop (a schema mismatch, misconfiguration).
-    #[error("fatal: {0}")]
-    Fatal(String),
+    /// A statement failed.
+    #[error("{what}")]
+    Db {
+        /// What it was doing.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// A signal event was not sent, or the stream refused it.
+    #[error("publishing a signal on {subject}")]
+    Publish {
+        /// Its subject.
+        subject: String,
+        /// Why.
+        #[source]
+        source: PublishError,
+    },
+    /// The stream did not acknowledge a signal event in time.
+    #[error("no publish ack for the signal on {subject} within 10 s")]
+    PublishTimeout {
+        /// Its subject.
+        subject: String,
+    },
+    /// A report could not be serialised.
+    #[error("serialising a signal report")]
+    Report(#[source] serde_json::Error),
 }
 
-fn db_error(e: sqlx::Error) -> EngineError {
-    let fatal = match &e {
-        sqlx::Error::Database(db) => db
-            .code()
-            .is_some_and(|c| c.starts_with("42") || c.starts_with("3D") || c.starts_with("28")),
-        sqlx::Error::Configuration(_) | sqlx::Error::ColumnNotFound(_) => true,
-        _ => false,
-    };
-    metrics::counter!("klinebus_signals_errors_total", "kind" => "db").increment(1);
-    if fatal {
-        EngineError::Fatal(e.to_string())
-    } else {
-        EngineError::Retryable(e.to_string())
+impl EngineError {
+    /// True for what retrying the same batch can fix (database or broker trouble); false for a
+    /// schema mismatch or misconfiguration ([`is_fatal`]) or a report that cannot be serialised.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Db { source, .. } => !is_fatal(source),
+            Self::Publish { .. } | Self::PublishTimeout { .. } => true,
+            Self::Report(_) => false,
+        }
     }
 }
 
-/// The `Nats-Msg-Id` of a signal event: `<venue>:<symbol>:<interval>:<open_time>`.
-pub fn signal_msg_id(e: &KlineEvent) -> String {
-    e.candle_key()
+/// The error of a failed statement doing `what`, counted.
+fn db(what: &'static str) -> impl FnOnce(sqlx::Error) -> EngineError {
+    move |source| {
+        metrics::counter!("klinebus_signals_errors_total", "kind" => "db").increment(1);
+        EngineError::Db { what, source }
+    }
 }
 
 /// Default of `--max-recompute`: most candles one recompute evaluates.
@@ -153,17 +169,6 @@ impl Engine {
         self.states.len()
     }
 
-    /// Processes one closed-candle event: [`process_batch`](Self::process_batch) of one, with
-    /// an unusable event as `Err(Poison)`.
-    pub async fn process(&mut self, e: &KlineEvent) -> Result<Outcome, EngineError> {
-        let mut out = self.process_batch(std::slice::from_ref(e)).await?;
-        match out.pop() {
-            Some(Ok(outcome)) => Ok(outcome),
-            Some(Err(reason)) => Err(EngineError::Poison(reason)),
-            None => Err(EngineError::Fatal("empty batch result".into())),
-        }
-    }
-
     /// Processes closed-candle events in order, all or nothing. Per event:
     ///
     /// - it follows the series' last candle → applied (a signal once warm);
@@ -182,12 +187,12 @@ impl Engine {
     /// events may be stored already; a retry republishes them under the same `Nats-Msg-Id`), so
     /// the same batch can simply be retried and gives the same results.
     ///
-    /// Returns one entry per event: its outcome, or `Err(reason)` for an unusable event
-    /// (dead-letter it; it changes nothing).
+    /// Returns one entry per event: its outcome, or why it is unusable (dead-letter it; it
+    /// changes nothing).
     pub async fn process_batch(
         &mut self,
         events: &[KlineEvent],
-    ) -> Result<Vec<Result<Outcome, String>>, EngineError> {
+    ) -> Result<Vec<Result<Outcome, CandleError>>, EngineError> {
         let batch_started = Instant::now();
         // Series touched by this batch, advanced on copies.
         let mut staged: HashMap<SeriesKey, Series> = HashMap::new();
@@ -209,7 +214,7 @@ impl Engine {
             let candle = match Candle::from_event(e) {
                 Ok(c) => c,
                 Err(err) => {
-                    results.push(Err(err.to_string()));
+                    results.push(Err(err));
                     continue;
                 }
             };
@@ -332,7 +337,7 @@ impl Engine {
         let records: Vec<SignalRecord> = rows.rows().map(|r| r.record.clone()).collect();
         upsert_signals(&self.pool, &records)
             .await
-            .map_err(db_error)?;
+            .map_err(db("upserting signals"))?;
         let upserted = Instant::now();
         if let Some(js) = &self.js {
             let recomputed: Vec<String> = rows
@@ -379,8 +384,7 @@ impl Engine {
         report: &SignalReport,
         recomputed: bool,
     ) -> Result<PendingRow, EngineError> {
-        let details = serde_json::to_string(report)
-            .map_err(|err| EngineError::Fatal(format!("serialising report: {err}")))?;
+        let details = serde_json::to_string(report).map_err(EngineError::Report)?;
         let row = SignalRow::from_report(report, serde_json::Value::Null);
         let record = SignalRecord::new(&row, details.clone());
         let event = self.js.is_some().then(|| {
@@ -409,7 +413,7 @@ impl Engine {
         let from = e.open_time.saturating_sub(span);
         let earliest = earliest_signal(&self.pool, &e.symbol, e.interval, from, e.open_time)
             .await
-            .map_err(db_error)?;
+            .map_err(db("reading the earliest signal"))?;
         Ok(earliest.map_or(e.open_time, |t| t.min(e.open_time)))
     }
 
@@ -418,7 +422,7 @@ impl Engine {
     async fn adjoins(&self, e: &KlineEvent, run_start: i64) -> Result<bool, EngineError> {
         let before = load_history(&self.pool, &e.symbol, e.interval, run_start, 1)
             .await
-            .map_err(db_error)?;
+            .map_err(db("reading ohlcv_candles"))?;
         Ok(before
             .last()
             .is_some_and(|c| e.interval.next_open(c.open_time()) == run_start))
@@ -468,7 +472,7 @@ impl Engine {
             self.warm_candles + n as i64,
         )
         .await
-        .map_err(db_error)?;
+        .map_err(db("reading ohlcv_candles"))?;
         let table_last = history.last().map(Candle::open_time);
         let first = history
             .len()
@@ -479,7 +483,7 @@ impl Engine {
             (Some(c), Some(last)) => {
                 signalled_between(&self.pool, symbol, interval, c.open_time(), last)
                     .await
-                    .map_err(db_error)?
+                    .map_err(db("reading stored signals"))?
                     .into_iter()
                     .filter(|t| !self.unconfirmed.contains(&candle_key(e, *t)))
                     .collect()
@@ -529,7 +533,7 @@ impl Engine {
         let started = Instant::now();
         let history = load_history(&self.pool, symbol, interval, open_time, self.warm_candles)
             .await
-            .map_err(db_error)?;
+            .map_err(db("reading ohlcv_candles"))?;
         let mut state = SeriesState::new(&self.cfg, symbol.clone(), interval);
         state.warm(&history);
         metrics::counter!("klinebus_signals_warms_total").increment(1);
@@ -548,12 +552,7 @@ fn is_live(source: Source) -> bool {
 
 /// The candle key (`Nats-Msg-Id` of its signal event) of `e`'s series at `open_time`.
 fn candle_key(e: &KlineEvent, open_time: i64) -> String {
-    format!(
-        "{}:{}:{}:{open_time}",
-        e.venue,
-        e.symbol,
-        e.interval.as_str()
-    )
+    signal_msg_id(&e.venue, &e.symbol, e.interval, open_time)
 }
 
 /// An `insufficient_data` row (`--store-insufficient`).
@@ -588,6 +587,12 @@ fn insufficient_row(
     }
 }
 
+/// The error of a signal event not stored, counted.
+fn publish_failed(error: EngineError) -> EngineError {
+    metrics::counter!("klinebus_signals_errors_total", "kind" => "publish").increment(1);
+    error
+}
+
 /// Publishes the signal events of a batch (`(subject, Nats-Msg-Id, JSON)`), then waits until
 /// the stream stored all of them (deduplicated by `Nats-Msg-Id`, so a retry after a failure is
 /// harmless).
@@ -595,10 +600,6 @@ async fn publish_all(
     js: &Context,
     payloads: Vec<(String, String, Vec<u8>)>,
 ) -> Result<(), EngineError> {
-    let failed = |subject: &str, err: String| {
-        metrics::counter!("klinebus_signals_errors_total", "kind" => "publish").increment(1);
-        EngineError::Retryable(format!("publishing on {subject}: {err}"))
-    };
     // The context bounds un-awaited publish acks (`bus::jetstream(_, 1024)`, blocking beyond
     // that), so a large batch awaits its acks every PUBLISH_WINDOW publications.
     const PUBLISH_WINDOW: usize = 256;
@@ -606,7 +607,7 @@ async fn publish_all(
     let mut acks = Vec::with_capacity(payloads.len().min(PUBLISH_WINDOW));
     for (subject, msg_id, payload) in payloads {
         if acks.len() == PUBLISH_WINDOW {
-            await_acks(&mut acks, deadline, &failed).await?;
+            await_acks(&mut acks, deadline).await?;
         }
         let mut headers = HeaderMap::new();
         headers.insert(SIGNAL_SCHEMA_HEADER, SIGNAL_SCHEMA);
@@ -615,26 +616,26 @@ async fn publish_all(
             .headers(headers)
             .payload(payload.into())
             .message_id(msg_id);
-        let ack = js
-            .send_publish(subject.clone(), msg)
-            .await
-            .map_err(|err| failed(&subject, err.to_string()))?;
-        acks.push((subject, ack));
+        match js.send_publish(subject.clone(), msg).await {
+            Ok(ack) => acks.push((subject, ack)),
+            Err(source) => return Err(publish_failed(EngineError::Publish { subject, source })),
+        }
     }
-    await_acks(&mut acks, deadline, &failed).await
+    await_acks(&mut acks, deadline).await
 }
 
 /// Awaits (and empties) publish acks; one deadline for the whole batch.
 async fn await_acks(
-    acks: &mut Vec<(String, async_nats::jetstream::context::PublishAckFuture)>,
+    acks: &mut Vec<(String, PublishAckFuture)>,
     deadline: tokio::time::Instant,
-    failed: &impl Fn(&str, String) -> EngineError,
 ) -> Result<(), EngineError> {
     for (subject, ack) in acks.drain(..) {
         match tokio::time::timeout_at(deadline, ack).await {
             Ok(Ok(_)) => {}
-            Ok(Err(err)) => return Err(failed(&subject, err.to_string())),
-            Err(_) => return Err(failed(&subject, "no publish ack within 10 s".into())),
+            Ok(Err(source)) => {
+                return Err(publish_failed(EngineError::Publish { subject, source }))
+            }
+            Err(_) => return Err(publish_failed(EngineError::PublishTimeout { subject })),
         }
     }
     Ok(())

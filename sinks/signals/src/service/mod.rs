@@ -4,18 +4,18 @@
 //! - [`store`]: warming history from `ohlcv_candles`, upserting `signals`, the ownership lock.
 //! - [`engine`]: per-series [`SeriesState`](crate::SeriesState)s, events applied in order, a
 //!   batch at a time.
-//! - [`run`]: wiring and the pull loop.
+//! - [`run`]: wiring, and the [`Handler`] of the shared pull loop around the [`Engine`].
 //!
 //! ## Delivery and ordering
 //!
-//! The durable pull consumer (`signals` on the CANDLES stream, filter `candles.closed.>`) is
-//! prepared with [`klinebus_consume::Consumer::prepare`] and dead letters go through
-//! [`klinebus_consume::dlq`], like every klinebus sink. The batch loop of
-//! [`klinebus_consume::Consumer::run`] is not used: its decoder accepts only producer subjects
-//! (`klines.…`), and its nak-the-batch retry would let later candles of a series overtake an
-//! earlier one. Instead messages are handled in stream order, in batches of what one pull has
-//! already delivered (at most `--batch-size`; a lone live candle is never held back waiting
-//! for more): the events are applied in order to copies of their series' states, ONE statement
+//! The durable pull consumer (`signals` on the CANDLES stream, filter `candles.closed.>`) runs
+//! on [`klinebus_consume::Consumer`] like every klinebus sink (dead letters to `dlq.<consumer>`,
+//! progress acks, reconnects), with the closed-candle decoder
+//! ([`klinebus_consume::decode_closed`]) and [`Retry::InOrder`]: a nak-the-batch retry would
+//! let later candles of a series overtake an earlier one. Messages are handled in stream
+//! order, in batches of what the pull delivers within 10 ms (at most `--batch-size`; with one
+//! un-acked message allowed, each message at once): the events are applied in order to copies
+//! of their series' states, ONE statement
 //! upserts all resulting rows, all signal events are published and their stream acks awaited,
 //! and only then are the new states kept and the messages acked, in order. A retryable failure
 //! (database, publish) retries the *same* batch in place with a growing pause (keeping its
@@ -74,17 +74,17 @@ pub mod store;
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, AckKind, Context};
-use futures::{FutureExt, StreamExt};
-use klinebus_consume::{Backoff, ConsumeOptions, Consumer, StartFrom};
+use async_nats::jetstream::{Context, Message};
+use klinebus_consume::{
+    decode_closed, ConsumeOptions, Consumer, Delivered, Handler, HandlerError, Poison, Retry,
+    StartFrom,
+};
 use klinebus_schemas::bus::{self, BusOptions};
-use klinebus_schemas::closed::CLOSED_SCHEMA_VERSION;
-use klinebus_schemas::codec::{self, SCHEMA_HEADER};
 use klinebus_schemas::streams::{
     ConsumerSpec, Retention, CANDLES_STREAM, DLQ_STREAM, SIGNALS_STREAM,
 };
-use klinebus_schemas::{subjects, ClosedCandles, KlineEvent};
-use klinebus_svc::Health;
+use klinebus_schemas::KlineEvent;
+use klinebus_svc::{until_ok, Health};
 use sqlx::postgres::PgPoolOptions;
 use tokio_util::sync::CancellationToken;
 
@@ -107,21 +107,19 @@ pub enum ServiceError {
     /// NATS trouble at start-up.
     #[error(transparent)]
     Bus(#[from] bus::BusError),
-    /// A stream could not be checked.
-    #[error("JetStream: {0}")]
-    JetStream(String),
+    /// The streams could not be created.
+    #[error("creating the klinebus streams")]
+    Streams(#[source] bus::BusError),
     /// Migrations failed.
-    #[error("migrations: {0}")]
+    #[error("migrations")]
     Migrate(#[from] sqlx::migrate::MigrateError),
-    /// The durable consumer could not be prepared.
+    /// The pull loop stopped: the consumer could not be prepared, or an event failed in a way
+    /// retrying cannot fix.
     #[error(transparent)]
     Consume(#[from] klinebus_consume::ConsumeError),
     /// The ownership lock was lost (its connection died): another instance may take over.
-    #[error("lost the ownership lock: {0}")]
-    LockLost(String),
-    /// An event failed in a way retrying cannot fix.
-    #[error("{0}")]
-    Fatal(String),
+    #[error("lost the ownership lock")]
+    LockLost(#[source] sqlx::Error),
 }
 
 /// NATS connection options from the config.
@@ -131,9 +129,16 @@ pub fn bus_options(c: &SinkConfig) -> Result<BusOptions, ServiceError> {
         .map_err(|e| ServiceError::Config(e.to_string()))
 }
 
+/// How long a batch waits for more messages after its first one (a lone live candle waits
+/// that long at most; a replay gets full batches).
+const BATCH_LINGER: Duration = Duration::from_millis(10);
+
+/// How often the ownership lock's connection is checked while consuming.
+const LOCK_CHECK: Duration = Duration::from_secs(1);
+
 /// The durable consumer on the CANDLES stream (`--max-ack-pending`, default 1: the server
 /// delivers the next message only after the previous one was acked, so order survives
-/// redeliveries).
+/// redeliveries), retried in order.
 pub fn consume_options(c: &SinkConfig) -> ConsumeOptions {
     let spec = ConsumerSpec {
         stream: CANDLES_STREAM.into(),
@@ -144,33 +149,11 @@ pub fn consume_options(c: &SinkConfig) -> ConsumeOptions {
     };
     let mut o = ConsumeOptions::new(spec);
     o.batch_size = c.batch_size as usize;
+    o.flush_interval = BATCH_LINGER;
+    o.idle_gap = BATCH_LINGER;
+    o.retry = Retry::InOrder;
     o.start = c.replay_from.clone().unwrap_or(StartFrom::Resume);
     o
-}
-
-/// Retries `f` with a growing pause until it succeeds or `shutdown` fires (`None`).
-async fn until_ok<T, E: std::fmt::Display, F, Fut>(
-    what: &str,
-    shutdown: &CancellationToken,
-    mut f: F,
-) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, E>>,
-{
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
-    loop {
-        match f().await {
-            Ok(v) => return Some(v),
-            Err(e) => {
-                let d = backoff.fail();
-                tracing::warn!(error = %e, retry_in_ms = d.as_millis() as u64, "cannot reach {what} yet");
-                if !pause(d, shutdown).await {
-                    return None;
-                }
-            }
-        }
-    }
 }
 
 /// Sleeps `d` unless shutdown comes first; false if it did.
@@ -191,7 +174,7 @@ async fn check_streams(js: &Context, retention: &Retention) -> Result<(), Servic
             );
             return bus::ensure_streams(js, retention)
                 .await
-                .map_err(|e| ServiceError::JetStream(e.to_string()));
+                .map_err(ServiceError::Streams);
         }
     }
     Ok(())
@@ -225,6 +208,20 @@ async fn acquire_lock(
             return None;
         }
     }
+}
+
+/// Checks the ownership lock's connection every [`LOCK_CHECK`] until `stop` fires; if it is
+/// lost, fires `stop` (the pull loop finishes its batch and naks the rest in order) and
+/// returns why.
+async fn watch_lock(lock: &mut OwnerLock, stop: &CancellationToken) -> Option<sqlx::Error> {
+    while pause(LOCK_CHECK, stop).await {
+        if let Err(e) = lock.check().await {
+            tracing::error!(error = %e, "ownership lock lost; stopping");
+            stop.cancel();
+            return Some(e);
+        }
+    }
+    None
 }
 
 /// Runs the service until `shutdown` fires (the pulled batch is finished and acked) and returns
@@ -284,161 +281,27 @@ pub async fn run(config: SinkConfig, shutdown: CancellationToken) -> Result<(), 
     .with_max_recompute(config.max_recompute as usize);
     tracing::info!(consumer = %config.consumer, filter = %config.filter_subject,
         lookback, "consuming");
-    let result = consume(
-        &js,
-        &consume_options(&config),
-        &mut engine,
-        &mut lock,
-        &shutdown,
-    )
-    .await;
-    klinebus_consume::flush_acks(&js.client()).await;
+    let mut opts = consume_options(&config);
+    if let Some(start) = resume_at_ack_floor(&js, &opts).await {
+        opts.start = start;
+    }
+    let consumer = Consumer::new(js.clone(), opts);
+    let stop = shutdown.child_token();
+    let consume = async {
+        let result = consumer.run(&mut engine, stop.clone()).await;
+        // Ends the lock watch too.
+        stop.cancel();
+        result
+    };
+    let (result, lost) = tokio::join!(consume, watch_lock(&mut lock, &stop));
     health.set_ready(false);
     lock.release().await;
     pool.close().await;
     tracing::info!(series = engine.series(), "kline-signals stopped");
-    result
-}
-
-/// What to do after a message.
-enum Flow {
-    Next,
-    Stop,
-}
-
-/// How long a batch waits for more messages after its first one.
-const BATCH_LINGER: Duration = Duration::from_millis(10);
-
-/// How often the ownership lock's connection is checked while consuming.
-const LOCK_CHECK: Duration = Duration::from_secs(1);
-
-/// The pull loop: batches of at most `batch_size`, each message handled in order.
-async fn consume(
-    js: &Context,
-    opts: &ConsumeOptions,
-    engine: &mut Engine,
-    lock: &mut OwnerLock,
-    shutdown: &CancellationToken,
-) -> Result<(), ServiceError> {
-    let consumer = Consumer::new(js.clone(), opts.clone());
-    let start = resume_at_ack_floor(js, opts)
-        .await
-        .unwrap_or_else(|| opts.start.clone());
-    let mut pull = consumer.prepare(&start).await?;
-    let durable = opts.spec.durable.as_str();
-    let mut stream_backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-    while !shutdown.is_cancelled() {
-        lock.check()
-            .await
-            .map_err(|e| ServiceError::LockLost(e.to_string()))?;
-        // A continuous pull: the next pull request goes out while a batch is being processed,
-        // so batches can fill (the server still delivers at most --max-ack-pending un-acked).
-        let stream = pull
-            .stream()
-            .max_messages_per_batch(opts.batch_size)
-            .expires(Duration::from_secs(5))
-            .heartbeat(Duration::from_secs(2))
-            .messages()
-            .await;
-        // Lingering for more only makes sense when the server may deliver more than one
-        // un-acked message (the consumer's setting, which may predate --max-ack-pending).
-        let linger_for = if pull.cached_info().config.max_ack_pending != 1 {
-            BATCH_LINGER
-        } else {
-            Duration::ZERO
-        };
-        let mut next_check = tokio::time::Instant::now() + LOCK_CHECK;
-        let mut messages = match stream {
-            Ok(m) => m,
-            Err(e) => {
-                metrics::counter!("klinebus_signals_errors_total", "kind" => "pull").increment(1);
-                tracing::warn!(error = %e, "cannot pull; retrying");
-                if !pause(stream_backoff.fail(), shutdown).await {
-                    break;
-                }
-                if let Ok(c) = consumer.prepare(&StartFrom::Resume).await {
-                    pull = c;
-                }
-                continue;
-            }
-        };
-        loop {
-            // Stop waiting for more on shutdown.
-            let next = tokio::select! {
-                biased;
-                m = messages.next() => m,
-                _ = shutdown.cancelled() => break,
-                _ = tokio::time::sleep_until(next_check) => {
-                    lock.check()
-                        .await
-                        .map_err(|e| ServiceError::LockLost(e.to_string()))?;
-                    next_check = tokio::time::Instant::now() + LOCK_CHECK;
-                    continue;
-                }
-            };
-            let m = match next {
-                None => break,
-                Some(Ok(m)) => m,
-                Some(Err(e)) => {
-                    metrics::counter!("klinebus_signals_errors_total", "kind" => "pull")
-                        .increment(1);
-                    tracing::warn!(error = %e, "pull error; pulling again");
-                    pause(stream_backoff.fail(), shutdown).await;
-                    break;
-                }
-            };
-            stream_backoff.reset();
-            // What else arrives within BATCH_LINGER goes into the same batch (a lone live
-            // candle waits that long at most; a replay gets full batches). Without lingering
-            // (max_ack_pending 1) only what is already here, i.e. nothing.
-            let mut chunk = vec![m];
-            let mut pull_again = false;
-            let linger = tokio::time::Instant::now() + linger_for;
-            while chunk.len() < opts.batch_size {
-                match tokio::time::timeout_at(linger, messages.next()).await.ok() {
-                    Some(Some(Ok(m))) => chunk.push(m),
-                    Some(Some(Err(e))) => {
-                        metrics::counter!("klinebus_signals_errors_total", "kind" => "pull")
-                            .increment(1);
-                        tracing::warn!(error = %e, "pull error; pulling again");
-                        pull_again = true;
-                        break;
-                    }
-                    Some(None) => {
-                        pull_again = true;
-                        break;
-                    }
-                    None => break,
-                }
-            }
-            if let Flow::Stop = handle_batch(js, durable, engine, &chunk, shutdown).await? {
-                nak_rest(&mut messages).await;
-                return Ok(());
-            }
-            if pull_again {
-                break;
-            }
-            if tokio::time::Instant::now() >= next_check {
-                lock.check()
-                    .await
-                    .map_err(|e| ServiceError::LockLost(e.to_string()))?;
-                next_check = tokio::time::Instant::now() + LOCK_CHECK;
-            }
-        }
-        if shutdown.is_cancelled() {
-            nak_rest(&mut messages).await;
-        }
-    }
-    Ok(())
-}
-
-/// On shutdown: naks what this pull already delivered but was not processed, in stream order,
-/// so that the next owner gets it before anything newer.
-async fn nak_rest<E>(
-    messages: &mut (impl futures::Stream<Item = Result<jetstream::Message, E>> + Unpin),
-) {
-    while let Some(Some(Ok(m))) = messages.next().now_or_never() {
-        let _ = m.ack_with(AckKind::Nak(None)).await;
+    result?;
+    match lost {
+        Some(e) => Err(ServiceError::LockLost(e)),
+        None => Ok(()),
     }
 }
 
@@ -462,137 +325,48 @@ async fn resume_at_ack_floor(js: &Context, opts: &ConsumeOptions) -> Option<Star
     Some(StartFrom::Sequence(from))
 }
 
-/// Decodes a `candles.closed.<venue>.<symbol>.<interval>` message into its closed candles, in
-/// order: a [`ClosedCandles`] payload (header `Klinebus-Schema: closed/1`, what kline-pg-sink
-/// publishes) or a single `KlineEvent` (header `kline/1` or none); every candle valid and
-/// closed, all of the subject's series.
-pub fn decode_closed(
-    subject: &str,
-    headers: Option<&async_nats::HeaderMap>,
-    payload: &[u8],
-) -> Result<Vec<KlineEvent>, String> {
-    let version = headers
-        .and_then(|h| h.get(SCHEMA_HEADER))
-        .map(|v| v.as_str());
-    let batch = if version == Some(CLOSED_SCHEMA_VERSION) {
-        codec::decode::<ClosedCandles>(payload).map_err(|e| format!("undecodable: {e}"))?
-    } else {
-        codec::check_version(version).map_err(|e| format!("version: {e}"))?;
-        let event: KlineEvent = codec::decode(payload).map_err(|e| format!("undecodable: {e}"))?;
-        ClosedCandles {
-            candles: vec![event],
-        }
-    };
-    batch.validate().map_err(|e| format!("invalid: {e}"))?;
-    let first = &batch.candles[0];
-    let expected = subjects::closed(&first.venue, &first.symbol, first.interval);
-    if subject != expected {
-        return Err(format!(
-            "subject: {subject:?} does not match payload {expected}"
-        ));
-    }
-    Ok(batch.candles)
-}
+/// The engine as a sink of the shared pull loop: a message is the closed candles of one
+/// series; a batch is processed as one ([`Engine::process_batch`]), retried in place as a
+/// whole until it succeeds; a message with an unusable candle is dead-lettered afterwards (its
+/// other candles were processed all the same).
+impl Handler for Engine {
+    type Item = Vec<KlineEvent>;
+    /// The messages with unusable candles.
+    type Committed = Vec<(usize, Poison)>;
 
-async fn dead_letter(js: &Context, durable: &str, m: &jetstream::Message, seq: u64, reason: &str) {
-    tracing::warn!(subject = %m.subject, stream_seq = seq, %reason, "poison message; dead-lettering");
-    match klinebus_consume::dlq::dead_letter(js, durable, m, seq, reason).await {
-        Ok(()) => {
-            metrics::counter!("klinebus_signals_dead_letters_total").increment(1);
-        }
-        Err(e) => {
-            metrics::counter!("klinebus_signals_errors_total", "kind" => "dlq").increment(1);
-            tracing::warn!(stream_seq = seq, error = %e, "dead-lettering failed; naked");
-            let _ = m.ack_with(AckKind::Nak(Some(Duration::from_secs(5)))).await;
-        }
+    fn decode(&self, msg: &Message) -> Result<Vec<KlineEvent>, Poison> {
+        decode_closed(msg.subject.as_str(), msg.headers.as_ref(), &msg.payload)
     }
-}
 
-/// Processes messages in stream order as one batch ([`Engine::process_batch`]): undecodable
-/// ones are dead-lettered first (they change nothing); the rest is retried in place as a whole
-/// until it succeeds, then acked in order (and unusable events dead-lettered). On shutdown during
-/// a retry every message is naked, in order, for redelivery and the loop stops.
-async fn handle_batch(
-    js: &Context,
-    durable: &str,
-    engine: &mut Engine,
-    msgs: &[jetstream::Message],
-    shutdown: &CancellationToken,
-) -> Result<Flow, ServiceError> {
-    metrics::counter!("klinebus_signals_messages_total").increment(msgs.len() as u64);
-    // Messages that decoded, with how many of `events` (consecutive, in order) each carries.
-    let mut good = Vec::with_capacity(msgs.len());
-    let mut events = Vec::with_capacity(msgs.len());
-    for m in msgs {
-        let seq = m.info().map_or(0, |i| i.stream_sequence);
-        match decode_closed(m.subject.as_str(), m.headers.as_ref(), &m.payload) {
-            Ok(candles) => {
-                good.push((m, seq, candles.len()));
-                events.extend(candles);
+    async fn handle(
+        &mut self,
+        batch: &[Delivered<Vec<KlineEvent>>],
+    ) -> Result<Self::Committed, HandlerError> {
+        metrics::counter!("klinebus_signals_messages_total").increment(batch.len() as u64);
+        let events: Vec<KlineEvent> = batch.iter().flat_map(|d| d.event.iter().cloned()).collect();
+        let results = self.process_batch(&events).await.map_err(|e| {
+            if e.is_retryable() {
+                HandlerError::Retryable(Box::new(e))
+            } else {
+                HandlerError::Fatal(Box::new(e))
             }
-            Err(reason) => dead_letter(js, durable, m, seq, &reason).await,
-        }
-    }
-    if events.is_empty() {
-        return Ok(Flow::Next);
-    }
-    let first = good.first().map_or(0, |g| g.1);
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-    loop {
-        match engine.process_batch(&events).await {
-            Ok(results) => {
-                let mut results = results.into_iter();
-                for (m, seq, n) in &good {
-                    // A message is done when all its candles are; one unusable candle
-                    // dead-letters the message (the others were processed all the same).
-                    let unusable: Vec<String> =
-                        results.by_ref().take(*n).filter_map(Result::err).collect();
-                    if unusable.is_empty() {
-                        if let Err(e) = m.ack().await {
-                            metrics::counter!("klinebus_signals_errors_total", "kind" => "ack")
-                                .increment(1);
-                            tracing::warn!(error = %e, stream_seq = seq,
-                                "ack failed; redelivery is a replay");
-                        }
-                    } else {
-                        let reason = format!("invalid: {}", unusable.join("; "));
-                        dead_letter(js, durable, m, *seq, &reason).await;
-                    }
-                }
-                return Ok(Flow::Next);
-            }
-            Err(EngineError::Retryable(reason)) => {
-                let d = backoff.fail();
-                tracing::warn!(stream_seq = first, events = events.len(), %reason,
-                    retry_in_ms = d.as_millis() as u64, failures = backoff.failures(),
-                    "batch failed; retrying it in place");
-                for (m, _, _) in &good {
-                    let _ = m.ack_with(AckKind::Progress).await;
-                }
-                if !pause(d, shutdown).await {
-                    nak_all(&good).await;
-                    return Ok(Flow::Stop);
-                }
-            }
-            Err(EngineError::Poison(reason)) => {
-                // process_batch reports unusable events per event; should one come as a whole,
-                // stop rather than lose the batch.
-                nak_all(&good).await;
-                tracing::error!(stream_seq = first, %reason, "batch rejected; stopping");
-                return Err(ServiceError::Fatal(reason));
-            }
-            Err(EngineError::Fatal(reason)) => {
-                nak_all(&good).await;
-                tracing::error!(stream_seq = first, %reason, "event failed fatally; stopping");
-                return Err(ServiceError::Fatal(reason));
+        })?;
+        let mut results = results.into_iter();
+        let mut rejected = Vec::new();
+        for (i, d) in batch.iter().enumerate() {
+            let unusable: Vec<String> = results
+                .by_ref()
+                .take(d.event.len())
+                .filter_map(|r| r.err().map(|e| e.to_string()))
+                .collect();
+            if !unusable.is_empty() {
+                rejected.push((i, Poison::Invalid(unusable.join("; "))));
             }
         }
+        Ok(rejected)
     }
-}
 
-/// Naks messages in order (redelivered at once, before anything newer).
-async fn nak_all(msgs: &[(&jetstream::Message, u64, usize)]) {
-    for (m, _, _) in msgs {
-        let _ = m.ack_with(AckKind::Nak(None)).await;
+    fn rejected(&self, committed: &mut Self::Committed) -> Vec<(usize, Poison)> {
+        std::mem::take(committed)
     }
 }
