@@ -20,7 +20,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     // The simulator has its own Binance code (one shared bug would pass every test).
     ("binance-sim", &[]),
     ("klinebus-testkit", &["klinebus-migrations"]),
-    ("klinebus-binance", &["klinebus-schemas"]),
+    ("klinebus-binance", &["klinebus-schemas", "klinebus-svc"]),
     (
         "kline-backfill",
         &[
@@ -34,7 +34,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
         "kline-live",
         &["klinebus-binance", "klinebus-schemas", "klinebus-svc"],
     ),
-    ("klinebus-consume", &["klinebus-schemas"]),
+    ("klinebus-consume", &["klinebus-schemas", "klinebus-svc"]),
     (
         "kline-pg-sink",
         &[

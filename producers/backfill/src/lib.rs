@@ -9,7 +9,6 @@
 //! - [`run`](mod@run): [`run()`] for the binary, [`run_backfill`] for benchmarks and tests.
 //! - [`summary`]: per-series outcome, `Success: X/Y`, `Errors: Z/Y`, exit code.
 //! - [`verify`]: waiting until a sink's durable consumer has consumed everything.
-//! - `bench` (feature `bench`): the benchmark behind the `backfill-bench` binary.
 //!
 //! Delivery: every closed candle carries `Nats-Msg-Id` = its candle key, so a re-publication
 //! inside the stream's duplicate window is dropped by the server; a re-run publishes only open
@@ -23,9 +22,6 @@ pub mod run;
 mod series;
 pub mod summary;
 pub mod verify;
-
-#[cfg(feature = "bench")]
-pub mod bench;
 
 pub use config::{Config, ProgressMode};
 pub use plan::{Plan, SeriesPlan, Window};

@@ -8,8 +8,7 @@
 //! - `resume`: where each series left off, read from the `KLINES` stream at start-up.
 //! - [`publish`]: the bounded buffer in front of JetStream ([`Publisher`]).
 //! - [`series`]: the last closed candle seen per series ([`Tracker`]).
-//! - [`run()`] for the binary, [`run_live`] for tests and benchmarks.
-//! - `bench` (feature `bench`): the benchmark behind the `live-bench` binary.
+//! - [`run()`] for the binary, [`run_live`] for tests.
 //!
 //! Delivery: every closed candle carries `Nats-Msg-Id` (its candle key), whichever path
 //! delivered it, so the overlaps between WebSocket, repair, polling and rotated connections are
@@ -29,9 +28,6 @@ pub mod publish;
 mod repair;
 mod resume;
 pub mod series;
-
-#[cfg(feature = "bench")]
-pub mod bench;
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicI64, AtomicU64};

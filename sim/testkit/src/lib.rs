@@ -1,4 +1,5 @@
-//! Test-only helpers (a dev-dependency, never a normal one):
+//! Helpers for tests and benchmarks (a dev-dependency of the services, a normal one only of
+//! `klinebus-bench`):
 //!
 //! - [`NatsServer`]: a private `nats-server -js` on a free port with a temporary store, so each
 //!   test owns its streams and can stop/restart the broker for fault injection.
@@ -6,7 +7,8 @@
 //! - [`PgServer`]: a private PostgreSQL cluster (initdb in a temporary directory, on a free
 //!   port) that a test may stop and restart without disturbing the machine's shared server.
 //!
-//! A missing service is a loud failure that says what to start — never a silent skip.
+//! A missing service is a loud failure that says what to start — never a silent skip: a panic
+//! in tests, a [`SetupError`] from the `try_` constructors the benchmark programs use.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -19,6 +21,12 @@ use sqlx::PgPool;
 /// How to start the services the tests need.
 pub const START_HINT: &str =
     "run `scripts/services` (installs and starts nats-server and PostgreSQL, applies migrations)";
+
+/// Why a service could not be set up, with what to start; the panicking constructors panic with
+/// the same message.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SetupError(String);
 
 /// A private nats-server with JetStream, killed on drop.
 pub struct NatsServer {
@@ -61,6 +69,21 @@ impl NatsServer {
     /// Starts `nats-server -js` on a free port. Panics with [`START_HINT`] if it cannot.
     pub fn start() -> Self {
         Self::start_with_args(&[])
+    }
+
+    /// [`start`](Self::start) with an error instead of a panic, for programs (the benchmarks).
+    pub fn try_start() -> Result<Self, SetupError> {
+        let store = tempfile::tempdir()
+            .map_err(|e| SetupError(format!("cannot create a temp dir for nats-server: {e}")))?;
+        let mut s = Self {
+            child: None,
+            port: free_port(),
+            store,
+            extra_args: Vec::new(),
+            config: None,
+        };
+        s.start_server()?;
+        Ok(s)
     }
 
     /// Starts it with extra command-line arguments (e.g. `--user u --pass p`).
@@ -148,29 +171,43 @@ impl NatsServer {
             .map(|c| format!("http://127.0.0.1:{}", c.monitor_port))
     }
 
+    /// [`start_server`](Self::start_server), panicking on failure.
+    fn spawn(&mut self) {
+        if let Err(e) = self.start_server() {
+            panic!("{e}");
+        }
+    }
+
     /// Starts the server, on new free ports if the chosen ones were taken meanwhile (another
     /// process may grab a "free" port between our probe and the server's bind).
-    fn spawn(&mut self) {
-        for attempt in 1..=5 {
+    fn start_server(&mut self) -> Result<(), SetupError> {
+        let mut attempt = 1;
+        loop {
             match self.try_spawn() {
-                Ok(()) => return,
-                Err(output) if attempt < 5 && output.contains("address already in use") => {
+                Ok(()) => return Ok(()),
+                Err(Spawn::Exited(output))
+                    if attempt < 5 && output.contains("address already in use") =>
+                {
                     self.port = free_port();
                     if let Some(c) = &mut self.config {
                         c.monitor_port = free_port();
                     }
+                    attempt += 1;
                 }
-                Err(output) => panic!(
-                    "nats-server did not start on port {}; {START_HINT}; its output:\n{output}",
-                    self.port
-                ),
+                Err(Spawn::Exited(output)) => {
+                    return Err(SetupError(format!(
+                        "nats-server did not start on port {}; {START_HINT}; its output:\n{output}",
+                        self.port
+                    )))
+                }
+                Err(Spawn::Setup(e)) => return Err(e),
             }
         }
     }
 
     /// One start: ready once its own log says so (a listening port alone could be another
-    /// process's); `Err(output)` if it exited or never got ready.
-    fn try_spawn(&mut self) -> Result<(), String> {
+    /// process's); `Err(Spawn::Exited(output))` if it exited or never got ready.
+    fn try_spawn(&mut self) -> Result<(), Spawn> {
         let bin = std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".into());
         let mut cmd = Command::new(&bin);
         let port = self.port.to_string();
@@ -182,7 +219,10 @@ impl NatsServer {
             .open(&log)
         {
             Ok(f) => Stdio::from(f),
-            Err(e) => panic!("cannot create {}: {e}", log.display()),
+            Err(e) => {
+                let msg = format!("cannot create {}: {e}", log.display());
+                return Err(Spawn::Setup(SetupError(msg)));
+            }
         };
         match &self.config {
             None => {
@@ -201,7 +241,10 @@ impl NatsServer {
         let child = cmd.stdout(Stdio::null()).stderr(stderr).spawn();
         let mut child = match child {
             Ok(c) => c,
-            Err(e) => panic!("cannot start {bin}: {e}; {START_HINT}"),
+            Err(e) => {
+                let msg = format!("cannot start {bin}: {e}; {START_HINT}");
+                return Err(Spawn::Setup(SetupError(msg)));
+            }
         };
         let since_start = || {
             std::fs::read(&log)
@@ -218,7 +261,7 @@ impl NatsServer {
             if matches!(child.try_wait(), Ok(Some(_))) || Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(since_start());
+                return Err(Spawn::Exited(since_start()));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -256,6 +299,14 @@ impl NatsServer {
     }
 }
 
+/// Why one start of nats-server failed.
+enum Spawn {
+    /// It exited or never got ready; what it printed.
+    Exited(String),
+    /// It could not even be started.
+    Setup(SetupError),
+}
+
 impl Drop for NatsServer {
     fn drop(&mut self) {
         self.stop();
@@ -289,44 +340,60 @@ impl TestDb {
     /// The same on the server of `admin` (an URL of its `postgres` database), e.g.
     /// [`PgServer::admin_url`].
     pub async fn fresh_on(admin: String) -> Self {
-        let admin_pool = match PgPoolOptions::new()
+        match Self::try_named(admin, "kb_test").await {
+            Ok(db) => db,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// A fresh migrated database named `<prefix>_<pid>_<random>` on the server of `admin`, with
+    /// an error instead of a panic: for programs (the benchmarks, whose prefix tells a database
+    /// left by a killed run apart from a test's).
+    pub async fn try_named(admin: String, prefix: &str) -> Result<Self, SetupError> {
+        let admin_pool = PgPoolOptions::new()
             .max_connections(1)
             .acquire_timeout(Duration::from_secs(5))
             .connect(&admin)
             .await
-        {
-            Ok(p) => p,
-            Err(e) => panic!("cannot reach PostgreSQL at {admin}: {e}; {START_HINT}"),
-        };
+            .map_err(|e| {
+                SetupError(format!(
+                    "cannot reach PostgreSQL at {admin}: {e}; {START_HINT}"
+                ))
+            })?;
         let name = format!(
-            "kb_test_{}_{:08x}",
+            "{prefix}_{}_{:08x}",
             std::process::id(),
             rand::random::<u32>()
         );
-        if let Err(e) = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        let created = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
             .execute(&admin_pool)
-            .await
-        {
-            panic!("cannot create test database {name}: {e}");
-        }
+            .await;
         admin_pool.close().await;
+        created.map_err(|e| SetupError(format!("cannot create test database {name}: {e}")))?;
         let url = match admin.rsplit_once('/') {
             Some((base, _)) => format!("{base}/{name}"),
-            None => panic!("DATABASE_ADMIN_URL {admin} has no database part"),
+            None => {
+                return Err(SetupError(format!(
+                    "DATABASE_ADMIN_URL {admin} has no database part"
+                )))
+            }
         };
-        let pool = match PgPoolOptions::new().max_connections(8).connect(&url).await {
-            Ok(p) => p,
-            Err(e) => panic!("cannot connect to {url}: {e}"),
-        };
-        if let Err(e) = klinebus_migrations::run(&pool).await {
-            panic!("migrations failed on {name}: {e}");
-        }
-        Self {
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .connect(&url)
+            .await
+            .map_err(|e| SetupError(format!("cannot connect to {url}: {e}")))?;
+        // From here on a failure drops the database again.
+        let db = Self {
             pool,
             url,
             name,
             admin,
-        }
+        };
+        klinebus_migrations::run(&db.pool)
+            .await
+            .map_err(|e| SetupError(format!("migrations failed on {}: {e}", db.name)))?;
+        Ok(db)
     }
 }
 

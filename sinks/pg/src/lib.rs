@@ -22,7 +22,6 @@
 //! is short (`--ack-wait-secs`, 10 s) with progress acks for batches still in flight, so the
 //! messages of a killed instance reach another one within about that long.
 
-pub mod bench;
 pub mod config;
 pub mod dedup;
 pub mod sink;

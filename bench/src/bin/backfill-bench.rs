@@ -1,5 +1,5 @@
-//! The benchmark behind `backfill-bench` (feature `bench`): an in-process binance-sim and a
-//! private nats-server, then [`run_backfill`] as the binary would run it.
+//! `backfill-bench` (build with `--release`): an in-process binance-sim and a private
+//! nats-server, then `kline_backfill::run_backfill` as the binary would run it.
 //!
 //! - `throughput`: limits off, N 1m candles spread over a few symbols; prints candles/s from sim
 //!   REST to acknowledged JetStream publishes.
@@ -11,15 +11,16 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
+use kline_backfill::{run_backfill, Plan, ProgressMode, RunOptions, Summary, Window};
 use klinebus_binance::{RestClient, RestConfig, WeightLimiter};
 use klinebus_schemas::streams::Retention;
 use klinebus_schemas::{bus, Interval, Symbol};
+use klinebus_testkit::NatsServer;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::ProgressMode;
-use crate::plan::{Plan, Window};
-use crate::run::{run_backfill, RunOptions};
-use crate::summary::Summary;
+// The allocator of the binary it measures.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const SYMBOLS: [&str; 8] = [
     "BTCUSDT", "ETHUSDT", "BNBUSDT", "SOLUSDT", "XRPUSDT", "ADAUSDT", "DOGEUSDT", "LTCUSDT",
@@ -27,7 +28,7 @@ const SYMBOLS: [&str; 8] = [
 
 /// Which measurement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Mode {
+enum Mode {
     /// Candles/s with the sim's limits off.
     Throughput,
     /// Weight used per minute against the budget, with the sim's limits on.
@@ -37,32 +38,34 @@ pub enum Mode {
 /// Benchmark of kline-backfill against binance-sim and a private nats-server.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "backfill-bench")]
-pub struct BenchArgs {
+struct BenchArgs {
     /// What to measure.
     #[arg(long, value_enum, default_value_t = Mode::Throughput)]
-    pub mode: Mode,
+    mode: Mode,
     /// 1m candles to backfill in throughput mode (split evenly over the symbols).
     #[arg(long, default_value_t = 1_000_000)]
-    pub candles: i64,
+    candles: i64,
     /// Number of symbols (1-8).
     #[arg(long, default_value_t = 4)]
-    pub symbols: usize,
+    symbols: usize,
     /// Series fetched at once.
     #[arg(long, default_value_t = 8)]
-    pub concurrency: usize,
+    concurrency: usize,
     /// Weight budget per minute in limits mode (the sim allows 6000).
     #[arg(long, default_value_t = 4800)]
-    pub budget: u32,
+    budget: u32,
     /// How long limits mode runs (e.g. 150s).
     #[arg(long, default_value = "150s", value_parser = humantime::parse_duration)]
-    pub duration: Duration,
+    duration: Duration,
     /// Publish acks in flight.
     #[arg(long, default_value_t = 20_000)]
-    pub max_inflight: usize,
+    max_inflight: usize,
 }
 
-/// Runs the benchmark and prints its figures.
-pub async fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    klinebus_svc::init_tracing();
+    let args = BenchArgs::parse();
     let n = args.symbols.clamp(1, SYMBOLS.len());
     let names = SYMBOLS[..n].join(",");
     let limits = args.mode == Mode::Limits;
@@ -71,7 +74,7 @@ pub async fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         sim_args.push("--no-limits");
     }
     let sim = binance_sim::spawn(binance_sim::Config::parse_from(sim_args)).await?;
-    let nats = klinebus_testkit::NatsServer::start();
+    let nats = NatsServer::try_start()?;
     let client = bus::connect(&bus::BusOptions::new(nats.url(), "backfill-bench")).await?;
     let js = bus::jetstream(client, args.max_inflight);
     bus::ensure_streams(&js, &Retention::default()).await?;

@@ -1,4 +1,5 @@
-//! The benchmarks behind `live-bench` (feature `bench`), in two modes.
+//! `live-bench`, in two modes (build with `--release`, next to `kline-live` and `kline-pg-sink`:
+//! `cargo build --release -p kline-live -p kline-pg-sink -p klinebus-bench`).
 //!
 //! * `--mode cpu` (default): the real `kline-live` binary (a child process, so its CPU and
 //!   memory are its own) streams N symbols × timeframes from an in-process binance-sim at real
@@ -7,7 +8,7 @@
 //!   bus; the child's CPU time and RSS are read from `/proc`.
 //! * `--mode latency`: the whole pipeline, binance-sim → `kline-live` → JetStream →
 //!   `kline-pg-sink` → PostgreSQL, both services as child processes of this one. A throwaway
-//!   database (`kb_livebench_<pid>`, migrated, dropped at the end) gets a trigger that
+//!   database (`kb_livebench_<pid>_<random>`, migrated, dropped at the end) gets a trigger that
 //!   `NOTIFY`s every inserted or replaced `ohlcv_candles` row; PostgreSQL delivers a
 //!   notification when its transaction commits, so the time it reaches this process, minus the
 //!   row's exchange event time (`E`, read on the simulator's clock), is the event → committed
@@ -21,14 +22,15 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use clap::{Parser, ValueEnum};
 use futures::StreamExt;
+use klinebus_bench::harness::{percentile, sibling, terminate, Usage};
 use klinebus_binance::limiter::wall_now_ms;
 use klinebus_schemas::{bus, codec, KlineEvent};
+use klinebus_testkit::{NatsServer, TestDb};
 use sqlx::postgres::PgListener;
-use sqlx::PgPool;
 
 /// What to measure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Mode {
+enum Mode {
     /// kline-live alone: frame received → on the bus, CPU and RSS.
     Cpu,
     /// The whole pipeline: exchange event time → row committed in PostgreSQL (p50/p99).
@@ -39,52 +41,44 @@ pub enum Mode {
 /// pipeline's event → committed-row latency (`--mode latency`).
 #[derive(Debug, Clone, Parser)]
 #[command(name = "live-bench")]
-pub struct BenchArgs {
+struct BenchArgs {
     /// What to measure.
     #[arg(long, value_enum, default_value_t = Mode::Cpu)]
-    pub mode: Mode,
+    mode: Mode,
     /// Number of symbols, each streamed for every timeframe (default: 100 for cpu, 25 for
     /// latency; latency mode uses the simulator's default symbols first).
     #[arg(long)]
-    pub symbols: Option<usize>,
+    symbols: Option<usize>,
     /// Timeframes.
     #[arg(long, default_value = "1m,1h")]
-    pub timeframes: String,
+    timeframes: String,
     /// Measured run time (default: 30s for cpu, 60s for latency).
     #[arg(long, value_parser = humantime::parse_duration)]
-    pub duration: Option<Duration>,
+    duration: Option<Duration>,
     /// Warm-up before measuring.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
-    pub warmup: Duration,
+    warmup: Duration,
     /// The kline-live binary (default: next to this one).
     #[arg(long)]
-    pub binary: Option<PathBuf>,
+    binary: Option<PathBuf>,
     /// Latency mode: the kline-pg-sink binary (default: next to this one; build it with
     /// `cargo build --release -p kline-pg-sink`).
     #[arg(long)]
-    pub sink_binary: Option<PathBuf>,
+    sink_binary: Option<PathBuf>,
     /// Latency mode: PostgreSQL admin URL, used to create and drop the throwaway database
     /// (default: `DATABASE_ADMIN_URL`, else postgres://postgres@127.0.0.1:5432/postgres).
     #[arg(long)]
-    pub admin_url: Option<String>,
+    admin_url: Option<String>,
     /// Latency mode: simulator speed (latencies are converted back to wall milliseconds).
     #[arg(long, default_value_t = 1.0)]
-    pub speed: f64,
+    speed: f64,
     /// Extra simulator argument, e.g. `--sim-arg=--ws-update-ms=500`. Repeatable.
     #[arg(long = "sim-arg", allow_hyphen_values = true)]
-    pub sim_args: Vec<String>,
+    sim_args: Vec<String>,
     /// Latency mode: extra kline-pg-sink argument, e.g. `--sink-arg=--batch-size=100`.
     /// Repeatable.
     #[arg(long = "sink-arg", allow_hyphen_values = true)]
-    pub sink_args: Vec<String>,
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
+    sink_args: Vec<String>,
 }
 
 /// The latency target of the issue: p99 below this many milliseconds.
@@ -103,49 +97,10 @@ fn summary(samples: &mut [f64]) -> String {
     )
 }
 
-/// (user+system CPU seconds, RSS now in MiB, peak RSS in MiB) of `pid`.
-fn proc_usage(pid: u32) -> anyhow::Result<(f64, f64, f64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // Linux reports in USER_HZ, 100 on every mainstream configuration.
-    let cpu = (ticks(11) + ticks(12)) / 100.0;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kb = |key: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(key))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-            / 1024.0
-    };
-    Ok((cpu, kb("VmRSS:"), kb("VmHWM:")))
-}
-
-/// A binary next to the running one.
-fn sibling(name: &str) -> anyhow::Result<PathBuf> {
-    Ok(std::env::current_exe()?
-        .parent()
-        .context("no directory for the current executable")?
-        .join(name))
-}
-
-/// Sends SIGTERM to `pid` and waits up to 15 s; says how it ended.
-async fn terminate(child: &mut tokio::process::Child, pid: u32, name: &str) {
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status();
-    match tokio::time::timeout(Duration::from_secs(15), child.wait()).await {
-        Ok(Ok(s)) => println!("{name} exit after SIGTERM: {s}"),
-        _ => println!("{name} did not exit within 15 s of SIGTERM"),
-    }
-}
-
-/// Runs the benchmark and prints the report.
-pub async fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    klinebus_svc::init_tracing();
+    let args = BenchArgs::parse();
     match args.mode {
         Mode::Cpu => run_cpu(args).await,
         Mode::Latency => run_latency(args).await,
@@ -164,7 +119,7 @@ async fn run_cpu(args: BenchArgs) -> anyhow::Result<()> {
         .map(String::from)
         .chain(args.sim_args.iter().cloned());
     let sim = binance_sim::spawn(binance_sim::Config::parse_from(sim_args)).await?;
-    let nats = klinebus_testkit::NatsServer::start();
+    let nats = NatsServer::try_start()?;
     let client = bus::connect(&bus::BusOptions::new(nats.url(), "live-bench")).await?;
     let binary = match args.binary.clone() {
         Some(b) => b,
@@ -196,7 +151,7 @@ async fn run_cpu(args: BenchArgs) -> anyhow::Result<()> {
         .await
         .is_ok()
     {}
-    let (cpu0, _, _) = proc_usage(pid)?;
+    let cpu0 = Usage::of(pid)?.cpu_secs;
     let started = Instant::now();
     let end = started + duration;
     let mut latencies = Vec::new();
@@ -208,8 +163,8 @@ async fn run_cpu(args: BenchArgs) -> anyhow::Result<()> {
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let (cpu1, rss, peak) = proc_usage(pid)?;
-    terminate(&mut child, pid, "kline-live").await;
+    let usage = Usage::of(pid)?;
+    terminate(&mut child, "kline-live").await;
     latencies.sort_by(f64::total_cmp);
     println!(
         "events: {} ({:.0}/s), decode errors: {decode_errors}",
@@ -223,8 +178,10 @@ async fn run_cpu(args: BenchArgs) -> anyhow::Result<()> {
         latencies.last().copied().unwrap_or(f64::NAN)
     );
     println!(
-        "kline-live CPU: {:.1} % of one core; RSS {rss:.1} MiB (peak {peak:.1} MiB)",
-        (cpu1 - cpu0) / elapsed * 100.0
+        "kline-live CPU: {:.1} % of one core; RSS {:.1} MiB (peak {:.1} MiB)",
+        (usage.cpu_secs - cpu0) / elapsed * 100.0,
+        usage.rss_mib,
+        usage.peak_rss_mib
     );
     Ok(())
 }
@@ -251,32 +208,9 @@ async fn run_latency(args: BenchArgs) -> anyhow::Result<()> {
         .admin_url
         .clone()
         .unwrap_or_else(klinebus_testkit::admin_url);
-    let name = format!("kb_livebench_{}", std::process::id());
-    let admin = PgPool::connect(&admin_url)
-        .await
-        .with_context(|| format!("connecting to {admin_url}"))?;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-    )))
-    .execute(&admin)
-    .await?;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&admin)
-        .await?;
-    let db_url = match admin_url.rsplit_once('/') {
-        Some((base, _)) => format!("{base}/{name}"),
-        None => bail!("admin URL without a database: {admin_url}"),
-    };
-    let result = measure_latency(&args, &db_url).await;
-    let dropped = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-    )))
-    .execute(&admin)
-    .await;
-    admin.close().await;
-    result?;
-    dropped.with_context(|| format!("dropping {name}"))?;
-    Ok(())
+    // Dropped (with the trigger) when `db` goes, after the services have stopped.
+    let db = TestDb::try_named(admin_url, "kb_livebench").await?;
+    measure_latency(&args, &db).await
 }
 
 /// Latency samples of one kind, in wall milliseconds.
@@ -310,7 +244,7 @@ impl Samples {
     }
 }
 
-async fn measure_latency(args: &BenchArgs, db_url: &str) -> anyhow::Result<()> {
+async fn measure_latency(args: &BenchArgs, db: &TestDb) -> anyhow::Result<()> {
     let duration = args.duration.unwrap_or(Duration::from_secs(60));
     let n = args.symbols.unwrap_or(25);
     let mut symbols: Vec<String> = binance_sim::symbols::DEFAULT_SYMBOLS
@@ -342,10 +276,9 @@ async fn measure_latency(args: &BenchArgs, db_url: &str) -> anyhow::Result<()> {
     // Wall milliseconds since simulated time `sim_ms`.
     let since = move |sim_ms: i64| (clock.now_ms() - sim_ms) as f64 / args.speed;
 
-    let nats = klinebus_testkit::NatsServer::start();
-    let pool = PgPool::connect(db_url).await?;
-    klinebus_migrations::run(&pool).await?;
-    sqlx::raw_sql(NOTIFY_TRIGGER).execute(&pool).await?;
+    let nats = NatsServer::try_start()?;
+    let db_url = db.url.as_str();
+    sqlx::raw_sql(NOTIFY_TRIGGER).execute(&db.pool).await?;
     let mut listener = PgListener::connect(db_url).await?;
     listener.listen("kb_livebench").await?;
     let client = bus::connect(&bus::BusOptions::new(nats.url(), "live-bench")).await?;
@@ -410,12 +343,12 @@ async fn measure_latency(args: &BenchArgs, db_url: &str) -> anyhow::Result<()> {
         }
     }
     for (pid, name) in [(sink_pid, "kline-pg-sink"), (live_pid, "kline-live")] {
-        if proc_usage(pid).is_err() {
+        if Usage::of(pid).is_err() {
             bail!("{name} is not running after the warm-up");
         }
     }
-    let (live_cpu0, _, _) = proc_usage(live_pid)?;
-    let (sink_cpu0, _, _) = proc_usage(sink_pid)?;
+    let live_cpu0 = Usage::of(live_pid)?.cpu_secs;
+    let sink_cpu0 = Usage::of(sink_pid)?.cpu_secs;
     let started = Instant::now();
     let end = started + duration;
     let mut committed = Samples::default();
@@ -455,14 +388,13 @@ async fn measure_latency(args: &BenchArgs, db_url: &str) -> anyhow::Result<()> {
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let (live_cpu1, live_rss, _) = proc_usage(live_pid)?;
-    let (sink_cpu1, sink_rss, _) = proc_usage(sink_pid)?;
+    let live_usage = Usage::of(live_pid)?;
+    let sink_usage = Usage::of(sink_pid)?;
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM ohlcv_candles")
-        .fetch_one(&pool)
+        .fetch_one(&db.pool)
         .await?;
-    terminate(&mut live, live_pid, "kline-live").await;
-    terminate(&mut sink, sink_pid, "kline-pg-sink").await;
-    pool.close().await;
+    terminate(&mut live, "kline-live").await;
+    terminate(&mut sink, "kline-pg-sink").await;
     drop(listener);
 
     println!(
@@ -485,10 +417,12 @@ async fn measure_latency(args: &BenchArgs, db_url: &str) -> anyhow::Result<()> {
         if p99 < TARGET_P99_MS { "MET" } else { "MISSED" }
     );
     println!(
-        "CPU (% of one core): kline-live {:.1} (RSS {live_rss:.1} MiB), kline-pg-sink {:.1} \
-         (RSS {sink_rss:.1} MiB)",
-        (live_cpu1 - live_cpu0) / elapsed * 100.0,
-        (sink_cpu1 - sink_cpu0) / elapsed * 100.0,
+        "CPU (% of one core): kline-live {:.1} (RSS {:.1} MiB), kline-pg-sink {:.1} \
+         (RSS {:.1} MiB)",
+        (live_usage.cpu_secs - live_cpu0) / elapsed * 100.0,
+        live_usage.rss_mib,
+        (sink_usage.cpu_secs - sink_cpu0) / elapsed * 100.0,
+        sink_usage.rss_mib,
     );
     Ok(())
 }

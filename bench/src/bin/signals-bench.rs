@@ -6,7 +6,7 @@
 //! - `signals-bench replay [events] [series] [-- kline-signals flags…]` (default 100 000 events
 //!   over 10 series of 1m candles): the whole sink. A private `nats-server -js` on a free port
 //!   (`NATS_SERVER_BIN`, else `nats-server` on PATH) and a throwaway database on
-//!   `DATABASE_ADMIN_URL` (else the local server) get N closed-candle events on
+//!   `DATABASE_ADMIN_URL` (else the local server), both from `klinebus_testkit`, get N closed-candle events on
 //!   `candles.closed.binance.<SYM>.1m` (consecutive per series) and the matching
 //!   `ohlcv_candles` rows plus `--warm-candles` of history before them, so every event yields a
 //!   signal. Then the real service (`kline_signals::run`, metrics off) runs in this process and
@@ -15,15 +15,15 @@
 //!   through `/proc/self/clear_refs` after the set-up) and of the whole process.
 
 use std::hint::black_box;
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use clap::Parser;
+use anyhow::{bail, ensure};
+use clap::{Parser, Subcommand};
 use kline_signals::{Candle, Config, Outcome, SeriesState, SinkConfig};
+use klinebus_bench::harness::{percentile, reset_own_peak_rss, Usage};
 use klinebus_schemas::streams::{Retention, CANDLES_STREAM, SIGNALS_STREAM};
 use klinebus_schemas::{bus, Interval, KlineEvent, Source, Venue};
+use klinebus_testkit::{NatsServer, TestDb};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
@@ -31,41 +31,57 @@ use tokio_util::sync::CancellationToken;
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-fn main() -> Result<(), BoxError> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("replay") {
-        let mut positional = Vec::new();
-        let mut service_args = Vec::new();
-        let mut rest = args[1..].iter();
-        while let Some(a) = rest.next() {
-            if a == "--" {
-                service_args.extend(rest.by_ref().cloned());
-            } else {
-                positional.push(a.clone());
-            }
-        }
-        let events: usize = positional.first().map_or(Ok(100_000), |s| s.parse())?;
-        let series: usize = positional.get(1).map_or(Ok(10), |s| s.parse())?;
-        if series == 0 || events < series {
-            return Err("replay needs events >= series >= 1".into());
-        }
-        // The service's own log on stderr (RUST_LOG, default info).
-        klinebus_svc::init_tracing();
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?;
-        return rt.block_on(replay(events, series, service_args));
-    }
-    let n: usize = match args.first() {
-        Some(a) => a.parse()?,
-        None => 100_000,
-    };
-    per_candle(n)
+/// kline-signals' per-candle cost (the default), or its whole-sink replay (`replay`).
+#[derive(Debug, Parser)]
+#[command(name = "signals-bench", args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Candles of one series to time, after its warm-up.
+    #[arg(default_value_t = 100_000)]
+    candles: usize,
 }
 
-fn per_candle(n: usize) -> Result<(), BoxError> {
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The whole sink in this process: N closed-candle events from its start until all acked.
+    Replay {
+        /// Closed-candle events to publish.
+        #[arg(default_value_t = 100_000)]
+        events: usize,
+        /// Series (symbols of 1m candles) they are spread over.
+        #[arg(default_value_t = 10)]
+        series: usize,
+        /// kline-signals flags, after `--` (e.g. `-- --batch-size 500`).
+        #[arg(last = true)]
+        service_args: Vec<String>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Replay {
+            events,
+            series,
+            service_args,
+        }) => {
+            ensure!(
+                series >= 1 && events >= series,
+                "replay needs events >= series >= 1"
+            );
+            // The service's own log on stderr (RUST_LOG, default info).
+            klinebus_svc::init_tracing();
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(replay(events, series, service_args))
+        }
+        None => per_candle(cli.candles),
+    }
+}
+
+fn per_candle(n: usize) -> anyhow::Result<()> {
     let cfg = Config::default();
     let mut series = SeriesState::new(&cfg, "BTCUSDT".parse()?, "1m".parse()?);
     let candles = synthetic(n + series.lookback(), 0)?;
@@ -83,12 +99,11 @@ fn per_candle(n: usize) -> Result<(), BoxError> {
         }
     }
     micros.sort_by(f64::total_cmp);
-    let pct = |p: f64| micros[((micros.len() as f64 - 1.0) * p).round() as usize];
     println!(
         "candles {}  p50 {:.2} µs  p99 {:.2} µs  max {:.2} µs  (non-HOLD aggregates: {signals})",
         micros.len(),
-        pct(0.50),
-        pct(0.99),
+        percentile(&micros, 0.50),
+        percentile(&micros, 0.99),
         micros.last().copied().unwrap_or(0.0),
     );
     Ok(())
@@ -173,75 +188,10 @@ fn event(symbol: &klinebus_schemas::Symbol, c: &TextCandle) -> KlineEvent {
     }
 }
 
-struct NatsChild {
-    child: Child,
-    dir: PathBuf,
-    port: u16,
-}
-
-impl Drop for NatsChild {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn start_nats() -> Result<NatsChild, BoxError> {
-    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let dir = std::env::temp_dir().join(format!("kb-signals-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let child = Command::new(std::env::var("NATS_SERVER_BIN").unwrap_or("nats-server".into()))
-        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-        .arg(&dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("cannot start nats-server: {e}"))?;
-    let n = NatsChild { child, dir, port };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline {
-            return Err("nats-server did not start".into());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(n)
-}
-
-fn proc_status_kb(key: &str) -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with(key))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
-async fn replay(events: usize, series: usize, service_args: Vec<String>) -> Result<(), BoxError> {
-    let nats = start_nats()?;
-    let nats_url = format!("nats://127.0.0.1:{}", nats.port);
-    let admin_url = std::env::var("DATABASE_ADMIN_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let name = format!("kb_signals_bench_{}", std::process::id());
-    let admin = PgPool::connect(&admin_url).await?;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {name}"
-    )))
-    .execute(&admin)
-    .await?;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&admin)
-        .await?;
-    let db_url = match admin_url.rsplit_once('/') {
-        Some((base, _)) => format!("{base}/{name}"),
-        None => return Err("DATABASE_ADMIN_URL without a database part".into()),
-    };
-    let result = measure(events, series, &service_args, &nats_url, &db_url).await;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-    )))
-    .execute(&admin)
-    .await?;
-    drop(nats);
-    result
+async fn replay(events: usize, series: usize, service_args: Vec<String>) -> anyhow::Result<()> {
+    let nats = NatsServer::try_start()?;
+    let db = TestDb::try_named(klinebus_testkit::admin_url(), "kb_signals_bench").await?;
+    measure(events, series, &service_args, &nats.url(), &db).await
 }
 
 async fn insert_candles(
@@ -281,14 +231,14 @@ async fn measure(
     series: usize,
     service_args: &[String],
     nats_url: &str,
-    db_url: &str,
-) -> Result<(), BoxError> {
+    db: &TestDb,
+) -> anyhow::Result<()> {
     let mut args: Vec<String> = [
         "kline-signals",
         "--nats-url",
         nats_url,
         "--database-url",
-        db_url,
+        &db.url,
         "--metrics-addr",
         "off",
         "--consumer",
@@ -304,8 +254,7 @@ async fn measure(
     // Set-up (not timed): history + event candles in ohlcv_candles, events on the bus.
     let t = Instant::now();
     let per_series = events.div_ceil(series);
-    let pool = PgPool::connect(db_url).await?;
-    klinebus_migrations::run(&pool).await?;
+    let pool = &db.pool;
     let client = async_nats::connect(nats_url).await?;
     let js = bus::jetstream(client, 20_000);
     bus::ensure_streams(&js, &Retention::default()).await?;
@@ -315,7 +264,7 @@ async fn measure(
     let mut walks = Vec::with_capacity(series);
     for (i, sym) in symbols.iter().enumerate() {
         let w = walk(warm + per_series, i as u64 + 1);
-        insert_candles(&pool, sym.as_str(), &w).await?;
+        insert_candles(pool, sym.as_str(), &w).await?;
         walks.push(w);
     }
     let mut published = 0usize;
@@ -355,9 +304,9 @@ async fn measure(
     );
 
     // The run: from the service's start until its consumer has acked everything.
-    let setup_hwm = proc_status_kb("VmHWM:").unwrap_or(0);
-    let _ = std::fs::write("/proc/self/clear_refs", "5"); // resets VmHWM to the current RSS
-    let rss_before = proc_status_kb("VmRSS:").unwrap_or(0);
+    let setup = Usage::own()?;
+    reset_own_peak_rss();
+    let rss_before = Usage::own()?.rss_mib;
     let token = CancellationToken::new();
     let stop = token.clone();
     let started = Instant::now();
@@ -366,14 +315,14 @@ async fn measure(
     let seconds = loop {
         tokio::time::sleep(Duration::from_millis(20)).await;
         if service.is_finished() {
-            return match service.await? {
-                Ok(()) => Err("the service stopped before catching up".into()),
-                Err(e) => Err(format!("the service failed: {e}").into()),
-            };
+            match service.await? {
+                Ok(()) => bail!("the service stopped before catching up"),
+                Err(e) => bail!("the service failed: {e}"),
+            }
         }
         if started.elapsed() > deadline {
             token.cancel();
-            return Err("not caught up within 600 s".into());
+            bail!("not caught up within 600 s");
         }
         let Ok(stream) = js.get_stream(CANDLES_STREAM).await else {
             continue;
@@ -388,11 +337,11 @@ async fn measure(
             break started.elapsed().as_secs_f64();
         }
     };
-    let run_hwm = proc_status_kb("VmHWM:").unwrap_or(0);
+    let run_peak = Usage::own()?.peak_rss_mib;
     token.cancel();
     service.await??;
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM signals")
-        .fetch_one(&pool)
+        .fetch_one(pool)
         .await?;
     let signal_msgs = js
         .get_stream(SIGNALS_STREAM)
@@ -409,13 +358,14 @@ async fn measure(
     println!("signals:          {rows} rows, {signal_msgs} SIGNALS messages");
     println!(
         "peak RSS:         {:.1} MiB during the run (RSS at its start {:.1} MiB; whole process {:.1} MiB)",
-        run_hwm as f64 / 1024.0,
-        rss_before as f64 / 1024.0,
-        setup_hwm.max(run_hwm) as f64 / 1024.0
+        run_peak,
+        rss_before,
+        setup.peak_rss_mib.max(run_peak)
     );
     println!("service flags:    {}", args[9..].join(" "));
-    if rows != published as i64 || signal_msgs != published as u64 {
-        return Err(format!("expected one signal per event ({published})").into());
-    }
+    ensure!(
+        rows == published as i64 && signal_msgs == published as u64,
+        "expected one signal per event ({published})"
+    );
     Ok(())
 }
