@@ -186,7 +186,7 @@ impl Documented {
             "kline-backfill" => kline_backfill::Config::command(),
             "kline-live" => kline_live::Config::command(),
             "kline-pg-sink" => kline_pg_sink::Config::command(),
-            "kline-signals" => kline_signals::SinkConfig::command(),
+            "kline-signals" => kline_signals::Config::command(),
             "klinectl" => klinectl::cli::Cli::command(),
             "binance-sim" => binance_sim::Config::command(),
             "klinebus-migrate" => {

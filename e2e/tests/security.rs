@@ -347,7 +347,7 @@ async fn the_binaries_run_with_their_own_role_only() {
         "50",
     ]);
     let sink = tokio::spawn(kline_pg_sink::run(sink, stop.child_token()));
-    let signals = kline_signals::SinkConfig::parse_from([
+    let signals = kline_signals::Config::parse_from([
         "kline-signals",
         "--nats-url",
         &url,

@@ -30,7 +30,7 @@ pub enum ConfigError {
 /// Everything the signal computation needs.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct Config {
+pub struct StrategyConfig {
     /// Indicator periods and multipliers.
     pub indicators: IndicatorParams,
     /// Trending/ranging classification.
@@ -41,7 +41,7 @@ pub struct Config {
     pub strategies: StrategyParams,
 }
 
-impl Config {
+impl StrategyConfig {
     /// Parses and validates TOML text.
     pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
         let cfg: Self = toml::from_str(text)?;

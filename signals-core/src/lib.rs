@@ -15,12 +15,12 @@
 //! - [`aggregate`]: trending/ranging regime and the strength-weighted vote.
 //! - [`series`]: [`SeriesState`] — `new`, `apply`, `warm`, `advance`, `lookback`; replay and gap
 //!   rules.
-//! - [`config`]: [`Config`], the strategy and indicator parameters, from TOML
+//! - [`config`]: [`StrategyConfig`], the strategy and indicator parameters, from TOML
 //!   (`sinks/signals/signals.example.toml` lists every default).
 //!
 //! ```
-//! use klinebus_signals_core::{Candle, Config, Outcome, SeriesState};
-//! let cfg = Config::default();
+//! use klinebus_signals_core::{Candle, StrategyConfig, Outcome, SeriesState};
+//! let cfg = StrategyConfig::default();
 //! let mut s = SeriesState::new(&cfg, "BTCUSDT".parse().unwrap(), "1h".parse().unwrap());
 //! let hour = 3_600_000;
 //! for i in 0..s.lookback() as i64 {
@@ -41,7 +41,7 @@ pub mod strategies;
 
 pub use aggregate::Regime;
 pub use candle::{Candle, CandleError};
-pub use config::{Config, ConfigError};
+pub use config::{ConfigError, StrategyConfig};
 pub use series::{lookback, Outcome, SeriesState, SignalReport};
 pub use snapshot::IndicatorValues;
 pub use strategies::{Action, StrategyId, StrategySignal};

@@ -19,7 +19,7 @@ use klinebus_schemas::{Interval, Symbol};
 use serde::{Deserialize, Serialize};
 
 use crate::aggregate::{classify, vote, Regime};
-use crate::config::Config;
+use crate::config::StrategyConfig;
 use crate::indicators::window::{Extreme, RollingExtremum};
 use crate::indicators::{
     Adx, Atr, Bollinger, Ema, Ichimoku, InvalidInput, Keltner, Macd, Rsi, Sma, Stochastic,
@@ -84,7 +84,7 @@ pub enum Outcome {
 /// indicator warm-up (Ichimoku's senkou B plus displacement, 78 by default) plus one for the
 /// previous readings crossovers compare with, or the RSI warm-up plus the divergence window if
 /// that is longer. 79 with the defaults.
-pub fn lookback(cfg: &Config) -> usize {
+pub fn lookback(cfg: &StrategyConfig) -> usize {
     Indicators::new(cfg).lookback(cfg)
 }
 
@@ -104,7 +104,7 @@ struct Indicators {
 }
 
 impl Indicators {
-    fn new(cfg: &Config) -> Self {
+    fn new(cfg: &StrategyConfig) -> Self {
         let i = &cfg.indicators;
         Self {
             ema_fast: Ema::new(i.ema_fast),
@@ -121,7 +121,7 @@ impl Indicators {
         }
     }
 
-    fn lookback(&self, cfg: &Config) -> usize {
+    fn lookback(&self, cfg: &StrategyConfig) -> usize {
         let longest = [
             self.ema_fast.warmup(),
             self.ema_slow.warmup(),
@@ -181,7 +181,7 @@ impl Indicators {
 /// All state for one (symbol, interval) series.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SeriesState {
-    cfg: Config,
+    cfg: StrategyConfig,
     symbol: Symbol,
     interval: Interval,
     ind: Indicators,
@@ -199,9 +199,9 @@ pub struct SeriesState {
 }
 
 impl SeriesState {
-    /// A fresh series. The config should have passed [`Config::validate`] (loading does it);
+    /// A fresh series. The config should have passed [`StrategyConfig::validate`] (loading does it);
     /// out-of-range periods are clamped rather than allowed to panic.
-    pub fn new(cfg: &Config, symbol: Symbol, interval: Interval) -> Self {
+    pub fn new(cfg: &StrategyConfig, symbol: Symbol, interval: Interval) -> Self {
         let n = cfg.strategies.rsi_divergence.lookback;
         let ind = Indicators::new(cfg);
         Self {

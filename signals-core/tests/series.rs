@@ -6,14 +6,14 @@ use std::collections::HashMap;
 
 use common::candles;
 use klinebus_signals_core::{
-    lookback, Action, Candle, Config, Outcome, SeriesState, SignalReport, StrategyId,
+    lookback, Action, Candle, Outcome, SeriesState, SignalReport, StrategyConfig, StrategyId,
 };
 
 mod common;
 
 fn state() -> SeriesState {
     SeriesState::new(
-        &Config::default(),
+        &StrategyConfig::default(),
         "BTCUSDT".parse().unwrap(),
         "1h".parse().unwrap(),
     )
@@ -31,7 +31,7 @@ fn lookback_is_exact() {
     let cs = candles();
     let mut s = state();
     assert_eq!(s.lookback(), 79);
-    assert_eq!(lookback(&Config::default()), 79);
+    assert_eq!(lookback(&StrategyConfig::default()), 79);
     for (i, c) in cs.iter().take(s.lookback()).enumerate() {
         let out = s.apply(c);
         if i + 1 < s.lookback() {
@@ -46,7 +46,7 @@ fn lookback_is_exact() {
         }
     }
     // A longer divergence window becomes the binding constraint.
-    let mut cfg = Config::default();
+    let mut cfg = StrategyConfig::default();
     cfg.strategies.rsi_divergence.lookback = 100;
     assert_eq!(lookback(&cfg), 115);
     let mut s = SeriesState::new(&cfg, "ETHUSDT".parse().unwrap(), "1h".parse().unwrap());

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure};
 use clap::{Parser, Subcommand};
-use kline_signals::{Candle, Config, Outcome, SeriesState, SinkConfig};
+use kline_signals::{Candle, Config, Outcome, SeriesState, StrategyConfig};
 use klinebus_bench::harness::{percentile, reset_own_peak_rss, Usage};
 use klinebus_schemas::streams::{Retention, CANDLES_STREAM, SIGNALS_STREAM};
 use klinebus_schemas::{bus, Interval, KlineEvent, Source, Venue};
@@ -82,7 +82,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn per_candle(n: usize) -> anyhow::Result<()> {
-    let cfg = Config::default();
+    let cfg = StrategyConfig::default();
     let mut series = SeriesState::new(&cfg, "BTCUSDT".parse()?, "1m".parse()?);
     let candles = synthetic(n + series.lookback(), 0)?;
     let (warmup, measured) = candles.split_at(series.lookback());
@@ -248,8 +248,9 @@ async fn measure(
     .map(|s| (*s).to_owned())
     .collect();
     args.extend(service_args.iter().cloned());
-    let config = SinkConfig::try_parse_from(&args)?;
-    let warm = (config.warm_candles as usize).max(kline_signals::lookback(&Config::default()));
+    let config = Config::try_parse_from(&args)?;
+    let warm =
+        (config.warm_candles as usize).max(kline_signals::lookback(&StrategyConfig::default()));
 
     // Set-up (not timed): history + event candles in ohlcv_candles, events on the bus.
     let t = Instant::now();

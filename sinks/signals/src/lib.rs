@@ -3,7 +3,7 @@
 //! [`run`] consumes `candles.closed.>` from JetStream, feeds every closed candle to its
 //! series' [`SeriesState`] (the pure computation lives in `klinebus-signals-core`, re-exported
 //! here where the service's API uses it), warms series from PostgreSQL, upserts `signals` rows
-//! and publishes `signals.<venue>.<symbol>.<interval>` events ([`SinkConfig`] for the flags).
+//! and publishes `signals.<venue>.<symbol>.<interval>` events ([`Config`] for the flags).
 //!
 //! - [`service`]: wiring, the consume loop's handler, the ownership lock;
 //! - `service::engine`: per-series states, replays, late candles and recomputes;
@@ -12,7 +12,7 @@
 pub mod service;
 
 pub use klinebus_signals_core::{
-    lookback, Action, Candle, CandleError, Config, ConfigError, IndicatorValues, Outcome, Regime,
-    SeriesState, SignalReport, StrategyId, StrategySignal,
+    lookback, Action, Candle, CandleError, ConfigError, IndicatorValues, Outcome, Regime,
+    SeriesState, SignalReport, StrategyConfig, StrategyId, StrategySignal,
 };
-pub use service::{run, ServiceError, SinkConfig};
+pub use service::{run, Config, ServiceError};

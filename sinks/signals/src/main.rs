@@ -7,7 +7,7 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let config = kline_signals::SinkConfig::parse();
+    let config = kline_signals::Config::parse();
     klinebus_svc::init_tracing();
     klinebus_svc::exit_with(kline_signals::run(config, klinebus_svc::shutdown_token()).await)
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::Context;
 use clap::Parser;
-use kline_signals::{Candle, Config, Outcome, SeriesState, SignalReport, SinkConfig};
+use kline_signals::{Candle, Config, Outcome, SeriesState, SignalReport, StrategyConfig};
 use klinebus_schemas::bus;
 use klinebus_schemas::streams::{Retention, CANDLES_STREAM, SIGNALS_STREAM};
 use klinebus_schemas::{Interval, KlineEvent, Source};
@@ -40,7 +40,11 @@ async fn setup(n: usize) -> (NatsServer, TestDb, Context, Vec<KlineEvent>) {
 }
 
 fn expected(events: &[KlineEvent]) -> Vec<SignalReport> {
-    let mut s = SeriesState::new(&Config::default(), events[0].symbol.clone(), Interval::H1);
+    let mut s = SeriesState::new(
+        &StrategyConfig::default(),
+        events[0].symbol.clone(),
+        Interval::H1,
+    );
     events
         .iter()
         .filter_map(|e| match s.apply(&Candle::from_event(e).unwrap()) {
@@ -50,7 +54,7 @@ fn expected(events: &[KlineEvent]) -> Vec<SignalReport> {
         .collect()
 }
 
-fn config(nats: &str, db: &str, extra: &[&str]) -> SinkConfig {
+fn config(nats: &str, db: &str, extra: &[&str]) -> Config {
     let mut args = vec![
         "kline-signals",
         "--nats-url",
@@ -67,7 +71,7 @@ fn config(nats: &str, db: &str, extra: &[&str]) -> SinkConfig {
         "64",
     ];
     args.extend_from_slice(extra);
-    SinkConfig::try_parse_from(args).unwrap()
+    Config::try_parse_from(args).unwrap()
 }
 
 async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut check: F)

@@ -2,20 +2,27 @@
 
 #![allow(clippy::unwrap_used)]
 
-use kline_signals::{Config, ConfigError};
+use kline_signals::{ConfigError, StrategyConfig};
 
 #[test]
 fn example_file_is_exactly_the_defaults() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/signals.example.toml");
-    assert_eq!(Config::load(path).unwrap(), Config::default());
+    assert_eq!(
+        StrategyConfig::load(path).unwrap(),
+        StrategyConfig::default()
+    );
 }
 
 #[test]
 fn empty_and_partial_files_keep_defaults() {
-    assert_eq!(Config::from_toml_str("").unwrap(), Config::default());
-    let cfg =
-        Config::from_toml_str("[indicators]\nrsi = 7\n[strategies.stochastic]\nweight = 2.5\n")
-            .unwrap();
+    assert_eq!(
+        StrategyConfig::from_toml_str("").unwrap(),
+        StrategyConfig::default()
+    );
+    let cfg = StrategyConfig::from_toml_str(
+        "[indicators]\nrsi = 7\n[strategies.stochastic]\nweight = 2.5\n",
+    )
+    .unwrap();
     assert_eq!(cfg.indicators.rsi, 7);
     assert_eq!(cfg.indicators.macd_slow, 26);
     assert_eq!(cfg.strategies.stochastic.weight, 2.5);
@@ -33,7 +40,7 @@ fn unknown_keys_are_rejected() {
         "[strategies.ema_rsi]\nrsi_overbougth = 75.0\n",
         "[strategies.turtle]\nenabled = true\n",
     ] {
-        let err = Config::from_toml_str(text).unwrap_err();
+        let err = StrategyConfig::from_toml_str(text).unwrap_err();
         assert!(matches!(err, ConfigError::Parse(_)), "{text}: {err}");
     }
 }
@@ -52,13 +59,13 @@ fn out_of_range_values_are_rejected() {
         "[strategies.momentum]\nweight = -1.0\n",
         "[strategies.rsi_divergence]\nlookback = 0\n",
     ] {
-        let err = Config::from_toml_str(text).unwrap_err();
+        let err = StrategyConfig::from_toml_str(text).unwrap_err();
         assert!(matches!(err, ConfigError::Invalid(_)), "{text}: {err}");
     }
-    let err = Config::from_toml_str("[indicators]\nrsi = \"14\"\n").unwrap_err();
+    let err = StrategyConfig::from_toml_str("[indicators]\nrsi = \"14\"\n").unwrap_err();
     assert!(matches!(err, ConfigError::Parse(_)));
     assert!(matches!(
-        Config::load("/nonexistent/signals.toml"),
+        StrategyConfig::load("/nonexistent/signals.toml"),
         Err(ConfigError::Io { .. })
     ));
 }
@@ -66,7 +73,7 @@ fn out_of_range_values_are_rejected() {
 #[test]
 fn disabled_strategies_are_left_out() {
     use kline_signals::{Outcome, SeriesState, StrategyId};
-    let cfg = Config::from_toml_str(
+    let cfg = StrategyConfig::from_toml_str(
         "[strategies.ichimoku_adx]\nenabled = false\n[strategies.stochastic]\nenabled = false\n",
     )
     .unwrap();

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::Context;
 use clap::Parser;
-use kline_signals::{Candle, Config, Outcome, SeriesState, SignalReport, SinkConfig};
+use kline_signals::{Candle, Config, Outcome, SeriesState, SignalReport, StrategyConfig};
 use klinebus_schemas::streams::{Retention, CANDLES_STREAM, SIGNALS_STREAM};
 use klinebus_schemas::{bus, codec, Interval, KlineEvent, Source};
 use klinebus_testkit::{NatsServer, TestDb};
@@ -69,7 +69,11 @@ async fn redeliver(js: &Context, events: &[KlineEvent]) {
 
 /// The reports of feeding every candle, in order, to one `SeriesState`.
 fn in_order(events: &[KlineEvent]) -> Vec<SignalReport> {
-    let mut s = SeriesState::new(&Config::default(), events[0].symbol.clone(), Interval::H1);
+    let mut s = SeriesState::new(
+        &StrategyConfig::default(),
+        events[0].symbol.clone(),
+        Interval::H1,
+    );
     events
         .iter()
         .filter_map(|e| match s.apply(&Candle::from_event(e).unwrap()) {
@@ -110,7 +114,7 @@ fn spawn(s: &Setup, extra: &[&str]) -> (CancellationToken, JoinHandle<()>) {
         "5",
     ];
     args.extend_from_slice(extra);
-    let cfg = SinkConfig::try_parse_from(args).unwrap();
+    let cfg = Config::try_parse_from(args).unwrap();
     let token = CancellationToken::new();
     let t = token.clone();
     let h = tokio::spawn(async move { kline_signals::run(cfg, t).await.unwrap() });
@@ -342,7 +346,7 @@ async fn a_hole_filled_later_by_a_repair_gets_its_signals_batched() {
     caught_up(&s.js).await;
     let want = in_order(&events);
     assert_exactly(&s.js, &s.db.pool, &want).await;
-    let lookback = kline_signals::lookback(&Config::default());
+    let lookback = kline_signals::lookback(&StrategyConfig::default());
     let rows = stored(&s.db.pool).await;
     assert_eq!(rows.len(), 200, "one row per candle");
     assert!(rows[..lookback - 1]

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::Context;
 use clap::Parser;
 use kline_signals::service::store::OwnerLock;
-use kline_signals::{Candle, Config, Outcome, SeriesState, SignalReport, SinkConfig};
+use kline_signals::{Candle, Config, Outcome, SeriesState, SignalReport, StrategyConfig};
 use klinebus_consume::consumer_lag;
 use klinebus_schemas::bus;
 use klinebus_schemas::streams::{Retention, CANDLES_STREAM, SIGNALS_STREAM};
@@ -53,7 +53,7 @@ async fn publish_closed(js: &Context, events: &[KlineEvent]) {
 /// Outcomes of feeding the events to one `SeriesState` directly, by open time.
 fn direct(events: &[KlineEvent]) -> Vec<(i64, Outcome)> {
     let e0 = &events[0];
-    let mut s = SeriesState::new(&Config::default(), e0.symbol.clone(), e0.interval);
+    let mut s = SeriesState::new(&StrategyConfig::default(), e0.symbol.clone(), e0.interval);
     events
         .iter()
         .map(|e| (e.open_time, s.apply(&Candle::from_event(e).unwrap())))
@@ -126,7 +126,7 @@ fn assert_rows_are(rows: &[SignalRowT], expected: &[SignalReport]) {
     }
 }
 
-fn config(nats: &str, db: &str, extra: &[&str]) -> SinkConfig {
+fn config(nats: &str, db: &str, extra: &[&str]) -> Config {
     let mut args = vec![
         "kline-signals",
         "--nats-url",
@@ -139,10 +139,10 @@ fn config(nats: &str, db: &str, extra: &[&str]) -> SinkConfig {
         "5",
     ];
     args.extend_from_slice(extra);
-    SinkConfig::try_parse_from(args).unwrap()
+    Config::try_parse_from(args).unwrap()
 }
 
-fn spawn(cfg: SinkConfig) -> (CancellationToken, JoinHandle<()>) {
+fn spawn(cfg: Config) -> (CancellationToken, JoinHandle<()>) {
     let token = CancellationToken::new();
     let t = token.clone();
     let h = tokio::spawn(async move { kline_signals::run(cfg, t).await.unwrap() });
@@ -212,7 +212,7 @@ async fn signals_equal_direct_computation_and_replays_change_nothing() {
     let expected = reports(&direct(&events));
     assert_eq!(
         expected.len(),
-        200 - kline_signals::lookback(&Config::default()) + 1
+        200 - kline_signals::lookback(&StrategyConfig::default()) + 1
     );
 
     let (stop, h) = spawn(config(&nats.url(), &db.url, &[]));
@@ -354,7 +354,7 @@ async fn a_gap_gives_insufficient_data_not_a_panic() {
         }
     }
     // Signals resume once the lookback has refilled after the gap.
-    let lookback = kline_signals::lookback(&Config::default());
+    let lookback = kline_signals::lookback(&StrategyConfig::default());
     assert_eq!(got[100 + lookback - 2].1, "insufficient_data");
     assert_ne!(got[100 + lookback - 1].1, "insufficient_data");
 }
@@ -538,5 +538,8 @@ async fn a_bad_strategy_config_fails_at_start() {
     assert!(err.to_string().contains("ema_fast"), "{err}");
     // The committed example file is valid.
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/signals.example.toml");
-    assert_eq!(Config::load(example).unwrap(), Config::default());
+    assert_eq!(
+        StrategyConfig::load(example).unwrap(),
+        StrategyConfig::default()
+    );
 }

@@ -15,9 +15,9 @@ use klinebus_svc::{DbArgs, NatsArgs};
 ///
 /// Run exactly ONE instance per consumer name: indicator state needs every series in order. A
 /// second instance waits on a PostgreSQL advisory lock until the first one stops.
-#[derive(Clone, Parser)]
+#[derive(Debug, Clone, Parser)]
 #[command(name = "kline-signals", version)]
-pub struct SinkConfig {
+pub struct Config {
     #[command(flatten)]
     pub nats: NatsArgs,
 
@@ -102,7 +102,7 @@ pub struct SinkConfig {
     pub no_migrate: bool,
 }
 
-impl SinkConfig {
+impl Config {
     /// The ack wait as a duration.
     pub fn ack_wait(&self) -> Duration {
         Duration::from_secs(self.ack_wait_secs)
@@ -114,28 +114,6 @@ impl SinkConfig {
     }
 }
 
-impl std::fmt::Debug for SinkConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SinkConfig")
-            .field("nats", &self.nats)
-            .field("db", &self.db)
-            .field("config", &self.config)
-            .field("consumer", &self.consumer)
-            .field("filter_subject", &self.filter_subject)
-            .field("batch_size", &self.batch_size)
-            .field("max_ack_pending", &self.max_ack_pending)
-            .field("ack_wait_secs", &self.ack_wait_secs)
-            .field("warm_candles", &self.warm_candles)
-            .field("max_recompute", &self.max_recompute)
-            .field("store_insufficient", &self.store_insufficient)
-            .field("max_connections", &self.max_connections)
-            .field("metrics_addr", &self.metrics_addr)
-            .field("replay_from", &self.replay_from)
-            .field("no_migrate", &self.no_migrate)
-            .finish()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -143,7 +121,7 @@ mod tests {
 
     #[test]
     fn defaults_and_flags() {
-        let c = SinkConfig::try_parse_from(["kline-signals"]).unwrap();
+        let c = Config::try_parse_from(["kline-signals"]).unwrap();
         assert_eq!(c.consumer, "signals");
         assert_eq!(c.filter_subject, "candles.closed.>");
         assert_eq!(c.warm_candles, 1000);
@@ -157,7 +135,7 @@ mod tests {
             c.metrics_addr().unwrap(),
             Some("127.0.0.1:9103".parse().unwrap())
         );
-        let c = SinkConfig::try_parse_from([
+        let c = Config::try_parse_from([
             "kline-signals",
             "--metrics-addr",
             "off",
@@ -175,6 +153,6 @@ mod tests {
         assert_eq!(c.replay_from, Some(StartFrom::All));
         let dbg = format!("{c:?}");
         assert!(!dbg.contains("hunter2") && !dbg.contains("s3cret"), "{dbg}");
-        assert!(SinkConfig::try_parse_from(["x", "--warm-candles", "0"]).is_err());
+        assert!(Config::try_parse_from(["x", "--warm-candles", "0"]).is_err());
     }
 }

@@ -16,7 +16,7 @@ use sqlx::PgPool;
 use super::store::{
     earliest_signal, load_history, signalled_between, upsert_signals, SignalRecord, SignalRow,
 };
-use crate::{Candle, CandleError, Config, Outcome, SeriesState, SignalReport};
+use crate::{Candle, CandleError, Outcome, SeriesState, SignalReport, StrategyConfig};
 
 /// Why a batch could not be processed (nothing of it is kept; see
 /// [`Engine::process_batch`]).
@@ -121,7 +121,7 @@ impl PendingRows {
 
 /// Every series' state and where results go.
 pub struct Engine {
-    cfg: Config,
+    cfg: StrategyConfig,
     pool: PgPool,
     js: Option<Context>,
     states: HashMap<SeriesKey, Series>,
@@ -138,7 +138,7 @@ impl Engine {
     /// An engine with no series yet; `js` publishes signal events when set. Recomputes are on
     /// with [`DEFAULT_MAX_RECOMPUTE`] (see [`with_max_recompute`](Self::with_max_recompute)).
     pub fn new(
-        cfg: Config,
+        cfg: StrategyConfig,
         pool: PgPool,
         js: Option<Context>,
         warm_candles: usize,

@@ -88,7 +88,7 @@ use klinebus_svc::{until_ok, Health};
 use sqlx::postgres::PgPoolOptions;
 use tokio_util::sync::CancellationToken;
 
-pub use config::SinkConfig;
+pub use config::Config;
 pub use engine::{Engine, EngineError};
 use store::OwnerLock;
 
@@ -123,7 +123,7 @@ pub enum ServiceError {
 }
 
 /// NATS connection options from the config.
-pub fn bus_options(c: &SinkConfig) -> Result<BusOptions, ServiceError> {
+pub fn bus_options(c: &Config) -> Result<BusOptions, ServiceError> {
     c.nats
         .bus_options(&format!("kline-signals/{}", c.consumer))
         .map_err(|e| ServiceError::Config(e.to_string()))
@@ -139,7 +139,7 @@ const LOCK_CHECK: Duration = Duration::from_secs(1);
 /// The durable consumer on the CANDLES stream (`--max-ack-pending`, default 1: the server
 /// delivers the next message only after the previous one was acked, so order survives
 /// redeliveries), retried in order.
-pub fn consume_options(c: &SinkConfig) -> ConsumeOptions {
+pub fn consume_options(c: &Config) -> ConsumeOptions {
     let spec = ConsumerSpec {
         stream: CANDLES_STREAM.into(),
         durable: c.consumer.clone(),
@@ -182,7 +182,7 @@ async fn check_streams(js: &Context, retention: &Retention) -> Result<(), Servic
 
 /// Waits for the ownership lock (`None` if shutdown comes first).
 async fn acquire_lock(
-    config: &SinkConfig,
+    config: &Config,
     db_url: &str,
     shutdown: &CancellationToken,
 ) -> Option<OwnerLock> {
@@ -226,11 +226,11 @@ async fn watch_lock(lock: &mut OwnerLock, stop: &CancellationToken) -> Option<sq
 
 /// Runs the service until `shutdown` fires (the pulled batch is finished and acked) and returns
 /// `Ok(())`; returns an error only for what retrying cannot fix.
-pub async fn run(config: SinkConfig, shutdown: CancellationToken) -> Result<(), ServiceError> {
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), ServiceError> {
     tracing::info!(config = ?config, "starting kline-signals");
     let strategy = match &config.config {
-        Some(path) => crate::Config::load(path)?,
-        None => crate::Config::default(),
+        Some(path) => crate::StrategyConfig::load(path)?,
+        None => crate::StrategyConfig::default(),
     };
     let health = Health::default();
     if let Some(addr) = config
