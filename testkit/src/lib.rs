@@ -4,6 +4,7 @@
 //! - [`NatsServer`]: a private `nats-server -js` on a free port with a temporary store, so each
 //!   test owns its streams and can stop/restart the broker for fault injection.
 //! - [`TestDb`]: a fresh, migrated PostgreSQL database on the machine's server, dropped afterwards.
+//! - [`fixture_candles`] ([`signals`]): the signal tests' committed candle fixture.
 //! - [`PgServer`]: a private PostgreSQL cluster (initdb in a temporary directory, on a free
 //!   port) that a test may stop and restart without disturbing the machine's shared server.
 //!
@@ -12,12 +13,14 @@
 
 mod nats;
 mod postgres;
+pub mod signals;
 
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 pub use nats::NatsServer;
 pub use postgres::{admin_url, PgServer, TestDb};
+pub use signals::{fixture_candles, FixtureCandle};
 
 /// How to start the services the tests need.
 pub const START_HINT: &str =

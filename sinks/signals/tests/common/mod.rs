@@ -3,26 +3,12 @@
 #![allow(clippy::unwrap_used, dead_code)]
 
 use klinebus_schemas::{Interval, KlineEvent, Source, Venue};
-use serde::Deserialize;
 use sqlx::PgPool;
-
-#[derive(Deserialize)]
-struct Row {
-    open_time: i64,
-    open: String,
-    high: String,
-    low: String,
-    close: String,
-    volume: String,
-}
 
 /// The first `n` candles of the fixture (`signals-core/tests/fixtures/candles.json`) as closed BTCUSDT 1h events from `source`.
 pub fn fixture_events(n: usize, source: Source) -> Vec<KlineEvent> {
-    let rows: Vec<Row> = serde_json::from_str(include_str!(
-        "../../../../signals-core/tests/fixtures/candles.json"
-    ))
-    .unwrap();
-    rows.into_iter()
+    klinebus_testkit::fixture_candles()
+        .into_iter()
         .take(n)
         .map(|r| {
             let close_time = Interval::H1.close_time(r.open_time);
