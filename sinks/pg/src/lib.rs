@@ -47,9 +47,12 @@ pub use sink::{Newest, PgSink};
 /// Why the sink stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
-    /// A flag value is unusable.
-    #[error("configuration: {0}")]
-    Config(String),
+    /// A secret file could not be read.
+    #[error(transparent)]
+    Secret(#[from] klinebus_svc::SecretError),
+    /// `--metrics-addr` is not an address.
+    #[error("--metrics-addr {0:?}")]
+    MetricsAddr(String, #[source] std::net::AddrParseError),
     /// The telemetry endpoint could not start.
     #[error(transparent)]
     Telemetry(#[from] klinebus_svc::TelemetryError),
@@ -74,7 +77,7 @@ pub enum SinkError {
 pub fn bus_options(c: &Config) -> Result<BusOptions, SinkError> {
     c.nats
         .bus_options(&format!("kline-pg-sink/{}", c.consumer))
-        .map_err(|e| SinkError::Config(e.to_string()))
+        .map_err(SinkError::Secret)
 }
 
 /// Consumer options from the config.
@@ -128,16 +131,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Sink
     let health = Health::default();
     if let Some(addr) = config
         .metrics_addr()
-        .map_err(|e| SinkError::Config(format!("--metrics-addr: {e}")))?
+        .map_err(|e| SinkError::MetricsAddr(config.metrics_addr.clone(), e))?
     {
         let bound = klinebus_svc::serve_telemetry(addr, health.clone(), shutdown.clone()).await?;
         tracing::info!(%bound, "serving /metrics and /health");
     }
     let opts = bus_options(&config)?;
-    let db_url = config
-        .db
-        .url()
-        .map_err(|e| SinkError::Config(e.to_string()))?;
+    let db_url = config.db.url()?;
     let Some(client) = until_ok("NATS", &shutdown, || bus::connect(&opts)).await else {
         return Ok(());
     };

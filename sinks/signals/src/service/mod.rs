@@ -95,9 +95,12 @@ use store::OwnerLock;
 /// Why the service stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
-    /// A flag value is unusable.
-    #[error("configuration: {0}")]
-    Config(String),
+    /// A secret file could not be read.
+    #[error(transparent)]
+    Secret(#[from] klinebus_svc::SecretError),
+    /// `--metrics-addr` is not an address.
+    #[error("--metrics-addr {0:?}")]
+    MetricsAddr(String, #[source] std::net::AddrParseError),
     /// The strategy config file is unusable.
     #[error(transparent)]
     Strategy(#[from] crate::ConfigError),
@@ -126,7 +129,7 @@ pub enum ServiceError {
 pub fn bus_options(c: &Config) -> Result<BusOptions, ServiceError> {
     c.nats
         .bus_options(&format!("kline-signals/{}", c.consumer))
-        .map_err(|e| ServiceError::Config(e.to_string()))
+        .map_err(ServiceError::Secret)
 }
 
 /// How long a batch waits for more messages after its first one (a lone live candle waits
@@ -235,16 +238,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
     let health = Health::default();
     if let Some(addr) = config
         .metrics_addr()
-        .map_err(|e| ServiceError::Config(format!("--metrics-addr: {e}")))?
+        .map_err(|e| ServiceError::MetricsAddr(config.metrics_addr.clone(), e))?
     {
         let bound = klinebus_svc::serve_telemetry(addr, health.clone(), shutdown.clone()).await?;
         tracing::info!(%bound, "serving /metrics and /health");
     }
     let opts = bus_options(&config)?;
-    let db_url = config
-        .db
-        .url()
-        .map_err(|e| ServiceError::Config(e.to_string()))?;
+    let db_url = config.db.url()?;
     let Some(client) = until_ok("NATS", &shutdown, || bus::connect(&opts)).await else {
         return Ok(());
     };
