@@ -39,7 +39,7 @@ pub enum InvalidClosed {
     #[error("no candles")]
     Empty,
     /// A candle fails [`KlineEvent::validate`].
-    #[error("candle at {open_time}: {source}")]
+    #[error("candle at {open_time}")]
     Candle {
         /// Its open time.
         open_time: i64,

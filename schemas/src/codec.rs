@@ -15,14 +15,14 @@ pub const CONTENT_TYPE: &str = "application/msgpack";
 
 /// Encoding failed (only possible for types that cannot be represented, never for events).
 #[derive(Debug, thiserror::Error)]
-#[error("encode: {0}")]
+#[error("encode")]
 pub struct EncodeError(#[from] rmp_serde::encode::Error);
 
 /// A payload that cannot be read.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
     /// Not the MessagePack shape of the type (truncated, wrong field types, invalid names…).
-    #[error("undecodable payload: {0}")]
+    #[error("undecodable payload")]
     Payload(#[from] rmp_serde::decode::Error),
     /// A schema header from a future, incompatible version.
     #[error("unsupported schema version {0:?} (this build reads {SCHEMA_VERSION:?})")]

@@ -99,7 +99,7 @@ pub struct KlineEvent {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InvalidEvent {
     /// A price or volume field is not a valid decimal.
-    #[error("field {field}: {source}")]
+    #[error("field {field}")]
     Number {
         /// The field name.
         field: &'static str,

@@ -20,7 +20,7 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// Not TOML, an unknown key, or a value of the wrong type.
-    #[error("parsing config: {0}")]
+    #[error("parsing config")]
     Parse(#[from] toml::de::Error),
     /// A value out of range.
     #[error("invalid config: {0}")]

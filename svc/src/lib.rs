@@ -39,8 +39,9 @@ pub fn init_tracing() {
     };
 }
 
-/// An error and its causes on one line, each said once. Most klinebus errors already include
-/// their source's text, which printing the whole chain would repeat.
+/// An error and its causes on one line, each said once. klinebus's own errors say only their
+/// own part and leave the cause to `source()`; some client libraries' errors (async-nats, sqlx)
+/// repeat their source's text, which is said once.
 pub fn error_line(err: &(dyn std::error::Error + 'static)) -> String {
     let mut line = err.to_string();
     let mut previous = line.clone();

@@ -80,7 +80,7 @@ pub async fn missing(js: &Context, series: &SeriesPlan) -> Result<Missing, Resum
     let newest = match codec::decode::<KlineEvent>(&last.payload) {
         Ok(ev) => ev.open_time,
         Err(e) => {
-            tracing::warn!(%subject, error = %e, "newest stored message undecodable; refetching the window");
+            tracing::warn!(%subject, error = %klinebus_svc::error_line(&e), "newest stored message undecodable; refetching the window");
             return Ok(whole);
         }
     };

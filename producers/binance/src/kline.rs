@@ -190,8 +190,9 @@ impl RestKline {
         };
         event.validate().map_err(|e| {
             BinanceError::Malformed(format!(
-                "{symbol} {interval} kline at {}: {e}",
-                self.open_time
+                "{symbol} {interval} kline at {}: {}",
+                self.open_time,
+                klinebus_svc::error_line(&e)
             ))
         })?;
         Ok(event)

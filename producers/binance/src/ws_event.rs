@@ -219,7 +219,7 @@ impl WsKline {
         };
         event
             .validate()
-            .map_err(|e| FrameError::Invalid(e.to_string()))?;
+            .map_err(|e| FrameError::Invalid(klinebus_svc::error_line(&e)))?;
         Ok(event)
     }
 }

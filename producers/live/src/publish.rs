@@ -253,7 +253,7 @@ impl Publisher {
                     acks.push(ack);
                 }
                 Err(err) => {
-                    tracing::debug!(error = %err, "publish failed");
+                    tracing::debug!(error = %klinebus_svc::error_line(&err), "publish failed");
                     failed.push((e, at));
                 }
             }

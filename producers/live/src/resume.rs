@@ -133,7 +133,7 @@ async fn last_event(
                     Ok(ev) => Ok(Some(ev)),
                     // Undecodable: as if absent (this source does not move the point).
                     Err(e) => {
-                        tracing::warn!(%subject, error = %e, "newest stored message undecodable");
+                        tracing::warn!(%subject, error = %klinebus_svc::error_line(&e), "newest stored message undecodable");
                         Ok(None)
                     }
                 };

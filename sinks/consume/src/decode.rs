@@ -6,6 +6,7 @@ use async_nats::HeaderMap;
 use klinebus_schemas::closed::CLOSED_SCHEMA_VERSION;
 use klinebus_schemas::codec::{self, SCHEMA_HEADER};
 use klinebus_schemas::{subjects, ClosedCandles, KlineEvent};
+use klinebus_svc::error_line;
 
 /// Why a message cannot be used. Poison is dead-lettered and terminated, never retried.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -46,12 +47,12 @@ pub fn decode_event(
     let version = headers
         .and_then(|h| h.get(SCHEMA_HEADER))
         .map(|v| v.as_str());
-    codec::check_version(version).map_err(|e| Poison::Version(e.to_string()))?;
+    codec::check_version(version).map_err(|e| Poison::Version(error_line(&e)))?;
     let event: KlineEvent =
-        codec::decode(payload).map_err(|e| Poison::Undecodable(e.to_string()))?;
+        codec::decode(payload).map_err(|e| Poison::Undecodable(error_line(&e)))?;
     event
         .validate()
-        .map_err(|e| Poison::Invalid(e.to_string()))?;
+        .map_err(|e| Poison::Invalid(error_line(&e)))?;
     let Some(parsed) = subjects::parse_kline(subject) else {
         return Err(Poison::Subject(format!(
             "{subject:?} is not a klines.<source>.<venue>.<symbol>.<interval> subject"
@@ -83,18 +84,18 @@ pub fn decode_closed(
         .and_then(|h| h.get(SCHEMA_HEADER))
         .map(|v| v.as_str());
     let batch = if version == Some(CLOSED_SCHEMA_VERSION) {
-        codec::decode::<ClosedCandles>(payload).map_err(|e| Poison::Undecodable(e.to_string()))?
+        codec::decode::<ClosedCandles>(payload).map_err(|e| Poison::Undecodable(error_line(&e)))?
     } else {
-        codec::check_version(version).map_err(|e| Poison::Version(e.to_string()))?;
+        codec::check_version(version).map_err(|e| Poison::Version(error_line(&e)))?;
         let event: KlineEvent =
-            codec::decode(payload).map_err(|e| Poison::Undecodable(e.to_string()))?;
+            codec::decode(payload).map_err(|e| Poison::Undecodable(error_line(&e)))?;
         ClosedCandles {
             candles: vec![event],
         }
     };
     batch
         .validate()
-        .map_err(|e| Poison::Invalid(e.to_string()))?;
+        .map_err(|e| Poison::Invalid(error_line(&e)))?;
     // `validate` refuses an empty message, so there is a first candle.
     let Some(first) = batch.candles.first() else {
         return Err(Poison::Invalid("no candles".into()));

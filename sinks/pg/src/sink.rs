@@ -258,7 +258,7 @@ impl Handler for PgSink {
                         metrics::counter!("klinebus_sink_errors_total", "kind" => "publish_closed")
                             .increment(1);
                         tracing::warn!(symbol = %chunk[0].symbol, interval = %chunk[0].interval,
-                            candles = chunk.len(), error = %err,
+                            candles = chunk.len(), error = %klinebus_svc::error_line(&err),
                             "post-commit publish failed; the batch will be redelivered");
                         // The rest would fail alike; the redelivery announces them all.
                         let err = AnnounceError::Send(err);
