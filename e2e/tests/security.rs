@@ -53,7 +53,7 @@ fn options(nats: &NatsServer, user: Option<(&str, &str)>) -> BusOptions {
     let mut o = BusOptions::new(nats.url(), "security-test");
     if let Some((u, p)) = user {
         o.user = Some(u.to_owned());
-        o.password = Some(p.to_owned());
+        o.password = Some(p.into());
     }
     o
 }

@@ -16,6 +16,7 @@ use async_nats::{Client, ConnectOptions, HeaderMap};
 
 use crate::closed::{ClosedCandles, ClosedCandlesRef, CLOSED_SCHEMA_VERSION};
 use crate::codec::{self, CONTENT_TYPE, CONTENT_TYPE_HEADER, SCHEMA_HEADER, SCHEMA_VERSION};
+use crate::secret::{ConnUrl, Secret};
 use crate::streams::{all_streams, ConsumerSpec, Retention, StreamSpec};
 use crate::{subjects, KlineEvent};
 
@@ -68,10 +69,10 @@ pub enum BusError {
 }
 
 /// How to reach NATS. Secrets are never printed by `Debug`.
-#[derive(Clone, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct BusOptions {
     /// Server URL(s), comma-separated; `tls://` forces TLS.
-    pub url: String,
+    pub url: ConnUrl,
     /// Client name shown in server monitoring.
     pub name: String,
     /// `.creds` file (JWT + NKey seed).
@@ -79,52 +80,20 @@ pub struct BusOptions {
     /// User name (with `password`).
     pub user: Option<String>,
     /// Password (with `user`).
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     /// Token authentication.
-    pub token: Option<String>,
+    pub token: Option<Secret>,
     /// Require TLS even for `nats://` URLs.
     pub require_tls: bool,
     /// PEM file of the CA that signed the server certificate (implies TLS).
     pub tls_ca: Option<PathBuf>,
 }
 
-impl std::fmt::Debug for BusOptions {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BusOptions")
-            .field("url", &redact_url(&self.url))
-            .field("name", &self.name)
-            .field("creds_file", &self.creds_file)
-            .field("user", &self.user)
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
-            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
-            .field("require_tls", &self.require_tls)
-            .field("tls_ca", &self.tls_ca)
-            .finish()
-    }
-}
-
-/// `url` (or comma-separated URLs) with any password replaced (`scheme://user:<redacted>@host`),
-/// for logs and `Debug`.
-pub fn redact_url(url: &str) -> String {
-    url.split(',').map(redact_one).collect::<Vec<_>>().join(",")
-}
-
-fn redact_one(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let Some((auth, host)) = rest.rsplit_once('@') else {
-        return url.to_owned();
-    };
-    match auth.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:<redacted>@{host}"),
-        None => url.to_owned(),
-    }
-}
+pub use crate::secret::redact_url;
 
 impl BusOptions {
     /// Options for `url` with no credentials.
-    pub fn new(url: impl Into<String>, name: impl Into<String>) -> Self {
+    pub fn new(url: impl Into<ConnUrl>, name: impl Into<String>) -> Self {
         Self {
             url: url.into(),
             name: name.into(),
@@ -137,7 +106,9 @@ impl BusOptions {
 pub async fn connect(opts: &BusOptions) -> Result<Client, BusError> {
     let mut o = ConnectOptions::new()
         .name(&opts.name)
-        .require_tls(opts.require_tls || opts.tls_ca.is_some() || opts.url.starts_with("tls://"))
+        .require_tls(
+            opts.require_tls || opts.tls_ca.is_some() || opts.url.expose().starts_with("tls://"),
+        )
         .max_reconnects(None)
         .event_callback(|event| async move {
             tracing::info!(%event, "nats connection event");
@@ -155,16 +126,16 @@ pub async fn connect(opts: &BusOptions) -> Result<Client, BusError> {
             })?;
     }
     if let (Some(u), Some(p)) = (&opts.user, &opts.password) {
-        o = o.user_and_password(u.clone(), p.clone());
+        o = o.user_and_password(u.clone(), p.expose().to_owned());
     }
     if let Some(t) = &opts.token {
-        o = o.token(t.clone());
+        o = o.token(t.expose().to_owned());
     }
-    let servers = server_addrs(&opts.url)?;
+    let servers = server_addrs(opts.url.expose())?;
     o.connect(servers)
         .await
         .map_err(|source| BusError::Connect {
-            url: redact_url(&opts.url),
+            url: opts.url.to_string(),
             source,
         })
 }

@@ -13,6 +13,7 @@
 //! - [`streams`]: stream and durable-consumer definitions.
 //! - [`codec`]: MessagePack with named fields plus a schema-version header (golden vectors in
 //!   `schemas/golden/`, format described in `schemas/README.md`).
+//! - [`secret`]: [`Secret`](secret::Secret) and [`ConnUrl`](secret::ConnUrl), whose `Debug` redacts.
 //! - `bus` (feature `nats`): creating streams and publishing with `Nats-Msg-Id`.
 
 pub mod closed;
@@ -21,6 +22,7 @@ pub mod decimal;
 pub mod event;
 pub mod interval;
 pub mod list;
+pub mod secret;
 pub mod signal;
 pub mod streams;
 pub mod subjects;

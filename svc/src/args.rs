@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 pub use klinebus_schemas::bus::redact_url;
 use klinebus_schemas::bus::BusOptions;
+use klinebus_schemas::secret::{ConnUrl, Secret};
 use klinebus_schemas::streams::Retention;
 
 /// A secret that could not be read.
@@ -50,7 +51,7 @@ fn read_secret(what: &'static str, path: &Path) -> Result<String, SecretError> {
 
 /// NATS connection flags (flatten into a binary's clap config). They are `global` so that a
 /// binary with subcommands (klinectl) takes them before or after the subcommand.
-#[derive(clap::Args, Clone)]
+#[derive(clap::Args, Clone, Debug)]
 pub struct NatsArgs {
     /// NATS server URL(s), comma-separated; tls:// forces TLS.
     #[arg(
@@ -59,7 +60,7 @@ pub struct NatsArgs {
         env = "NATS_URL",
         default_value = "nats://127.0.0.1:4222"
     )]
-    pub url: String,
+    pub url: ConnUrl,
 
     /// NATS credentials file (JWT + NKey seed).
     #[arg(global = true, long = "nats-creds", env = "NATS_CREDS")]
@@ -76,7 +77,7 @@ pub struct NatsArgs {
         env = "NATS_PASSWORD",
         hide_env_values = true
     )]
-    pub password: Option<String>,
+    pub password: Option<Secret>,
 
     /// File holding the NATS password (wins over NATS_PASSWORD).
     #[arg(global = true, long = "nats-password-file", env = "NATS_PASSWORD_FILE")]
@@ -89,7 +90,7 @@ pub struct NatsArgs {
         env = "NATS_TOKEN",
         hide_env_values = true
     )]
-    pub token: Option<String>,
+    pub token: Option<Secret>,
 
     /// File holding the NATS token (wins over NATS_TOKEN).
     #[arg(global = true, long = "nats-token-file", env = "NATS_TOKEN_FILE")]
@@ -110,32 +111,15 @@ pub struct NatsArgs {
     pub stream_replicas: u8,
 }
 
-impl std::fmt::Debug for NatsArgs {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NatsArgs")
-            .field("url", &redact_url(&self.url))
-            .field("creds", &self.creds)
-            .field("user", &self.user)
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
-            .field("password_file", &self.password_file)
-            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
-            .field("token_file", &self.token_file)
-            .field("tls", &self.tls)
-            .field("tls_ca", &self.tls_ca)
-            .field("stream_replicas", &self.stream_replicas)
-            .finish()
-    }
-}
-
 impl NatsArgs {
     /// Connection options for a client named `name`, with secrets read from their files.
     pub fn bus_options(&self, name: &str) -> Result<BusOptions, SecretError> {
         let password = match &self.password_file {
-            Some(p) => Some(read_secret("NATS password", p)?),
+            Some(p) => Some(read_secret("NATS password", p)?.into()),
             None => self.password.clone(),
         };
         let token = match &self.token_file {
-            Some(p) => Some(read_secret("NATS token", p)?),
+            Some(p) => Some(read_secret("NATS token", p)?.into()),
             None => self.token.clone(),
         };
         Ok(BusOptions {
@@ -160,7 +144,7 @@ impl NatsArgs {
 }
 
 /// PostgreSQL connection flags (flatten into a binary's clap config).
-#[derive(clap::Args, Clone)]
+#[derive(clap::Args, Clone, Debug)]
 pub struct DbArgs {
     /// PostgreSQL connection URL; credentials and TLS (`sslmode=require`, `verify-full` with
     /// `sslrootcert=`) as URL parameters. Without `sslmode` TLS is used when the server offers
@@ -173,20 +157,11 @@ pub struct DbArgs {
         default_value = "postgres://postgres@127.0.0.1:5432/klinebus?sslmode=disable",
         hide_env_values = true
     )]
-    pub database_url: String,
+    pub database_url: ConnUrl,
 
     /// File holding the PostgreSQL URL (wins over DATABASE_URL; for secrets).
     #[arg(global = true, long = "database-url-file", env = "DATABASE_URL_FILE")]
     pub database_url_file: Option<PathBuf>,
-}
-
-impl std::fmt::Debug for DbArgs {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DbArgs")
-            .field("database_url", &redact_url(&self.database_url))
-            .field("database_url_file", &self.database_url_file)
-            .finish()
-    }
 }
 
 impl DbArgs {
@@ -194,7 +169,7 @@ impl DbArgs {
     pub fn url(&self) -> Result<String, SecretError> {
         match &self.database_url_file {
             Some(p) => read_secret("database URL", p),
-            None => Ok(self.database_url.clone()),
+            None => Ok(self.database_url.expose().to_owned()),
         }
     }
 }
@@ -233,8 +208,8 @@ mod tests {
         ])
         .unwrap();
         let o = cli.nats.bus_options("t").unwrap();
-        assert_eq!(o.password.as_deref(), Some("s3cret"));
-        assert_eq!(o.token.as_deref(), Some("tok"));
+        assert_eq!(o.password.as_ref().map(Secret::expose), Some("s3cret"));
+        assert_eq!(o.token.as_ref().map(Secret::expose), Some("tok"));
         assert_eq!(cli.db.url().unwrap(), "postgres://app:hunter2@db/klinebus");
         let shown = format!("{cli:?} {o:?}");
         assert!(
@@ -308,7 +283,12 @@ mod tests {
             "{shown}"
         );
         assert_eq!(
-            cli.nats.bus_options("t").unwrap().password.as_deref(),
+            cli.nats
+                .bus_options("t")
+                .unwrap()
+                .password
+                .as_ref()
+                .map(Secret::expose),
             Some("pw-from-env")
         );
     }

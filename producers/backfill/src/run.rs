@@ -139,10 +139,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<RunResul
     };
     let syms: Vec<_> = config.symbols.0.iter().map(|s| s.as_str()).collect();
     let tfs: Vec<_> = config.timeframes.0.iter().map(|i| i.as_str()).collect();
-    println!(
-        "Binance backfill → NATS ({})",
-        klinebus_svc::redact_url(&config.nats.url)
-    );
+    println!("Binance backfill → NATS ({})", config.nats.url);
     println!("Symbols:    {}", syms.join(", "));
     println!("Timeframes: {}", tfs.join(", "));
     match window {
