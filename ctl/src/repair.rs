@@ -168,7 +168,7 @@ pub async fn repair(
         )
         .await
         {
-            let _ = writeln!(out, "Not caught up: {e}");
+            let _ = writeln!(out, "Not caught up: {}", klinebus_svc::error_line(&e));
         }
     }
     Ok(Repaired {

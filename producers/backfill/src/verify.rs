@@ -25,12 +25,15 @@ pub const DEFAULT_VERIFY_CONSUMER: &str = klinebus_schemas::streams::PG_SINK_DUR
 #[derive(Debug, thiserror::Error)]
 pub enum WaitError {
     /// The consumer or stream could not be read.
-    #[error("cannot read consumer {consumer} of {KLINES_STREAM}: {msg}")]
+    #[error("cannot read consumer {consumer} of {KLINES_STREAM}{hint}")]
     Consumer {
         /// Consumer name.
         consumer: String,
-        /// Why.
-        msg: String,
+        /// What to check, when the server says the consumer does not exist (else empty).
+        hint: String,
+        /// The server's or client's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// Still behind when the time was up.
     #[error("consumer {consumer} still has {pending} messages to deliver and {ack_pending} unacknowledged after {waited:?}")]
@@ -61,9 +64,16 @@ pub async fn wait_until_consumed(
     cancel: &CancellationToken,
 ) -> Result<(), WaitError> {
     let started = Instant::now();
-    let fail = |msg: String| WaitError::Consumer {
-        consumer: consumer.to_owned(),
-        msg,
+    let fail = |lookup: Lookup| {
+        let (hint, source) = match lookup {
+            Lookup::Missing { hint, source } => (hint, source),
+            Lookup::Unavailable(source) => (String::new(), source),
+        };
+        WaitError::Consumer {
+            consumer: consumer.to_owned(),
+            hint,
+            source,
+        }
     };
     loop {
         match consumer_info(js, consumer).await {
@@ -77,10 +87,11 @@ pub async fn wait_until_consumed(
                 });
             }
             Ok(_) => {}
-            Err(Lookup::Missing(msg)) => return Err(fail(msg)),
-            Err(Lookup::Unavailable(msg)) if started.elapsed() >= timeout => return Err(fail(msg)),
-            Err(Lookup::Unavailable(msg)) => {
-                tracing::warn!(consumer, error = %msg, "cannot read the consumer yet; asking again");
+            Err(missing @ Lookup::Missing { .. }) => return Err(fail(missing)),
+            Err(unavailable) if started.elapsed() >= timeout => return Err(fail(unavailable)),
+            Err(Lookup::Unavailable(e)) => {
+                tracing::warn!(consumer, error = %klinebus_svc::error_line(e.as_ref()),
+                    "cannot read the consumer yet; asking again");
             }
         }
         tokio::select! {
@@ -92,28 +103,40 @@ pub async fn wait_until_consumed(
 
 enum Lookup {
     /// The server says the stream or consumer does not exist.
-    Missing(String),
+    Missing {
+        /// What to check (may be empty).
+        hint: String,
+        /// The server's answer.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// No answer, or not a usable one (worth asking again).
-    Unavailable(String),
+    Unavailable(Box<dyn std::error::Error + Send + Sync>),
 }
 
 async fn consumer_info(js: &Context, consumer: &str) -> Result<consumer::Info, Lookup> {
     let stream = match js.get_stream(KLINES_STREAM).await {
         Ok(s) => s,
         Err(e) if matches!(e.kind(), GetStreamErrorKind::JetStream(_)) => {
-            return Err(Lookup::Missing(e.to_string()))
+            return Err(Lookup::Missing {
+                hint: String::new(),
+                source: Box::new(e),
+            })
         }
-        Err(e) => return Err(Lookup::Unavailable(e.to_string())),
+        Err(e) => return Err(Lookup::Unavailable(Box::new(e))),
     };
     stream
         .consumer_info(consumer)
         .await
         .map_err(|e| match e.kind() {
-            ConsumerInfoErrorKind::NotFound | ConsumerInfoErrorKind::InvalidName => Lookup::Missing(
-                format!("{e} (is the sink that consumes it, e.g. kline-pg-sink --consumer {consumer}, running against this NATS?)"),
-            ),
-            ConsumerInfoErrorKind::StreamNotFound => Lookup::Missing(e.to_string()),
-            _ => Lookup::Unavailable(e.to_string()),
+            ConsumerInfoErrorKind::NotFound | ConsumerInfoErrorKind::InvalidName => Lookup::Missing {
+                hint: format!(" (is the sink that consumes it, e.g. kline-pg-sink --consumer {consumer}, running against this NATS?)"),
+                source: Box::new(e),
+            },
+            ConsumerInfoErrorKind::StreamNotFound => Lookup::Missing {
+                hint: String::new(),
+                source: Box::new(e),
+            },
+            _ => Lookup::Unavailable(Box::new(e)),
         })
 }
 
