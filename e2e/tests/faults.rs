@@ -83,17 +83,7 @@ async fn caught_up(pool: &PgPool, cutoff: i64) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn live_pipeline_under_faults_stores_exactly_the_exchange_candles() {
-    let sim = binance_sim::spawn(binance_sim::Config::parse_from([
-        "binance-sim",
-        "--start-time",
-        &T0.to_string(),
-        "--speed",
-        SPEED,
-        "--symbols",
-        &SYMBOLS.join(","),
-    ]))
-    .await
-    .unwrap();
+    let sim = support::sim(T0, &["--speed", SPEED, "--symbols", &SYMBOLS.join(",")]).await;
     let t = Timeline {
         started: Instant::now(),
         clock: sim.clock(),

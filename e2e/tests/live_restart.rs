@@ -10,7 +10,6 @@
 
 use std::time::Duration;
 
-use clap::Parser;
 use klinebus_schemas::Interval;
 use klinebus_testkit::{NatsServer, TestDb};
 
@@ -63,17 +62,7 @@ enum Stop {
 }
 
 async fn restart_after(stop: Stop) {
-    let sim = binance_sim::spawn(binance_sim::Config::parse_from([
-        "binance-sim",
-        "--start-time",
-        &T0.to_string(),
-        "--speed",
-        "60",
-        "--symbols",
-        &SYMBOLS.join(","),
-    ]))
-    .await
-    .unwrap();
+    let sim = support::sim(T0, &["--speed", "60", "--symbols", &SYMBOLS.join(",")]).await;
     let nats = NatsServer::start();
     let db = TestDb::fresh().await;
     let _sink = Proc::pg_sink(&nats.url(), &db.url, &[]);

@@ -10,7 +10,6 @@
 
 use std::time::{Duration, Instant};
 
-use clap::Parser;
 use futures::StreamExt;
 use klinebus_schemas::streams::{Retention, CANDLES_STREAM, KLINES_STREAM, SIGNALS_STREAM};
 use klinebus_schemas::{bus, Interval};
@@ -76,22 +75,95 @@ async fn caught_up(js: &async_nats::jetstream::Context, stream: &str, durable: &
     c.num_pending == 0 && c.num_ack_pending == 0 && c.ack_floor.stream_sequence >= last
 }
 
+/// The simulator (accelerated clock), a private nats-server and a fresh database.
+struct Setup {
+    sim: binance_sim::SimHandle,
+    nats: NatsServer,
+    db: TestDb,
+}
+
+async fn setup() -> Setup {
+    Setup {
+        sim: support::sim(T0, &["--speed", SPEED, "--symbols", &SYMBOLS.join(",")]).await,
+        nats: NatsServer::start(),
+        db: TestDb::fresh().await,
+    }
+}
+
+/// The environment every service process gets: as an operator's shell would set it.
+fn service_env(
+    sim: &binance_sim::SimHandle,
+    nats: &NatsServer,
+    db: &TestDb,
+) -> Vec<(&'static str, String)> {
+    vec![
+        ("NATS_URL", nats.url()),
+        ("DATABASE_URL", db.url.clone()),
+        ("METRICS_ADDR", "127.0.0.1:0".into()),
+        ("TRADING_PAIRS", SYMBOLS.join(",")),
+        ("TIMEFRAMES", "1m".into()),
+        ("BINANCE_REST_URL", sim.base_url()),
+        ("BINANCE_WS_URL", sim.ws_url()),
+    ]
+}
+
+fn as_pairs<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    env.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+fn start_pg_sink(env: &[(&str, &str)]) -> Proc {
+    let bin = env!("CARGO_BIN_EXE_e2e-kline-pg-sink");
+    Proc::start_with_env("kline-pg-sink", bin, &["--flush-interval-ms", "50"], env)
+}
+
+fn start_signals(env: &[(&str, &str)]) -> Proc {
+    let bin = env!("CARGO_BIN_EXE_e2e-kline-signals");
+    Proc::start_with_env("kline-signals", bin, &[], env)
+}
+
+fn start_live(env: &[(&str, &str)]) -> Proc {
+    Proc::start_with_env("kline-live", env!("CARGO_BIN_EXE_e2e-kline-live"), &[], env)
+}
+
+fn start_backfill(env: &[(&str, &str)]) -> Proc {
+    let bin = env!("CARGO_BIN_EXE_e2e-kline-backfill");
+    Proc::start_with_env(
+        "kline-backfill",
+        bin,
+        &["--days", "2", "--progress", "quiet"],
+        env,
+    )
+}
+
+/// Waits until the sink, then kline-signals, have processed everything the streams hold, then
+/// stops kline-signals and the sink with SIGTERM: both must exit cleanly.
+async fn drain_then_stop(
+    js: &async_nats::jetstream::Context,
+    timeout: Duration,
+    signals: Proc,
+    sink: Proc,
+) {
+    wait_until(
+        "the sink, then kline-signals, to process everything",
+        timeout,
+        || {
+            let js = js.clone();
+            async move {
+                caught_up(&js, KLINES_STREAM, "pg-sink").await && signals_caught_up(&js).await
+            }
+        },
+    )
+    .await;
+    let status = signals.terminate().await;
+    assert!(status.success(), "kline-signals on SIGTERM: {status}");
+    let status = sink.terminate().await;
+    assert!(status.success(), "kline-pg-sink on SIGTERM: {status}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_live_candle_gets_one_signal_with_the_readme_start_order() {
     let started = Instant::now();
-    let sim = binance_sim::spawn(binance_sim::Config::parse_from([
-        "binance-sim",
-        "--start-time",
-        &T0.to_string(),
-        "--speed",
-        SPEED,
-        "--symbols",
-        &SYMBOLS.join(","),
-    ]))
-    .await
-    .unwrap();
-    let nats = NatsServer::start();
-    let db = TestDb::fresh().await;
+    let Setup { sim, nats, db } = setup().await;
     let client = bus::connect(&bus::BusOptions::new(nats.url(), "e2e-signals-order"))
         .await
         .unwrap();
@@ -99,38 +171,14 @@ async fn every_live_candle_gets_one_signal_with_the_readme_start_order() {
     bus::ensure_streams(&js, &Retention::default())
         .await
         .unwrap();
-    let (nats_url, rest, ws) = (nats.url(), sim.base_url(), sim.ws_url());
-    let symbols = SYMBOLS.join(",");
-    let common = [
-        ("NATS_URL", nats_url.as_str()),
-        ("DATABASE_URL", db.url.as_str()),
-        ("METRICS_ADDR", "127.0.0.1:0"),
-        ("TRADING_PAIRS", symbols.as_str()),
-        ("TIMEFRAMES", "1m"),
-        ("BINANCE_REST_URL", rest.as_str()),
-        ("BINANCE_WS_URL", ws.as_str()),
-    ];
+    let env = service_env(&sim, &nats, &db);
+    let common = as_pairs(&env);
 
     // The sinks run first, as in the README.
-    let sink = Proc::start_with_env(
-        "kline-pg-sink",
-        env!("CARGO_BIN_EXE_e2e-kline-pg-sink"),
-        &["--flush-interval-ms", "50"],
-        &common,
-    );
-    let signals_proc = Proc::start_with_env(
-        "kline-signals",
-        env!("CARGO_BIN_EXE_e2e-kline-signals"),
-        &[],
-        &common,
-    );
+    let sink = start_pg_sink(&common);
+    let signals_proc = start_signals(&common);
     // kline-live first: it covers from now on …
-    let live = Proc::start_with_env(
-        "kline-live",
-        env!("CARGO_BIN_EXE_e2e-kline-live"),
-        &[],
-        &common,
-    );
+    let live = start_live(&common);
     let pool = db.pool.clone();
     wait_until(
         "the first live candles, announced and processed",
@@ -164,12 +212,7 @@ async fn every_live_candle_gets_one_signal_with_the_readme_start_order() {
     );
 
     // … and the bootstrap everything before.
-    let mut backfill = Proc::start_with_env(
-        "kline-backfill",
-        env!("CARGO_BIN_EXE_e2e-kline-backfill"),
-        &["--days", "2", "--progress", "quiet"],
-        &common,
-    );
+    let mut backfill = start_backfill(&common);
     let status = backfill.wait(Duration::from_secs(60)).await;
     assert!(status.success(), "kline-backfill: {status:?}");
     eprintln!("[{:5.1}s] backfill done", started.elapsed().as_secs_f64());
@@ -190,21 +233,7 @@ async fn every_live_candle_gets_one_signal_with_the_readme_start_order() {
     .await;
     let status = live.terminate().await;
     assert!(status.success(), "live on SIGTERM: {status}");
-    wait_until(
-        "the sink, then kline-signals, to process everything",
-        Duration::from_secs(30),
-        || {
-            let js = js.clone();
-            async move {
-                caught_up(&js, KLINES_STREAM, "pg-sink").await && signals_caught_up(&js).await
-            }
-        },
-    )
-    .await;
-    let status = signals_proc.terminate().await;
-    assert!(status.success(), "signals_proc on SIGTERM: {status}");
-    let status = sink.terminate().await;
-    assert!(status.success(), "sink on SIGTERM: {status}");
+    drain_then_stop(&js, Duration::from_secs(30), signals_proc, sink).await;
     eprintln!(
         "[{:5.1}s] pipeline stopped",
         started.elapsed().as_secs_f64()
@@ -271,61 +300,20 @@ async fn every_live_candle_gets_one_signal_with_the_readme_start_order() {
 /// candles before it started, live or not, may only warm the series).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_reverse_start_order_ends_with_the_exchange_candles_and_a_signal_each() {
-    let sim = binance_sim::spawn(binance_sim::Config::parse_from([
-        "binance-sim",
-        "--start-time",
-        &T0.to_string(),
-        "--speed",
-        SPEED,
-        "--symbols",
-        &SYMBOLS.join(","),
-    ]))
-    .await
-    .unwrap();
-    let nats = NatsServer::start();
-    let db = TestDb::fresh().await;
-    let (nats_url, rest, ws) = (nats.url(), sim.base_url(), sim.ws_url());
-    let symbols = SYMBOLS.join(",");
-    let common = [
-        ("NATS_URL", nats_url.as_str()),
-        ("DATABASE_URL", db.url.as_str()),
-        ("METRICS_ADDR", "127.0.0.1:0"),
-        ("TRADING_PAIRS", symbols.as_str()),
-        ("TIMEFRAMES", "1m"),
-        ("BINANCE_REST_URL", rest.as_str()),
-        ("BINANCE_WS_URL", ws.as_str()),
-    ];
-    let mut backfill = Proc::start_with_env(
-        "kline-backfill",
-        env!("CARGO_BIN_EXE_e2e-kline-backfill"),
-        &["--days", "2", "--progress", "quiet"],
-        &common,
-    );
+    let Setup { sim, nats, db } = setup().await;
+    let env = service_env(&sim, &nats, &db);
+    let common = as_pairs(&env);
+    let mut backfill = start_backfill(&common);
     let window_start = Interval::M1.align(sim.clock().now_ms() - 2 * 86_400_000);
     let status = backfill.wait(Duration::from_secs(60)).await;
     assert!(status.success(), "kline-backfill: {status:?}");
     let live_from = Interval::M1.next_open(sim.clock().now_ms());
-    let live = Proc::start_with_env(
-        "kline-live",
-        env!("CARGO_BIN_EXE_e2e-kline-live"),
-        &[],
-        &common,
-    );
+    let live = start_live(&common);
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let sink = Proc::start_with_env(
-        "kline-pg-sink",
-        env!("CARGO_BIN_EXE_e2e-kline-pg-sink"),
-        &["--flush-interval-ms", "50"],
-        &common,
-    );
+    let sink = start_pg_sink(&common);
     // The contract: a signal for every candle that closes while kline-signals runs.
     let signals_from = Interval::M1.next_open(sim.clock().now_ms());
-    let signals_proc = Proc::start_with_env(
-        "kline-signals",
-        env!("CARGO_BIN_EXE_e2e-kline-signals"),
-        &[],
-        &common,
-    );
+    let signals_proc = start_signals(&common);
     let pool = db.pool.clone();
     wait_until("live candles stored", Duration::from_secs(60), || {
         let pool = pool.clone();
@@ -345,21 +333,7 @@ async fn the_reverse_start_order_ends_with_the_exchange_candles_and_a_signal_eac
         .await
         .unwrap();
     let js = bus::jetstream(client, 1024);
-    wait_until(
-        "the sink, then kline-signals, to process everything",
-        Duration::from_secs(60),
-        || {
-            let js = js.clone();
-            async move {
-                caught_up(&js, KLINES_STREAM, "pg-sink").await && signals_caught_up(&js).await
-            }
-        },
-    )
-    .await;
-    let status = signals_proc.terminate().await;
-    assert!(status.success(), "kline-signals on SIGTERM: {status}");
-    let status = sink.terminate().await;
-    assert!(status.success(), "kline-pg-sink on SIGTERM: {status}");
+    drain_then_stop(&js, Duration::from_secs(60), signals_proc, sink).await;
 
     for s in SYMBOLS {
         let stored = closed(&db.pool, s, live_from).await;

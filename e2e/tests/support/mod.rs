@@ -99,6 +99,16 @@ impl Drop for Proc {
     }
 }
 
+/// `binance-sim` in this process, its clock starting at `start_ms`, with more flags.
+pub async fn sim(start_ms: i64, args: &[&str]) -> SimHandle {
+    let start = start_ms.to_string();
+    let mut all = vec!["binance-sim", "--start-time", start.as_str()];
+    all.extend_from_slice(args);
+    binance_sim::spawn(<binance_sim::Config as clap::Parser>::parse_from(all))
+        .await
+        .unwrap()
+}
+
 pub async fn sleep_ms(ms: u64) {
     tokio::time::sleep(Duration::from_millis(ms)).await;
 }
