@@ -154,13 +154,7 @@ pub async fn audit_once(
 ) -> Result<AuditRun, CtlError> {
     let started = Instant::now();
     let requests_before = rest.stats().requests;
-    let server_now = rest
-        .server_time()
-        .await
-        .map_err(|source| CtlError::Exchange {
-            what: format!("asking {} for its time", a.rest_url),
-            source,
-        })?;
+    let server_now = crate::exchange_time(rest, &a.rest_url).await?;
     // Halts and delistings become verdicts of their own, not holes to repair.
     let statuses = match kline_backfill::verify::exchange_statuses(rest, symbols).await {
         Ok(s) => s,

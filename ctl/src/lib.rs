@@ -77,6 +77,19 @@ impl CtlError {
     }
 }
 
+/// The exchange's clock, from `rest` (at `url`, for the error).
+pub(crate) async fn exchange_time(
+    rest: &klinebus_binance::RestClient,
+    url: &str,
+) -> Result<i64, CtlError> {
+    rest.server_time()
+        .await
+        .map_err(|source| CtlError::Exchange {
+            what: format!("asking {url} for its time"),
+            source,
+        })
+}
+
 /// Connects to the database.
 pub async fn pool(url: &str) -> Result<PgPool, CtlError> {
     Ok(PgPoolOptions::new()

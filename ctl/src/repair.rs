@@ -112,13 +112,7 @@ pub async fn repair(
     rest: &RestClient,
     cancel: &CancellationToken,
 ) -> Result<Repaired, CtlError> {
-    let server_now = rest
-        .server_time()
-        .await
-        .map_err(|source| CtlError::Exchange {
-            what: format!("asking {} for its time", a.rest_url),
-            source,
-        })?;
+    let server_now = crate::exchange_time(rest, &a.rest_url).await?;
     let plan = plan(report, server_now)?;
     let mut out = String::new();
     if plan.series.is_empty() {

@@ -18,7 +18,7 @@ pub mod signals;
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-pub use nats::NatsServer;
+pub use nats::{stored_payloads, NatsServer};
 pub use postgres::{admin_url, PgServer, TestDb};
 pub use signals::{fixture_candles, FixtureCandle};
 

@@ -272,3 +272,54 @@ impl Drop for NatsServer {
         self.stop();
     }
 }
+
+/// The payload of every message `stream` holds on `subject` (wildcards allowed), in stream
+/// order, read with an ordered consumer; empty if the stream holds nothing there.
+pub async fn stored_payloads(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+    subject: &str,
+) -> Vec<bytes::Bytes> {
+    use async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
+    use futures::StreamExt as _;
+
+    let fail = |what: &str, e: &dyn std::fmt::Display| -> ! {
+        panic!("reading {subject} from {stream}: {what}: {e}")
+    };
+    let mut s = js
+        .get_stream(stream)
+        .await
+        .unwrap_or_else(|e| fail("stream", &e));
+    let total = s
+        .info()
+        .await
+        .unwrap_or_else(|e| fail("info", &e))
+        .state
+        .messages;
+    if total == 0 {
+        return Vec::new();
+    }
+    let consumer = s
+        .create_consumer(OrderedConfig {
+            filter_subject: subject.into(),
+            deliver_policy: DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| fail("consumer", &e));
+    let mut msgs = consumer
+        .messages()
+        .await
+        .unwrap_or_else(|e| fail("messages", &e));
+    let mut out = Vec::new();
+    // A subject with no message sends nothing: the timeout ends the read.
+    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(500), msgs.next()).await {
+        let m = m.unwrap_or_else(|e| fail("message", &e));
+        let pending = m.info().map(|i| i.pending).unwrap_or(0);
+        out.push(m.payload.clone());
+        if pending == 0 {
+            break;
+        }
+    }
+    out
+}

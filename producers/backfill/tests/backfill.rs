@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
 use async_nats::jetstream::Context;
 use binance_sim::{Gap, SimHandle};
 use clap::Parser;
@@ -92,29 +91,11 @@ async fn backfill(e: &Env, plan: &Plan, cancel: &CancellationToken) -> Summary {
 
 /// Every event stored on `subject`, in stream order.
 async fn stored(js: &Context, subject: &str) -> Vec<KlineEvent> {
-    let stream = js.get_stream(KLINES_STREAM).await.unwrap();
-    let total = stream.clone().info().await.unwrap().state.messages;
-    if total == 0 {
-        return vec![];
-    }
-    let consumer = stream
-        .create_consumer(OrderedConfig {
-            filter_subject: subject.into(),
-            deliver_policy: DeliverPolicy::All,
-            ..Default::default()
-        })
+    klinebus_testkit::stored_payloads(js, KLINES_STREAM, subject)
         .await
-        .unwrap();
-    let mut msgs = consumer.messages().await.unwrap();
-    let mut out = Vec::new();
-    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(500), msgs.next()).await {
-        let m = m.unwrap();
-        out.push(codec::decode(&m.payload).unwrap());
-        if m.info().unwrap().pending == 0 {
-            break;
-        }
-    }
-    out
+        .iter()
+        .map(|p| codec::decode(p).unwrap())
+        .collect()
 }
 
 /// The stream holds exactly the sim's closed candles of every series, once each, value for value

@@ -6,11 +6,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
 use async_nats::jetstream::Context;
 use binance_sim::SimHandle;
 use clap::Parser;
-use futures::StreamExt;
 use kline_live::{run_live, LiveStats, Settings};
 use klinebus_binance::{RestClient, RestConfig, RetryPolicy, WeightLimiter};
 use klinebus_schemas::streams::{Retention, KLINES_STREAM};
@@ -100,23 +98,9 @@ impl Running {
 
 /// Every event stored on `subject`, in stream order.
 pub async fn stored(js: &Context, subject: &str) -> Vec<KlineEvent> {
-    let stream = js.get_stream(KLINES_STREAM).await.unwrap();
-    let consumer = stream
-        .create_consumer(OrderedConfig {
-            filter_subject: subject.into(),
-            deliver_policy: DeliverPolicy::All,
-            ..Default::default()
-        })
+    klinebus_testkit::stored_payloads(js, KLINES_STREAM, subject)
         .await
-        .unwrap();
-    let mut msgs = consumer.messages().await.unwrap();
-    let mut out = Vec::new();
-    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(500), msgs.next()).await {
-        let m = m.unwrap();
-        out.push(codec::decode(&m.payload).unwrap());
-        if m.info().unwrap().pending == 0 {
-            break;
-        }
-    }
-    out
+        .iter()
+        .map(|p| codec::decode(p).unwrap())
+        .collect()
 }
