@@ -107,6 +107,34 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
+/// kline-live (`--binary`, else the one beside this program) on `symbols` × `--timeframes`
+/// against the simulator and the private bus, with its pid.
+fn start_live(
+    args: &BenchArgs,
+    symbols: &str,
+    sim: &binance_sim::SimHandle,
+    nats: &NatsServer,
+) -> anyhow::Result<(tokio::process::Child, u32)> {
+    let binary = match args.binary.clone() {
+        Some(b) => b,
+        None => sibling("kline-live")?,
+    };
+    let metrics_addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let child = tokio::process::Command::new(&binary)
+        .env("TRADING_PAIRS", symbols)
+        .env("TIMEFRAMES", &args.timeframes)
+        .env("BINANCE_WS_URL", sim.ws_url())
+        .env("BINANCE_REST_URL", sim.base_url())
+        .env("NATS_URL", nats.url())
+        .env("METRICS_ADDR", metrics_addr.to_string())
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {}", binary.display()))?;
+    let pid = child.id().context("kline-live exited at once")?;
+    Ok((child, pid))
+}
+
 async fn run_cpu(args: BenchArgs) -> anyhow::Result<()> {
     let duration = args.duration.unwrap_or(Duration::from_secs(30));
     let symbols: Vec<String> = (0..args.symbols.unwrap_or(100))
@@ -121,24 +149,8 @@ async fn run_cpu(args: BenchArgs) -> anyhow::Result<()> {
     let sim = binance_sim::spawn(binance_sim::Config::parse_from(sim_args)).await?;
     let nats = NatsServer::try_start()?;
     let client = bus::connect(&bus::BusOptions::new(nats.url(), "live-bench")).await?;
-    let binary = match args.binary.clone() {
-        Some(b) => b,
-        None => sibling("kline-live")?,
-    };
-    let metrics_addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let mut sub = client.subscribe("klines.ws.>").await?;
-    let mut child = tokio::process::Command::new(&binary)
-        .env("TRADING_PAIRS", &joined)
-        .env("TIMEFRAMES", &args.timeframes)
-        .env("BINANCE_WS_URL", sim.ws_url())
-        .env("BINANCE_REST_URL", sim.base_url())
-        .env("NATS_URL", nats.url())
-        .env("METRICS_ADDR", metrics_addr.to_string())
-        .env("RUST_LOG", "warn")
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("starting {}", binary.display()))?;
-    let pid = child.id().context("kline-live exited at once")?;
+    let (mut child, pid) = start_live(&args, &joined, &sim, &nats)?;
     println!(
         "live-bench: {streams} streams ({} symbols × {}), warm-up {:?}, measuring {:?}",
         symbols.len(),
@@ -306,23 +318,7 @@ async fn measure_latency(args: &BenchArgs, db: &TestDb) -> anyhow::Result<()> {
         .with_context(|| format!("starting {}", sink_bin.display()))?;
     let sink_pid = sink.id().context("kline-pg-sink exited at once")?;
 
-    let live_bin = match args.binary.clone() {
-        Some(b) => b,
-        None => sibling("kline-live")?,
-    };
-    let metrics_addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-    let mut live = tokio::process::Command::new(&live_bin)
-        .env("TRADING_PAIRS", &joined)
-        .env("TIMEFRAMES", &args.timeframes)
-        .env("BINANCE_WS_URL", sim.ws_url())
-        .env("BINANCE_REST_URL", sim.base_url())
-        .env("NATS_URL", nats.url())
-        .env("METRICS_ADDR", metrics_addr.to_string())
-        .env("RUST_LOG", "warn")
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("starting {}", live_bin.display()))?;
-    let live_pid = live.id().context("kline-live exited at once")?;
+    let (mut live, live_pid) = start_live(args, &joined, &sim, &nats)?;
     println!(
         "live-bench latency: {streams} streams ({} symbols × {}), sim speed {}, warm-up {:?}, \
          measuring {:?}",
