@@ -419,7 +419,16 @@ async fn the_binaries_run_with_their_own_role_only() {
     loop {
         let mut candles = ops.get_stream("CANDLES").await.unwrap();
         let stored = candles.info().await.unwrap().state.messages;
-        let info = candles.consumer_info("signals").await.unwrap();
+        // kline-signals creates its durable once it is up (migrations, the ownership lock).
+        let Ok(info) = candles.consumer_info("signals").await else {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "kline-signals never created its durable\n{}",
+                nats.output()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
         if stored > 0 && info.num_pending == 0 && info.num_ack_pending == 0 {
             assert_eq!(info.delivered.stream_sequence, stored);
             break;
