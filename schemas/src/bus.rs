@@ -16,6 +16,7 @@ use async_nats::{Client, ConnectOptions, HeaderMap};
 
 use crate::closed::{ClosedCandles, ClosedCandlesRef, CLOSED_SCHEMA_VERSION};
 use crate::codec::{self, CONTENT_TYPE, CONTENT_TYPE_HEADER, SCHEMA_HEADER, SCHEMA_VERSION};
+use crate::page::PAGE_SCHEMA_VERSION;
 use crate::secret::{ConnUrl, Secret};
 use crate::streams::{all_streams, ConsumerSpec, Retention, StreamSpec};
 use crate::{subjects, KlineEvent};
@@ -283,6 +284,29 @@ pub async fn publish_event_to(
 /// Publishes a producer event on its `klines.…` subject (see [`publish_event_to`]).
 pub async fn publish_event(js: &Context, event: &KlineEvent) -> Result<PublishAckFuture, BusError> {
     publish_event_to(js, subjects::for_event(event), event).await
+}
+
+/// Publishes a page of closed candles of ONE series (ascending, at most
+/// [`MAX_PER_PAGE`](crate::page::MAX_PER_PAGE)) on a producer `subject` as one message, header
+/// `Klinebus-Schema: kline-page/1`, `Nats-Msg-Id` per [`ClosedCandles::msg_id`]. Returns the
+/// ack future; `None` for no candles.
+pub async fn publish_page(
+    js: &Context,
+    subject: String,
+    candles: &[KlineEvent],
+) -> Result<Option<PublishAckFuture>, BusError> {
+    let Some(id) = ClosedCandles::msg_id(candles) else {
+        return Ok(None);
+    };
+    let payload = codec::encode(&ClosedCandlesRef { candles })?;
+    let msg = PublishMessage::build()
+        .headers(headers_for(PAGE_SCHEMA_VERSION))
+        .payload(payload.into())
+        .message_id(id);
+    js.send_publish(subject.clone(), msg)
+        .await
+        .map(Some)
+        .map_err(|source| BusError::Publish { subject, source })
 }
 
 /// Publishes committed closed candles of ONE series (ascending, at most

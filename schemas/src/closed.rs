@@ -6,6 +6,8 @@
 //! [`MAX_PER_MESSAGE`] candles) keeps the broker's work per candle small — a message per candle
 //! doubled JetStream's load and halved the sink's throughput.
 
+use std::borrow::Borrow;
+
 use serde::{Deserialize, Serialize};
 
 use crate::event::InvalidEvent;
@@ -25,11 +27,11 @@ pub struct ClosedCandles {
     pub candles: Vec<KlineEvent>,
 }
 
-/// The same map, serialized from borrowed events.
+/// The same map, serialized from a slice of events or of references to them.
 #[derive(Serialize)]
-pub struct ClosedCandlesRef<'a> {
+pub struct ClosedCandlesRef<'a, T: Serialize = &'a KlineEvent> {
     /// See [`ClosedCandles::candles`].
-    pub candles: &'a [&'a KlineEvent],
+    pub candles: &'a [T],
 }
 
 /// Why a decoded [`ClosedCandles`] cannot be used.
@@ -87,8 +89,8 @@ impl ClosedCandles {
     /// `Nats-Msg-Id` of a message carrying `candles` (non-empty, one series, ascending):
     /// `<venue>:<symbol>:<interval>:<first open_time>` for one candle (the candle's own key),
     /// `…:<first>-<last>` for several.
-    pub fn msg_id(candles: &[&KlineEvent]) -> Option<String> {
-        let (first, last) = (candles.first()?, candles.last()?);
+    pub fn msg_id<E: Borrow<KlineEvent>>(candles: &[E]) -> Option<String> {
+        let (first, last) = (candles.first()?.borrow(), candles.last()?.borrow());
         Some(if candles.len() == 1 {
             first.candle_key()
         } else {
@@ -178,6 +180,6 @@ mod tests {
             ClosedCandles::msg_id(&[&a, &b]).unwrap(),
             format!("binance:BTCUSDT:1m:1749038400000-{}", b.open_time)
         );
-        assert_eq!(ClosedCandles::msg_id(&[]), None);
+        assert_eq!(ClosedCandles::msg_id::<&KlineEvent>(&[]), None);
     }
 }

@@ -7,6 +7,7 @@
 //! - [`interval`]: [`Interval`] — every Binance interval, calendar alignment, default history
 //!   depth, freshness limits, polling periods.
 //! - [`event`]: [`KlineEvent`] and [`Source`]; exact decimal strings; the dedup key.
+//! - [`page`]: a page of history (many closed candles of one series) in one message.
 //! - [`list`]: non-empty symbol and interval lists for `--symbols` / `--timeframes`.
 //! - [`decimal`]: reading the exchange's decimal text without floating point.
 //! - [`subjects`]: `klines.<source>.<venue>.<symbol>.<interval>` and the other subjects.
@@ -22,6 +23,7 @@ pub mod decimal;
 pub mod event;
 pub mod interval;
 pub mod list;
+pub mod page;
 pub mod secret;
 pub mod signal;
 pub mod streams;
