@@ -133,6 +133,7 @@ pub async fn repair(
         concurrency: CONCURRENCY,
         progress: ProgressMode::Quiet,
         resume: true,
+        fetch: kline_backfill::Fetch::Rest,
     };
     let summary = run_backfill(&plan, rest, js, options, cancel).await;
     out.push_str(&render(&plan, &summary));

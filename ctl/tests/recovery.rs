@@ -260,6 +260,7 @@ async fn verify_repair_backfills_the_gaps_through_the_backfill_code() {
         concurrency: 4,
         progress: ProgressMode::Quiet,
         resume: true,
+        fetch: kline_backfill::Fetch::Rest,
     };
     let holes = [
         ("BTCUSDT", from + 300 * MIN, from + 480 * MIN),

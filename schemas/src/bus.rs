@@ -221,6 +221,22 @@ pub fn consumer_config(spec: &ConsumerSpec, deliver: DeliverPolicy) -> pull::Con
     }
 }
 
+/// The `Klinebus-Schema` value of a message's headers, if any.
+pub fn schema_of(headers: Option<&HeaderMap>) -> Option<&str> {
+    headers
+        .and_then(|h| h.get(SCHEMA_HEADER))
+        .map(|v| v.as_str())
+}
+
+/// The candles of a message on a producer subject, oldest first: one event or a page
+/// ([`crate::page::decode_klines`], dispatching on the schema header).
+pub fn decode_klines(
+    headers: Option<&HeaderMap>,
+    payload: &[u8],
+) -> Result<Vec<KlineEvent>, crate::page::KlinesError> {
+    crate::page::decode_klines(schema_of(headers), payload)
+}
+
 /// Headers every klinebus message carries.
 pub fn schema_headers() -> HeaderMap {
     headers_for(SCHEMA_VERSION)

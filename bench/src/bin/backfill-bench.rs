@@ -104,6 +104,7 @@ async fn main() -> anyhow::Result<()> {
         concurrency: args.concurrency,
         progress: ProgressMode::Quiet,
         resume: true,
+        fetch: kline_backfill::Fetch::Rest,
     };
     let cancel = CancellationToken::new();
     if limits {

@@ -45,6 +45,22 @@ pub struct Config {
     #[arg(long, env = "BACKFILL_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub concurrency: u16,
 
+    /// Where history comes from: `auto` takes Binance's public archive (monthly files for
+    /// months that are over, daily files for the days of this month) and REST for the rest
+    /// (today, unpublished days, and any file missing, failing its checksum, truncated or with
+    /// holes); `archive` takes files only (nothing is fetched over REST); `rest` only REST.
+    #[arg(long, env = "BACKFILL_SOURCE", value_enum, default_value_t = SourceMode::Auto)]
+    pub source: SourceMode,
+
+    /// Base URL of Binance's public kline archive.
+    #[arg(long, env = "BINANCE_ARCHIVE_URL", default_value = klinebus_binance::archive::DEFAULT_ARCHIVE_URL)]
+    pub archive_url: String,
+
+    /// Archive files downloaded at the same time (whole process). The archive charges no
+    /// request weight.
+    #[arg(long, env = "BACKFILL_ARCHIVE_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub archive_concurrency: u16,
+
     /// Binance REST base URL.
     #[arg(long, env = "BINANCE_REST_URL", default_value = DEFAULT_REST_URL)]
     pub rest_url: String,
@@ -108,6 +124,17 @@ pub struct Config {
     /// PostgreSQL that `--verify` reads.
     #[command(flatten)]
     pub db: DbArgs,
+}
+
+/// Where history comes from (`--source`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SourceMode {
+    /// The archive where published, REST for the rest.
+    Auto,
+    /// Archive files only.
+    Archive,
+    /// REST only.
+    Rest,
 }
 
 /// How progress is shown.

@@ -16,6 +16,7 @@ const PLAIN_EVERY: Duration = Duration::from_secs(5);
 pub struct Progress {
     bars: Option<MultiProgress>,
     plain: bool,
+    silent: bool,
 }
 
 impl Progress {
@@ -26,6 +27,7 @@ impl Progress {
         Self {
             bars: bars.then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stdout())),
             plain: matches!(mode, ProgressMode::Plain) || (mode == ProgressMode::Auto && !tty),
+            silent: mode == ProgressMode::Silent,
         }
     }
 
@@ -54,6 +56,7 @@ impl Progress {
             b
         });
         SeriesProgress {
+            notes: (!self.silent).then(|| self.clone()),
             label,
             bar,
             plain: self.plain,
@@ -75,6 +78,8 @@ struct PlainState {
 
 /// Progress of one series.
 pub struct SeriesProgress {
+    /// Where [`SeriesProgress::note`] prints (none when silent).
+    notes: Option<Progress>,
     label: String,
     bar: Option<ProgressBar>,
     plain: bool,
@@ -103,6 +108,13 @@ impl SeriesProgress {
                 "  {}: {}/{} candles ({:.0}/s, ETA {eta})",
                 self.label, st.done, self.total, rate
             );
+        }
+    }
+
+    /// Prints a line about this series (the archive plan), unless the run is silent.
+    pub fn note(&self, line: &str) {
+        if let Some(p) = &self.notes {
+            p.println(line);
         }
     }
 

@@ -28,8 +28,9 @@ use async_nats::jetstream::context::GetStreamErrorKind;
 use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use async_nats::jetstream::Context;
 use futures::StreamExt;
+use klinebus_schemas::bus;
 use klinebus_schemas::streams::KLINES_STREAM;
-use klinebus_schemas::{codec, Interval, KlineEvent};
+use klinebus_schemas::Interval;
 
 use crate::plan::SeriesPlan;
 
@@ -77,8 +78,11 @@ pub async fn missing(js: &Context, series: &SeriesPlan) -> Result<Missing, Resum
         Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(whole),
         Err(e) => return Err(err(e.to_string())),
     };
-    let newest = match codec::decode::<KlineEvent>(&last.payload) {
-        Ok(ev) => ev.open_time,
+    let newest = match bus::decode_klines(Some(&last.headers), &last.payload)
+        .map(|c| c.last().map(|ev| ev.open_time))
+    {
+        Ok(Some(t)) => t,
+        Ok(None) => return Ok(whole),
         Err(e) => {
             tracing::warn!(%subject, error = %klinebus_svc::error_line(&e), "newest stored message undecodable; refetching the window");
             return Ok(whole);
@@ -108,7 +112,7 @@ pub async fn missing(js: &Context, series: &SeriesPlan) -> Result<Missing, Resum
             Ok(i) => (i.stream_sequence, i.pending),
             Err(e) => return Err(err(format!("message without JetStream info: {e}"))),
         };
-        if let Ok(ev) = codec::decode::<KlineEvent>(&msg.payload) {
+        for ev in bus::decode_klines(msg.headers.as_ref(), &msg.payload).unwrap_or_default() {
             if ev.closed
                 && ev.open_time >= from
                 && ev.open_time < scan_to

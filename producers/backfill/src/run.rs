@@ -6,11 +6,12 @@ use std::time::Instant;
 
 use async_nats::jetstream::Context;
 use futures::StreamExt;
-use klinebus_binance::{RestClient, RestConfig, RetryPolicy, WeightLimiter};
+use klinebus_binance::{ArchiveClient, RestClient, RestConfig, RetryPolicy, WeightLimiter};
 use klinebus_schemas::bus;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, ProgressMode};
+use crate::archive::{ArchiveSource, Fetch};
+use crate::config::{Config, ProgressMode, SourceMode};
 use crate::plan::{Plan, Window};
 use crate::progress::Progress;
 use crate::series::backfill_series;
@@ -18,7 +19,7 @@ use crate::summary::{completion_line, Summary};
 
 /// Knobs of [`run_backfill`].
 #[derive(Debug, Clone, Copy)]
-pub struct RunOptions {
+pub struct RunOptions<'a> {
     /// Series fetched at the same time.
     pub concurrency: usize,
     /// Progress display.
@@ -27,6 +28,8 @@ pub struct RunOptions {
     /// auditor turns it off: a candle missing from the table must be published again even when
     /// the stream holds it (outside the dedup window the sink stores it again).
     pub resume: bool,
+    /// REST only, or the archive first ([`Fetch`]).
+    pub fetch: Fetch<'a>,
 }
 
 /// Why a backfill could not start or run (each series' own failures are in its report).
@@ -44,6 +47,9 @@ pub enum BackfillError {
     /// The REST client could not be built, or the exchange did not answer.
     #[error("{0}")]
     Exchange(String, #[source] klinebus_binance::BinanceError),
+    /// The archive client could not be built.
+    #[error("the archive client for {0}")]
+    Archive(String, #[source] klinebus_binance::ArchiveError),
     /// NATS could not be reached or the streams made.
     #[error("{0}")]
     Bus(&'static str, #[source] klinebus_schemas::bus::BusError),
@@ -132,16 +138,40 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<RunResul
             Vec::new()
         }
     };
+    let archive = match config.source {
+        SourceMode::Rest => None,
+        SourceMode::Auto | SourceMode::Archive => Some(ArchiveSource::new(
+            ArchiveClient::new(&config.archive_url, config.request_timeout)
+                .map_err(|e| BackfillError::Archive(config.archive_url.clone(), e))?,
+            usize::from(config.archive_concurrency),
+        )),
+    };
+    let fetch = match (&archive, config.source) {
+        (Some(a), SourceMode::Archive) => Fetch::Archive(a),
+        (Some(a), _) => Fetch::Auto(a),
+        (None, _) => Fetch::Rest,
+    };
     let options = RunOptions {
         concurrency: usize::from(config.concurrency),
         progress: config.progress,
         resume: true,
+        fetch,
     };
     let syms: Vec<_> = config.symbols.0.iter().map(|s| s.as_str()).collect();
     let tfs: Vec<_> = config.timeframes.0.iter().map(|i| i.as_str()).collect();
     println!("Binance backfill → NATS ({})", config.nats.url);
     println!("Symbols:    {}", syms.join(", "));
     println!("Timeframes: {}", tfs.join(", "));
+    match &archive {
+        Some(a) if config.source == SourceMode::Archive => {
+            println!("Source:     archive only ({})", a.base_url())
+        }
+        Some(a) => println!(
+            "Source:     archive ({}) for published months and days, REST for the rest",
+            a.base_url()
+        ),
+        None => println!("Source:     REST"),
+    }
     match window {
         Window::Days(Some(d)) => println!("History:    {d} days"),
         Window::Days(None) => println!("History:    default days per timeframe"),
@@ -251,7 +281,7 @@ pub async fn run_backfill(
     plan: &Plan,
     rest: &RestClient,
     js: &Context,
-    options: RunOptions,
+    options: RunOptions<'_>,
     shutdown: &CancellationToken,
 ) -> Summary {
     let started = Instant::now();
@@ -271,6 +301,7 @@ pub async fn run_backfill(
                     plan.server_now_ms,
                     &bar,
                     options.resume,
+                    options.fetch,
                     shutdown,
                 )
                 .await;

@@ -5,6 +5,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
+use async_nats::jetstream::context::PublishAckFuture;
 use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 use async_nats::jetstream::publish::PublishAck;
 use async_nats::jetstream::Context;
@@ -12,9 +13,9 @@ use klinebus_binance::{BinanceError, RestClient, MAX_KLINES_LIMIT};
 use klinebus_schemas::bus::{self, BusError};
 use klinebus_schemas::{KlineEvent, Source};
 use klinebus_svc::Backoff;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::archive::Fetch;
 use crate::plan::SeriesPlan;
 use crate::progress::SeriesProgress;
 use crate::resume;
@@ -34,15 +35,13 @@ const RETRY_PAUSE_MAX: Duration = Duration::from_secs(5);
 
 /// Why a series stopped early.
 #[derive(Debug, thiserror::Error)]
-enum Stop {
+pub(crate) enum Stop {
     #[error(transparent)]
     Binance(#[from] BinanceError),
     #[error(transparent)]
     Resume(#[from] resume::ResumeError),
     #[error("publish")]
     Publish(#[source] BusError),
-    #[error("ack task failed")]
-    AckTask(#[source] tokio::task::JoinError),
     #[error("publish refused")]
     Refused(#[source] PublishError),
     #[error("{candles} candles not acknowledged after {PUBLISH_RETRIES} republishing rounds")]
@@ -57,33 +56,51 @@ enum Stop {
     Cancelled,
 }
 
-struct Run<'a> {
-    plan: &'a SeriesPlan,
+pub(crate) struct Run<'a> {
+    pub(crate) plan: &'a SeriesPlan,
     rest: &'a RestClient,
     js: &'a Context,
-    server_now_ms: i64,
-    progress: &'a SeriesProgress,
+    pub(crate) server_now_ms: i64,
+    pub(crate) progress: &'a SeriesProgress,
     /// Skip what the stream holds (see [`crate::RunOptions::resume`]).
     resume: bool,
+    /// REST only, or the archive first.
+    pub(crate) fetch: Fetch<'a>,
     /// Checked before each REST request, never in the middle of publishing a page, so every
     /// candle sent to the bus is also counted.
-    cancel: &'a CancellationToken,
-    report: SeriesReport,
+    pub(crate) cancel: &'a CancellationToken,
+    pub(crate) report: SeriesReport,
     /// Pages published and not yet confirmed, oldest first.
     acks: VecDeque<Page>,
     /// Some candle of the series is known to exist before the current position.
-    listed: bool,
+    pub(crate) listed: bool,
+    /// Candles REST delivered so far (published or not yet acknowledged): tells a file's hole
+    /// that REST filled from an exchange gap.
+    pub(crate) rest_sent: u64,
     /// A page ran out of republishing rounds: the broker is gone, and the pages still in
     /// flight are settled without waiting through rounds of their own.
     gave_up: bool,
 }
 
-/// A published page: its candles (to republish what is not acknowledged) and a task awaiting
-/// its acks, so that ack permits are released as acks arrive whatever this series is doing
-/// (unpolled ack futures would hold the other series' publishes on the shared in-flight limit).
+/// A published page: its candles (to republish if not acknowledged), where they came from, and
+/// the ack of its one message (`kline-page/1`).
 struct Page {
     events: Vec<KlineEvent>,
-    acks: JoinHandle<Vec<AckResult>>,
+    origin: Origin,
+    ack: Sent,
+}
+
+/// Where a page's candles came from, for the per-source counts of the summary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Origin {
+    Rest,
+    Archive,
+}
+
+/// A page's publish: its ack future, or the reason it could not even be sent (to retry).
+enum Sent {
+    Pending(PublishAckFuture),
+    Unsent(PublishErrorKind),
 }
 
 type AckResult = Result<PublishAck, PublishError>;
@@ -100,6 +117,7 @@ fn retryable(e: &PublishError) -> bool {
 }
 
 /// Backfills one series; never panics, every outcome is in the report.
+#[allow(clippy::too_many_arguments)]
 pub async fn backfill_series(
     plan: &SeriesPlan,
     rest: &RestClient,
@@ -107,6 +125,7 @@ pub async fn backfill_series(
     server_now_ms: i64,
     progress: &SeriesProgress,
     resume: bool,
+    fetch: Fetch<'_>,
     cancel: &CancellationToken,
 ) -> SeriesReport {
     let mut run = Run {
@@ -116,6 +135,7 @@ pub async fn backfill_series(
         server_now_ms,
         progress,
         resume,
+        fetch,
         cancel,
         report: SeriesReport {
             symbol: plan.symbol.clone(),
@@ -129,10 +149,17 @@ pub async fn backfill_series(
             listed_ms: None,
             since_halt: 0,
             requests: 0,
+            from_rest: 0,
+            from_archive: 0,
+            archive_files: 0,
+            archive_faults: Vec::new(),
+            not_in_archive: 0,
+            not_published: 0,
             status: Status::Complete,
         },
         acks: VecDeque::new(),
         listed: false,
+        rest_sent: 0,
         gave_up: false,
     };
     let fetched = run.fetch_all().await;
@@ -141,6 +168,10 @@ pub async fn backfill_series(
     run.report.status = match (fetched, flushed) {
         (Err(Stop::Cancelled), _) => Status::Cancelled,
         (Err(e), _) | (Ok(()), Err(e)) => Status::Failed(klinebus_svc::error_line(&e)),
+        (Ok(()), Ok(())) if run.report.not_in_archive > 0 => Status::Failed(format!(
+            "{} candles not in the archive (--source auto fetches them over REST)",
+            run.report.not_in_archive
+        )),
         (Ok(()), Ok(())) if run.report.gaps.is_empty() => Status::Complete,
         (Ok(()), Ok(())) => Status::Gaps,
     };
@@ -164,12 +195,18 @@ impl Run<'_> {
                 // Resuming inside the window: the candle before `start` was stored by an earlier run.
                 self.listed = true;
             }
-            self.fetch_range(start, end).await?;
+            match self.fetch {
+                Fetch::Rest => self.fetch_range(start, end).await?,
+                Fetch::Auto(archive) | Fetch::Archive(archive) => {
+                    self.fetch_archived(archive, start, end).await?
+                }
+            }
         }
         Ok(())
     }
 
-    async fn fetch_range(&mut self, start: i64, end: i64) -> Result<(), Stop> {
+    /// Fetches open times `[start, end)` over REST, a page at a time.
+    pub(crate) async fn fetch_range(&mut self, start: i64, end: i64) -> Result<(), Stop> {
         let iv = self.plan.interval;
         let mut cursor = start;
         while cursor < end {
@@ -198,7 +235,8 @@ impl Run<'_> {
                 expect = iv.next_open(row.open_time);
                 self.listed = true;
             }
-            self.publish(events).await?;
+            self.rest_sent += events.len() as u64;
+            self.publish(events, Origin::Rest).await?;
             if !full_page && expect < end {
                 // Binance returns the next `limit` existing candles: a short page means nothing
                 // exists in [expect, end).
@@ -282,111 +320,98 @@ impl Run<'_> {
         }
     }
 
-    /// Sends the candles in order and returns a task awaiting their acks, one result per
-    /// candle. A candle the client cannot even send (the broker away for longer than the
-    /// client waits for room) fails with that error, as do the rest after it, unsent.
-    async fn send(&self, events: &[KlineEvent]) -> Result<JoinHandle<Vec<AckResult>>, Stop> {
-        let subject = self.plan.subject();
-        let mut acks = Vec::with_capacity(events.len());
-        let mut unsent = None;
-        for ev in events {
-            match bus::publish_event_to(self.js, subject.clone(), ev).await {
-                Ok(ack) => acks.push(ack),
-                Err(BusError::Publish { source, .. }) if retryable(&source) => {
-                    unsent = Some(source.kind());
-                    break;
-                }
-                Err(e) => return Err(Stop::Publish(e)),
+    /// Sends `events` (one series, ascending, at most a page) as one page message.
+    async fn send(&self, events: &[KlineEvent]) -> Result<Sent, Stop> {
+        match bus::publish_page(self.js, self.plan.subject(), events).await {
+            Ok(Some(ack)) => Ok(Sent::Pending(ack)),
+            Ok(None) => Ok(Sent::Unsent(PublishErrorKind::Other)),
+            Err(BusError::Publish { source, .. }) if retryable(&source) => {
+                Ok(Sent::Unsent(source.kind()))
             }
+            Err(e) => Err(Stop::Publish(e)),
         }
-        let n = events.len();
-        // In order, in one task: the server acks a connection's publishes in order, and this
-        // costs no per-future task as join_all's FuturesOrdered does (about 7 % of the
-        // producer's CPU in perf).
-        let deadline = tokio::time::Instant::now() + PAGE_ACK_WAIT;
-        Ok(tokio::spawn(async move {
-            let mut results = bus::await_acks(acks, deadline).await;
-            if let Some(kind) = unsent {
-                results.resize_with(n, || Err(PublishError::new(kind)));
-            }
-            results
-        }))
     }
 
-    async fn publish(&mut self, events: Vec<KlineEvent>) -> Result<(), Stop> {
-        let acks = self.send(&events).await?;
-        self.acks.push_back(Page { events, acks });
+    /// Publishes a page (nothing for no candles), keeping at most [`PAGES_IN_FLIGHT`]
+    /// unconfirmed.
+    pub(crate) async fn publish(
+        &mut self,
+        events: Vec<KlineEvent>,
+        origin: Origin,
+    ) -> Result<(), Stop> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let ack = self.send(&events).await?;
+        self.acks.push_back(Page {
+            events,
+            origin,
+            ack,
+        });
         while self.acks.len() > PAGES_IN_FLIGHT {
             self.flush_oldest().await?;
         }
         Ok(())
     }
 
-    /// Settles the oldest page: counts what was stored and republishes what was not
+    /// Settles the oldest page: counts what was stored and republishes it while not
     /// acknowledged, up to [`PUBLISH_RETRIES`] rounds.
     async fn flush_oldest(&mut self) -> Result<(), Stop> {
-        let Some(Page { mut events, acks }) = self.acks.pop_front() else {
+        let Some(Page {
+            events,
+            origin,
+            mut ack,
+        }) = self.acks.pop_front()
+        else {
             return Ok(());
         };
-        let mut results = acks.await.map_err(Stop::AckTask)?;
         let mut pause = Backoff::jittered(RETRY_PAUSE_MIN, RETRY_PAUSE_MAX);
         let mut round = 0;
         loop {
-            let mut unconfirmed = Vec::new();
-            let mut last_err = None;
-            let mut refused = None;
-            let mut stored = 0;
-            for (ev, r) in events.into_iter().zip(results) {
-                match r {
-                    Ok(ack) => {
-                        if ack.duplicate {
-                            self.report.duplicates += 1;
-                        } else {
-                            self.report.published += 1;
-                        }
-                        stored += 1;
+            let result: AckResult = match ack {
+                Sent::Pending(fut) => tokio::time::timeout(PAGE_ACK_WAIT, fut)
+                    .await
+                    .unwrap_or_else(|_| Err(PublishError::new(PublishErrorKind::TimedOut))),
+                Sent::Unsent(kind) => Err(PublishError::new(kind)),
+            };
+            let err = match result {
+                Ok(a) => {
+                    let n = events.len() as u64;
+                    if a.duplicate {
+                        self.report.duplicates += n;
+                    } else {
+                        self.report.published += n;
                     }
-                    Err(e) if retryable(&e) => {
-                        last_err = Some(e);
-                        unconfirmed.push(ev);
+                    match origin {
+                        Origin::Rest => self.report.from_rest += n,
+                        Origin::Archive => self.report.from_archive += n,
                     }
-                    Err(e) => {
-                        refused.get_or_insert(e);
-                    }
+                    self.count_stored(n);
+                    return Ok(());
                 }
-            }
-            self.count_stored(stored);
-            if let Some(e) = refused {
-                return Err(Stop::Refused(e));
-            }
-            let Some(err) = last_err else {
-                return Ok(());
+                Err(e) if retryable(&e) => e,
+                Err(e) => return Err(Stop::Refused(e)),
             };
             round += 1;
             if round > PUBLISH_RETRIES || self.gave_up {
                 self.gave_up = true;
                 return Err(Stop::Unacknowledged {
-                    candles: unconfirmed.len(),
+                    candles: events.len(),
                     last: err,
                 });
             }
             tracing::warn!(symbol = %self.plan.symbol, interval = %self.plan.interval,
-                candles = unconfirmed.len(), round, error = %err,
-                "publishes not acknowledged; republishing");
+                candles = events.len(), round, error = %err,
+                "page not acknowledged; republishing");
             let wait = pause.fail();
             tokio::select! {
                 biased;
                 () = self.cancel.cancelled() => {
-                    return Err(Stop::CancelledUnacknowledged(unconfirmed.len()));
+                    return Err(Stop::CancelledUnacknowledged(events.len()));
                 }
                 () = tokio::time::sleep(wait) => {}
             }
-            results = self
-                .send(&unconfirmed)
-                .await?
-                .await
-                .map_err(Stop::AckTask)?;
-            events = unconfirmed;
+            ack = self.send(&events).await?;
         }
     }
 

@@ -18,6 +18,19 @@ pub struct ExchangeGap {
     pub candles: u64,
 }
 
+/// An archive file that did not deliver all of its candles, and what stood in for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileFault {
+    /// The file's name (`BTCUSDT-1m-2024-06.zip`).
+    pub file: String,
+    /// `missing`, `checksum`, `corrupt`, `invalid rows`, `unavailable`, `holes` or `duplicates`.
+    pub fault: &'static str,
+    /// What exactly.
+    pub detail: String,
+    /// Candles REST delivered for the file's range instead.
+    pub rest_candles: u64,
+}
+
 /// How a series ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Status {
@@ -59,6 +72,18 @@ pub struct SeriesReport {
     pub since_halt: u64,
     /// REST requests this series made.
     pub requests: u64,
+    /// Candles stored from REST responses (published or duplicates).
+    pub from_rest: u64,
+    /// Candles stored from archive files.
+    pub from_archive: u64,
+    /// Archive files read (checksum verified).
+    pub archive_files: u64,
+    /// Archive files that did not deliver all their candles, in order.
+    pub archive_faults: Vec<FileFault>,
+    /// `--source archive`: candles of published files the archive did not deliver.
+    pub not_in_archive: u64,
+    /// `--source archive`: candles the archive cannot hold yet (today, unpublished days).
+    pub not_published: u64,
     /// The end state.
     pub status: Status,
 }
@@ -85,7 +110,7 @@ pub struct Summary {
     pub banned: u64,
 }
 
-fn ts(ms: i64) -> String {
+pub(crate) fn ts(ms: i64) -> String {
     Utc.timestamp_millis_opt(ms).single().map_or_else(
         || ms.to_string(),
         |t| t.format("%Y-%m-%d %H:%M:%SZ").to_string(),
@@ -153,6 +178,20 @@ impl Summary {
         let mut out = String::new();
         let _ = writeln!(out, "\n{}", "=".repeat(60));
         for s in &self.series {
+            for f in &s.archive_faults {
+                let _ = writeln!(
+                    out,
+                    "Archive fault {} {}: {} {} ({}); {} candles from REST instead",
+                    s.symbol, s.interval, f.file, f.fault, f.detail, f.rest_candles
+                );
+            }
+            if s.not_published > 0 {
+                let _ = writeln!(
+                    out,
+                    "Not in the archive yet {} {}: {} candles (today, unpublished days): left for REST",
+                    s.symbol, s.interval, s.not_published
+                );
+            }
             for g in &s.gaps {
                 let _ = writeln!(
                     out,
@@ -191,6 +230,16 @@ impl Summary {
             self.rest_requests,
             self.rate_limited,
             self.banned
+        );
+        let (archive, rest): (u64, u64) = self
+            .series
+            .iter()
+            .fold((0, 0), |(a, r), s| (a + s.from_archive, r + s.from_rest));
+        let files: u64 = self.series.iter().map(|s| s.archive_files).sum();
+        let faults: usize = self.series.iter().map(|s| s.archive_faults.len()).sum();
+        let _ = writeln!(
+            out,
+            "Sources: archive {archive} candles from {files} files ({faults} faults), REST {rest} candles"
         );
         let _ = writeln!(out, "Success: {}/{n}", self.succeeded());
         if self.with_gaps() > 0 {

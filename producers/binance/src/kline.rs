@@ -163,6 +163,19 @@ impl RestKline {
         server_now_ms: i64,
         received_at_ms: i64,
     ) -> Result<KlineEvent, BinanceError> {
+        self.clone()
+            .into_event(symbol, interval, source, server_now_ms, received_at_ms)
+    }
+
+    /// [`RestKline::to_event`], moving the decimal strings instead of copying them.
+    pub fn into_event(
+        self,
+        symbol: &Symbol,
+        interval: Interval,
+        source: Source,
+        server_now_ms: i64,
+        received_at_ms: i64,
+    ) -> Result<KlineEvent, BinanceError> {
         let closed = self.is_closed(server_now_ms);
         let event = KlineEvent {
             venue: Venue::binance(),
@@ -170,14 +183,14 @@ impl RestKline {
             interval,
             open_time: self.open_time,
             close_time: self.close_time,
-            open: self.open.clone(),
-            high: self.high.clone(),
-            low: self.low.clone(),
-            close: self.close.clone(),
-            volume: self.volume.clone(),
-            quote_volume: self.quote_volume.clone(),
-            taker_buy_base: self.taker_buy_base.clone(),
-            taker_buy_quote: self.taker_buy_quote.clone(),
+            open: self.open,
+            high: self.high,
+            low: self.low,
+            close: self.close,
+            volume: self.volume,
+            quote_volume: self.quote_volume,
+            taker_buy_base: self.taker_buy_base,
+            taker_buy_quote: self.taker_buy_quote,
             trades: self.trades,
             closed,
             event_time: if closed {

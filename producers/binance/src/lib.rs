@@ -7,6 +7,8 @@
 //!   [`klinebus_schemas::KlineEvent`].
 //! - [`ws`]: [`KlineSocket`] — combined kline streams, stream names, sharding (≤ 1024 per
 //!   connection); [`ws_event`]: strict frame parsing into validated events.
+//! - [`archive`]: [`ArchiveClient`] — the public kline archive (data.binance.vision):
+//!   paths, checksum-verified downloads, streamed CSV rows.
 //! - [`error`]: [`BinanceError`] kinds with [`BinanceError::is_retryable`].
 //!
 //! This crate knows HTTP and Binance, never NATS: publishing is the producers' job.
@@ -29,6 +31,7 @@
 //! # let _ = closed; Ok(()) }
 //! ```
 
+pub mod archive;
 pub mod error;
 pub mod kline;
 pub mod limiter;
@@ -36,6 +39,7 @@ pub mod rest;
 pub mod ws;
 pub mod ws_event;
 
+pub use archive::{ArchiveClient, ArchiveError, ArchiveFile, Period};
 pub use error::BinanceError;
 pub use kline::{parse_klines, RestKline};
 pub use limiter::{WeightLimiter, BINANCE_WEIGHT_LIMIT, DEFAULT_BUDGET};

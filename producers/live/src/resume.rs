@@ -17,7 +17,7 @@ use async_nats::jetstream::stream::{LastRawMessageError, LastRawMessageErrorKind
 use async_nats::jetstream::Context;
 use futures::StreamExt as _;
 use klinebus_schemas::streams::KLINES_STREAM;
-use klinebus_schemas::{codec, subjects, Interval, KlineEvent, Source, Symbol, Venue};
+use klinebus_schemas::{bus, subjects, Interval, KlineEvent, Source, Symbol, Venue};
 use tokio_util::sync::CancellationToken;
 
 use crate::series::Tracker;
@@ -129,8 +129,9 @@ async fn last_event(
     loop {
         match stream.get_last_raw_message_by_subject(subject).await {
             Ok(m) => {
-                return match codec::decode::<KlineEvent>(&m.payload) {
-                    Ok(ev) => Ok(Some(ev)),
+                // A page's newest candle is its last.
+                return match bus::decode_klines(Some(&m.headers), &m.payload) {
+                    Ok(mut candles) => Ok(candles.pop()),
                     // Undecodable: as if absent (this source does not move the point).
                     Err(e) => {
                         tracing::warn!(%subject, error = %klinebus_svc::error_line(&e), "newest stored message undecodable");
