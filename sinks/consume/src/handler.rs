@@ -11,8 +11,9 @@ use crate::decode::Poison;
 /// A boxed error from a handler.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
-/// One good (decoded, validated) message of a batch: a [`KlineEvent`] for producer subjects,
-/// or whatever the handler's [`Handler::decode`] makes of it.
+/// One good (decoded, validated) message of a batch: whatever the handler's
+/// [`Handler::decode`] makes of it (for producer subjects, the candles of
+/// [`decode_klines`](crate::decode_klines)).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivered<T = KlineEvent> {
     /// The decoded payload.
@@ -47,13 +48,24 @@ pub type Confirmation = Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send
 /// The sink side of the pull loop. `handle` must have a durable, idempotent effect before it
 /// returns `Ok`: the loop acks the batch only afterwards (at-least-once delivery).
 pub trait Handler: Send {
-    /// What one message decodes to ([`KlineEvent`] with [`decode_event`](crate::decode_event)).
+    /// What one message decodes to (`Vec<KlineEvent>` with
+    /// [`decode_klines`](crate::decode_klines)).
     type Item: Send + Sync;
     /// What `handle` hands on to `after_commit` (e.g. the rows that changed).
     type Committed: Send;
 
     /// Decodes and validates one message; poison is dead-lettered and never reaches `handle`.
     fn decode(&self, msg: &Message) -> Result<Self::Item, Poison>;
+
+    /// How much one message counts toward [`ConsumeOptions::batch_size`](crate::ConsumeOptions):
+    /// 1 by default (batches of messages), the candles it carries for a sink of pages
+    /// ([`klines_weight`](crate::klines_weight)). Read from the raw message, since batches are
+    /// collected ahead, while `handle` still has the handler. A batch holds at most
+    /// `batch_size` of weight, except a single message weighing more, which is a batch alone.
+    fn weight(msg: &Message) -> usize {
+        let _ = msg;
+        1
+    }
 
     /// Persists a batch. Called with at least one message. With
     /// [`Retry::InOrder`](crate::Retry::InOrder) a retryable failure calls it again with the

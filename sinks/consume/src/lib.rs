@@ -4,12 +4,13 @@
 //! [`Consumer`] on a durable JetStream pull consumer. Delivery is **at-least-once with an
 //! idempotent effect**:
 //!
-//! - [`batch`](crate::ConsumeOptions): messages are collected until `batch_size`, until
-//!   `flush_interval` after the first one, or until the stream is quiet for `idle_gap` —
+//! - [`batch`](crate::ConsumeOptions): messages are collected until they weigh `batch_size`
+//!   ([`Handler::weight`]: 1 a message by default, the candles of a page for kline-pg-sink),
+//!   until `flush_interval` after the first one, or until the stream is quiet for `idle_gap` —
 //!   whichever comes first, so a single candle never waits for the next message.
-//! - [`Handler::decode`]: the sink's decoder, e.g. [`decode_event`] (schema header,
-//!   MessagePack, `KlineEvent::validate`, subject ↔ payload) for producer events or
-//!   [`decode_closed`] for the closed-candle announcements on `CANDLES`.
+//! - [`Handler::decode`]: the sink's decoder, e.g. [`decode_klines`] (schema header,
+//!   MessagePack, `KlineEvent::validate`, a page's shape, subject ↔ every candle) for
+//!   producer messages or [`decode_closed`] for the closed-candle announcements on `CANDLES`.
 //! - [`dlq`]: poison is copied to `dlq.<consumer>` with `Klinebus-Dlq-Reason`/`-Subject`/
 //!   `-Consumer` headers, the copy's ack awaited, then the original terminated (`AckKind::Term`):
 //!   never dropped silently, never blocking, never redelivered forever.
@@ -48,7 +49,7 @@ mod options;
 mod progress;
 mod pull;
 
-pub use decode::{decode_closed, decode_event, Poison};
+pub use decode::{decode_closed, decode_klines, klines_weight, Poison};
 pub use handler::{BoxError, Confirmation, Delivered, Handler, HandlerError};
 pub use lag::{consumer_lag, ConsumerLag, Stats};
 pub use options::{ConsumeOptions, Retry, StartFrom};

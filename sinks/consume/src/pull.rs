@@ -171,6 +171,7 @@ impl Consumer {
             self.js.clone(),
             self.opts.clone(),
             consumer.clone(),
+            H::weight,
             in_flight.clone(),
             tx,
             stop_collector.clone(),
@@ -489,12 +490,23 @@ async fn finish_confirming(set: &mut JoinSet<()>, client: &async_nats::Client) {
     }
 }
 
+/// Bytes one pull request asks for at most, for batches weighing `size`: 1 KiB a unit, more
+/// than a single event (about 500 B with its headers) and three page candles (about 330 B
+/// each), so batches of single events are bounded by the message count as before, and pages by
+/// bytes: a few pages a request instead of `size` pages of a thousand candles. Never less than
+/// two of the largest messages the server takes, or one would not fit in a request at all.
+fn pull_bytes(size: usize, max_payload: usize) -> usize {
+    let floor = 2 * max_payload.max(1 << 20);
+    size.saturating_mul(1024).clamp(floor, floor.max(64 << 20))
+}
+
 /// Pulls batches and hands them over until `stop` fires (the partial batch is handed over
 /// too). Survives broker outages: the pull stream is rebuilt and the consumer fetched again.
 async fn collect_loop(
     js: Context,
     o: ConsumeOptions,
     mut consumer: PullConsumer,
+    weigh: fn(&jetstream::Message) -> usize,
     in_flight: Arc<InFlight>,
     tx: tokio::sync::mpsc::Sender<Batch>,
     stop: CancellationToken,
@@ -504,6 +516,9 @@ async fn collect_loop(
         flush_interval: o.flush_interval,
         idle_gap: o.idle_gap,
     };
+    // The message that did not fit into the last batch begins the next one (kept across
+    // rebuilds of the pull stream: its ack subject stays valid).
+    let mut carry = None;
     let durable = &o.spec.durable;
     let in_order = o.retry == Retry::InOrder;
     let mut stream_backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
@@ -518,6 +533,10 @@ async fn collect_loop(
         let messages = consumer
             .stream()
             .max_messages_per_batch(limits.size.min(20_000))
+            .max_bytes_per_batch(pull_bytes(
+                limits.size,
+                js.client().server_info().max_payload,
+            ))
             .heartbeat(Duration::from_secs(5))
             .expires(Duration::from_secs(30))
             .messages()
@@ -538,8 +557,8 @@ async fn collect_loop(
         };
         let mut errors = 0;
         loop {
-            let mut batch = Vec::with_capacity(limits.size);
-            let state = collect(&mut messages, &mut batch, limits, &stop).await;
+            let mut batch = Vec::with_capacity(limits.size.min(1024));
+            let state = collect(&mut messages, &mut batch, &mut carry, limits, weigh, &stop).await;
             if !batch.is_empty() {
                 errors = 0;
                 stream_backoff.reset();
@@ -553,7 +572,8 @@ async fn collect_loop(
                 Collected::Ready => {}
                 Collected::Shutdown if in_order => {
                     // Hand over what the pull already delivered, to be naked in order.
-                    let rest = buffered(&mut messages);
+                    let mut rest: Vec<_> = carry.take().into_iter().collect();
+                    rest.extend(buffered(&mut messages));
                     if !rest.is_empty() {
                         let tracked = in_flight.track(&rest);
                         let _ = tx.send((rest, tracked)).await;

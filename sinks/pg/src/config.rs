@@ -29,7 +29,9 @@ pub struct Config {
     #[arg(long, env = "SINK_FILTER_SUBJECT", default_value = "")]
     pub filter_subject: String,
 
-    /// Flush (one transaction) once this many messages are collected.
+    /// Flush (one transaction) once this many candles are collected: a single event is one, a
+    /// page (`kline-page/1`, backfill) up to 1000. A page larger than this is a flush of its
+    /// own. A lone candle is written at once (see --flush-interval-ms).
     #[arg(long, env = "SINK_BATCH_SIZE", default_value_t = 1500, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub batch_size: u32,
 

@@ -13,7 +13,9 @@ use async_nats::jetstream::context::{PublishAckFuture, PublishError};
 use async_nats::jetstream::Context;
 use async_nats::jetstream::Message;
 use klinebus_consume::db::is_fatal;
-use klinebus_consume::{decode_event, Confirmation, Delivered, Handler, HandlerError, Poison};
+use klinebus_consume::{
+    decode_klines, klines_weight, Confirmation, Delivered, Handler, HandlerError, Poison,
+};
 use klinebus_schemas::closed::MAX_PER_MESSAGE;
 use klinebus_schemas::{bus, Interval, KlineEvent, Symbol};
 use klinebus_svc::Health;
@@ -141,23 +143,33 @@ fn error_kind(e: &sqlx::Error) -> &'static str {
 }
 
 impl Handler for PgSink {
-    type Item = KlineEvent;
+    type Item = Vec<KlineEvent>;
     type Committed = Vec<KlineEvent>;
 
-    fn decode(&self, msg: &Message) -> Result<KlineEvent, Poison> {
-        decode_event(msg.subject.as_str(), msg.headers.as_ref(), &msg.payload)
+    fn decode(&self, msg: &Message) -> Result<Vec<KlineEvent>, Poison> {
+        decode_klines(msg.subject.as_str(), msg.headers.as_ref(), &msg.payload)
     }
 
-    async fn handle(&mut self, batch: &[Delivered]) -> Result<Vec<KlineEvent>, HandlerError> {
-        let rows = winners(batch.iter().map(|d| &d.event));
+    /// Candles, so that `--batch-size` bounds a flush whether they come one a message or a
+    /// page of a thousand.
+    fn weight(msg: &Message) -> usize {
+        klines_weight(msg.headers.as_ref(), &msg.payload)
+    }
+
+    async fn handle(
+        &mut self,
+        batch: &[Delivered<Vec<KlineEvent>>],
+    ) -> Result<Vec<KlineEvent>, HandlerError> {
+        let rows = winners(batch.iter().flat_map(|d| &d.event));
         // A redelivered closed candle may have been committed by its first delivery (by any
         // instance) without being announced: the write checks whether the table holds exactly
-        // that version, and it is announced again then.
+        // that version, and it is announced again then. A page comes back whole.
         let recheck: Vec<bool> = if self.js.is_some() && batch.iter().any(|d| d.delivered > 1) {
             let again: HashSet<_> = batch
                 .iter()
-                .filter(|d| d.delivered > 1 && d.event.closed)
-                .map(|d| key(&d.event))
+                .filter(|d| d.delivered > 1)
+                .flat_map(|d| d.event.iter().filter(|e| e.closed))
+                .map(key)
                 .collect();
             rows.iter()
                 .map(|r| r.closed && again.contains(&key(r)))
@@ -213,7 +225,7 @@ impl Handler for PgSink {
         metrics::counter!("klinebus_sink_rows_changed_total").increment(changed as u64);
         self.record_freshness(&rows);
         tracing::debug!(
-            events = batch.len(),
+            messages = batch.len(),
             rows = written.rows(),
             changed,
             elapsed_ms = elapsed.as_millis() as u64,
