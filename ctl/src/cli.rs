@@ -63,8 +63,19 @@ pub struct VerifyArgs {
     #[arg(long)]
     pub at: Option<String>,
     /// Print the report as JSON.
-    #[arg(long, conflicts_with = "repair")]
+    #[arg(long, conflicts_with_all = ["repair", "deep"])]
     pub json: bool,
+    /// Compare the stored closed candles with the exchange's field by field (REST pages of
+    /// 1000, weight-limited) instead of counting them; every difference is listed (20 per
+    /// series printed). With --repair, the exchange's version of each differing candle is
+    /// published (it supersedes the stored one), the sink is waited for and the candles are
+    /// compared again. Exit code 1 when a difference remains.
+    #[arg(long)]
+    pub deep: bool,
+    /// With --deep: compare N pages of up to 1000 stored candles chosen at random per series,
+    /// not all of them.
+    #[arg(long, requires = "deep")]
+    pub sample: Option<usize>,
     #[command(flatten)]
     pub repair: RepairArgs,
 }

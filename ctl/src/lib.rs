@@ -8,6 +8,7 @@
 pub mod alerts;
 pub mod audit;
 pub mod cli;
+pub mod deep;
 pub mod prune;
 pub mod repair;
 pub mod replay;

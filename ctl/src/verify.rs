@@ -48,6 +48,9 @@ pub async fn run(
     bus: &BusOptions,
     a: &VerifyArgs,
 ) -> Result<Outcome, CtlError> {
+    if a.deep {
+        return crate::deep::run(database_url, bus, a).await;
+    }
     let req = request(a, chrono::Utc::now().timestamp_millis())?;
     let report = check(database_url, &req).await;
     if !a.repair.enabled || report.is_ok() {

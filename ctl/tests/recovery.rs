@@ -386,6 +386,147 @@ async fn verify_repair_backfills_the_gaps_through_the_backfill_code() {
     sink.await.unwrap().unwrap();
 }
 
+/// `verify --deep` finds values changed in the table (counts alone cannot), names the fields,
+/// and with `--repair` stores the exchange's version of exactly those candles.
+#[tokio::test]
+async fn verify_deep_finds_changed_values_and_repairs_them() {
+    let sim = binance_sim::spawn(binance_sim::Config::parse_from([
+        "binance-sim",
+        "--start-time",
+        "2025-06-04T12:00:00Z",
+        "--symbols",
+        "BTCUSDT",
+    ]))
+    .await
+    .unwrap();
+    let nats = NatsServer::start();
+    let db = TestDb::fresh().await;
+    let js = bus_for(&nats).await;
+    let stop = CancellationToken::new();
+    let sink = start_sink(&nats, &db, &stop);
+    let at = sim.clock().now_ms();
+    let at_text = klinebus_verify::datetime(Interval::M1.align(at));
+    let (from, to) = klinebus_verify::window(Interval::M1, 1, Interval::M1.align(at));
+    let rest = RestClient::new(
+        RestConfig {
+            base_url: sim.base_url(),
+            ..RestConfig::default()
+        },
+        Arc::new(WeightLimiter::default()),
+    )
+    .unwrap();
+    let plan = Plan::build(
+        &["BTCUSDT".parse().unwrap()],
+        &[Interval::M1],
+        Window::Range {
+            from_ms: from,
+            to_ms: Some(to),
+        },
+        rest.server_time().await.unwrap(),
+    );
+    let opts = RunOptions {
+        concurrency: 1,
+        progress: ProgressMode::Quiet,
+        resume: true,
+        fetch: kline_backfill::Fetch::Rest,
+    };
+    let s = run_backfill(&plan, &rest, &js, opts, &CancellationToken::new()).await;
+    assert_eq!(s.published(), 1440, "{}", s.render());
+    wait_for_rows(&db, 1440).await;
+    let want = sim_rows(&sim, "BTCUSDT", from, to);
+    assert_eq!(stored_rows(&db, "BTCUSDT", from, to).await, want);
+
+    // Two stored candles go wrong (the counts stay right).
+    let (a, b) = (from + 100 * MIN, from + 1_300 * MIN);
+    sqlx::query(r#"UPDATE ohlcv_candles SET close = low WHERE "timestamp" = $1"#)
+        .bind(a)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query(r#"UPDATE ohlcv_candles SET trades = trades + 1 WHERE "timestamp" = $1"#)
+        .bind(b)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let sim_url = sim.base_url();
+    let deep = |extra: &[&str]| {
+        let mut args = vec![
+            "verify",
+            "--symbols",
+            "BTCUSDT",
+            "--timeframes",
+            "1m",
+            "--days",
+            "1",
+            "--at",
+            at_text.as_str(),
+            "--deep",
+            "--rest-url",
+            sim_url.as_str(),
+        ];
+        args.extend_from_slice(extra);
+        klinectl::run(cli(&db, &nats, &args))
+    };
+    let plain = klinectl::run(cli(
+        &db,
+        &nats,
+        &[
+            "verify",
+            "--symbols",
+            "BTCUSDT",
+            "--timeframes",
+            "1m",
+            "--days",
+            "1",
+            "--at",
+            at_text.as_str(),
+        ],
+    ))
+    .await
+    .unwrap();
+    assert_eq!(plain.code, 0, "counts alone see nothing: {}", plain.output);
+
+    let out = deep(&[]).await.unwrap();
+    assert_eq!(out.code, 1, "{}", out.output);
+    assert!(
+        out.output
+            .contains("Deep BTCUSDT 1m: 1440 candles compared, 2 differ"),
+        "{}",
+        out.output
+    );
+    assert!(
+        out.output
+            .contains(&format!("{}: close: ", klinebus_verify::datetime(a))),
+        "{}",
+        out.output
+    );
+    assert!(
+        out.output
+            .contains(&format!("{}: trades: ", klinebus_verify::datetime(b))),
+        "{}",
+        out.output
+    );
+
+    let out = deep(&["--repair", "--repair-wait", "30s"]).await.unwrap();
+    assert_eq!(out.code, 0, "{}", out.output);
+    assert!(
+        out.output.contains("published 2 corrections"),
+        "{}",
+        out.output
+    );
+    assert!(
+        out.output.contains("After repair: 0 candles differ"),
+        "{}",
+        out.output
+    );
+    assert_eq!(stored_rows(&db, "BTCUSDT", from, to).await, want);
+    let again = deep(&["--sample", "3"]).await.unwrap();
+    assert_eq!(again.code, 0, "{}", again.output);
+
+    stop.cancel();
+    sink.await.unwrap().unwrap();
+}
+
 #[test]
 fn repair_flags() {
     let parse = |args: &[&str]| Cli::try_parse_from([&["klinectl", "verify"], args].concat());

@@ -314,14 +314,24 @@ pub async fn publish_page(
     let Some(id) = ClosedCandles::msg_id(candles) else {
         return Ok(None);
     };
+    publish_page_as(js, subject, candles, id).await.map(Some)
+}
+
+/// [`publish_page`] with another `Nats-Msg-Id`: a correction of candles published before must
+/// not be dropped as their duplicate (`klinectl verify --deep --repair` appends `@<event_time>`).
+pub async fn publish_page_as(
+    js: &Context,
+    subject: String,
+    candles: &[KlineEvent],
+    msg_id: String,
+) -> Result<PublishAckFuture, BusError> {
     let payload = codec::encode(&ClosedCandlesRef { candles })?;
     let msg = PublishMessage::build()
         .headers(headers_for(PAGE_SCHEMA_VERSION))
         .payload(payload.into())
-        .message_id(id);
+        .message_id(msg_id);
     js.send_publish(subject.clone(), msg)
         .await
-        .map(Some)
         .map_err(|source| BusError::Publish { subject, source })
 }
 
