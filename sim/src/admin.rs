@@ -11,6 +11,11 @@
 //! - `POST /_sim/symbols` ← `{"action": "list"|"halt"|"resume"|"delist", "symbol": "NEWUSDT"}`
 //!   (`list` also takes `"listed_ms"`, default the next minute boundary) → that symbol's state;
 //!   400 for a bad name, 404 for an unknown symbol, 409 for a change its state does not allow.
+//! - `GET  /_sim/archive` → the kline archive's lags, cache and build counters, faults
+//!   ([`ArchiveStats`]).
+//! - `POST /_sim/archive/prewarm` ← a [`PrewarmRequest`] (`{"symbols": ["BTCUSDT"],
+//!   "intervals": ["1m"], "kind": "monthly", "from": "2021-01", "to": "2025-12"}`) → builds and
+//!   caches those files, answering when done with a [`PrewarmReport`]; 400 for a bad request.
 
 use std::time::Duration;
 
@@ -21,6 +26,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 
+use crate::archive::{ArchiveStats, PrewarmReport, PrewarmRequest};
 use crate::faults::{FaultPatch, FaultSnapshot};
 use crate::market::{LifecycleError, SymbolState};
 use crate::server::Shared;
@@ -34,6 +40,25 @@ pub(crate) fn router() -> Router<Shared> {
         .route("/_sim/ws/drop", post(drop_ws))
         .route("/_sim/ws/shutdown", post(shutdown_ws))
         .route("/_sim/symbols", get(symbols).post(change_symbol))
+        .route("/_sim/archive", get(archive_stats))
+        .route("/_sim/archive/prewarm", post(prewarm))
+}
+
+async fn archive_stats(State(app): State<Shared>) -> Json<ArchiveStats> {
+    Json(app.archive.stats())
+}
+
+async fn prewarm(State(app): State<Shared>, Json(r): Json<PrewarmRequest>) -> Response {
+    tracing::info!(request = ?r, "archive prewarm");
+    let a = app.archive.clone();
+    match tokio::task::spawn_blocking(move || a.prewarm(&r)).await {
+        Ok(Ok(rep)) => {
+            tracing::info!(report = ?rep, "archive prewarm done");
+            Json::<PrewarmReport>(rep).into_response()
+        }
+        Ok(Err(e)) => refuse(StatusCode::BAD_REQUEST, &e),
+        Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
 }
 
 async fn snapshot(State(app): State<Shared>) -> Json<FaultSnapshot> {

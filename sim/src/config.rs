@@ -1,9 +1,11 @@
 //! Command-line / environment configuration. Every field's doc is its `--help` text.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use clap::Parser;
 
+use crate::archive::{parse_archive_fault, ArchiveConfig, ArchiveFault};
 use crate::market::Gap;
 use crate::symbols::DEFAULT_SYMBOLS;
 
@@ -104,6 +106,28 @@ pub struct Config {
     /// Answer the first N REST requests with 429 and a Retry-After, as a throttle burst.
     #[arg(long, env = "SIM_THROTTLE_NEXT", default_value_t = 0)]
     pub throttle_next: u64,
+
+    /// Kline archive (data.binance.vision paths on this port): a daily file of day D is
+    /// published at D+1 00:00 UTC plus this lag on the sim clock (404 before). E.g. 8h30m, 0s.
+    #[arg(long, env = "SIM_ARCHIVE_DAILY_LAG", default_value = "8h30m", value_parser = parse_duration)]
+    pub archive_daily_lag: Duration,
+
+    /// Kline archive: a monthly file of month M is published on the 1st of M+1, 00:00 UTC, plus
+    /// this lag on the sim clock (404 before). 3d and 1w files count it from their last
+    /// candle's close when that lies past the period.
+    #[arg(long, env = "SIM_ARCHIVE_MONTHLY_LAG", default_value = "3d", value_parser = parse_duration)]
+    pub archive_monthly_lag: Duration,
+
+    /// Kline archive: memory for built files (MiB), least recently used evicted past it. A month
+    /// of 1m is about 2 MiB; 0 builds every request anew.
+    #[arg(long, env = "SIM_ARCHIVE_CACHE_MB", default_value_t = 1024)]
+    pub archive_cache_mb: usize,
+
+    /// Kline archive fault at start-up, `FILE=KIND[:N]`: FILE a file name
+    /// (BTCUSDT-1m-2024-06.zip) or path; KIND missing, bad_checksum, truncated_zip[:keep_bytes],
+    /// missing_rows[:keep_rows], duplicate_rows[:copies], wrong_values[:rows]. Repeatable.
+    #[arg(long = "archive-fault", env = "SIM_ARCHIVE_FAULTS", value_delimiter = ';', value_parser = parse_archive_fault)]
+    pub archive_faults: Vec<ArchiveFault>,
 }
 
 impl Default for Config {
@@ -113,12 +137,27 @@ impl Default for Config {
 }
 
 impl Config {
+    /// The archive's start-up settings.
+    pub fn archive(&self) -> ArchiveConfig {
+        ArchiveConfig {
+            daily_lag: self.archive_daily_lag,
+            monthly_lag: self.archive_monthly_lag,
+            cache_bytes: self.archive_cache_mb.saturating_mul(1 << 20),
+            faults: self.archive_faults.clone(),
+        }
+    }
+
     /// Effective wall interval between forming-candle pushes, in ms.
     pub fn ws_update_ms(&self) -> u64 {
         self.ws_update_ms
             .unwrap_or_else(|| (2000.0 / self.speed) as u64)
             .max(100)
     }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("expected a duration like 8h30m or 3d, got {s:?}: {e}"))
 }
 
 fn parse_speed(s: &str) -> Result<f64, String> {
@@ -183,5 +222,19 @@ mod tests {
         assert_eq!(c.gaps[1].symbol, None);
         assert_eq!(Config::default().symbols.len(), 8);
         assert!(parse_gap("BTCUSDT:5..1").is_err());
+        let c = Config::parse_from([
+            "binance-sim",
+            "--archive-daily-lag",
+            "1h",
+            "--archive-fault",
+            "BTCUSDT-1m-2024-06.zip=missing",
+            "--archive-fault",
+            "BTCUSDT-1d-2024-06-01.zip=duplicate_rows:3",
+        ]);
+        assert_eq!(c.archive_daily_lag, Duration::from_secs(3600));
+        assert_eq!(c.archive_faults.len(), 2);
+        let d = Config::default();
+        assert_eq!(d.archive_daily_lag, Duration::from_secs(8 * 3600 + 1800));
+        assert_eq!(d.archive_monthly_lag, Duration::from_secs(3 * 86_400));
     }
 }

@@ -1,6 +1,7 @@
 //! Fault injection, switchable at start-up (flags) and at run time (this handle or the admin
 //! API): WS drops, stalls, refusals and `serverShutdown` announcements, REST 5xx/429 bursts and
-//! delays, exchange-side gaps.
+//! delays, exchange-side gaps, kline archive files (missing, bad checksum, truncated, duplicate
+//! rows, wrong values) and the archive's publication lags.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use crate::archive::{Archive, ArchiveFault, ArchiveFile, ArchiveTarget};
 use crate::clock::SimClock;
 use crate::market::{Gap, Market};
 
@@ -50,6 +52,11 @@ pub struct FaultSnapshot {
     pub ws_drops: u64,
     /// How many `serverShutdown` events were announced on request.
     pub ws_shutdowns: u64,
+    /// Kline archive publication lags (sim clock).
+    pub archive_daily_lag_ms: i64,
+    pub archive_monthly_lag_ms: i64,
+    /// Kline archive faults, one per file.
+    pub archive_faults: Vec<ArchiveFault>,
     pub now_ms: i64,
     pub speed: f64,
     pub start_ms: i64,
@@ -77,6 +84,17 @@ pub struct FaultPatch {
     pub add_gaps: Vec<Gap>,
     #[serde(default)]
     pub remove_gaps: Vec<Gap>,
+    pub archive_daily_lag_ms: Option<u64>,
+    pub archive_monthly_lag_ms: Option<u64>,
+    /// Removes every archive fault first (every file re-published correct).
+    #[serde(default)]
+    pub clear_archive_faults: bool,
+    /// Sets archive faults (replacing a file's previous one).
+    #[serde(default)]
+    pub add_archive_faults: Vec<ArchiveFault>,
+    /// Removes the faults of these files (names, paths or {symbol, interval, period}).
+    #[serde(default)]
+    pub remove_archive_faults: Vec<ArchiveTarget>,
 }
 
 struct Inner {
@@ -94,10 +112,11 @@ pub struct Faults {
     inner: Arc<Inner>,
     market: Arc<Market>,
     clock: SimClock,
+    archive: Archive,
 }
 
 impl Faults {
-    pub(crate) fn new(market: Arc<Market>, clock: SimClock) -> Self {
+    pub(crate) fn new(market: Arc<Market>, clock: SimClock, archive: Archive) -> Self {
         let state = State {
             rest_fail_status: 503,
             rest_throttle_retry_after_secs: 10,
@@ -112,6 +131,7 @@ impl Faults {
             }),
             market,
             clock,
+            archive,
         }
     }
 
@@ -172,6 +192,21 @@ impl Faults {
         self.market.clear_gaps();
     }
 
+    /// Sets a fault on one archive file (replacing its previous one).
+    pub fn add_archive_fault(&self, f: ArchiveFault) {
+        self.archive.add_fault(f);
+    }
+
+    /// Removes an archive file's fault: it is re-published correct. True if it had one.
+    pub fn remove_archive_fault(&self, file: &ArchiveFile) -> bool {
+        self.archive.remove_fault(file)
+    }
+
+    /// Removes every archive fault.
+    pub fn clear_archive_faults(&self) {
+        self.archive.clear_faults();
+    }
+
     /// Applies a patch (the admin API's POST body).
     pub fn apply(&self, p: &FaultPatch) {
         {
@@ -207,6 +242,21 @@ impl Faults {
         for g in &p.add_gaps {
             self.add_gap(g.clone());
         }
+        if let Some(v) = p.archive_daily_lag_ms {
+            self.archive.set_daily_lag(Duration::from_millis(v));
+        }
+        if let Some(v) = p.archive_monthly_lag_ms {
+            self.archive.set_monthly_lag(Duration::from_millis(v));
+        }
+        if p.clear_archive_faults {
+            self.clear_archive_faults();
+        }
+        for t in &p.remove_archive_faults {
+            self.remove_archive_fault(&t.0);
+        }
+        for f in &p.add_archive_faults {
+            self.add_archive_fault(f.clone());
+        }
         if p.drop_ws {
             self.drop_ws();
         }
@@ -227,6 +277,9 @@ impl Faults {
             ws_connections: self.inner.connections.load(Ordering::Relaxed),
             ws_drops: *self.inner.drops.borrow(),
             ws_shutdowns: self.inner.shutdowns.borrow().0,
+            archive_daily_lag_ms: self.archive.lags_ms().0,
+            archive_monthly_lag_ms: self.archive.lags_ms().1,
+            archive_faults: self.archive.faults(),
             now_ms: self.clock.now_ms(),
             speed: self.clock.speed(),
             start_ms: self.clock.start_ms(),

@@ -30,6 +30,7 @@
 
 mod admin;
 mod agg;
+pub mod archive;
 mod candle;
 pub mod clock;
 pub mod config;
@@ -47,6 +48,10 @@ pub mod symbols;
 mod weights;
 mod ws;
 
+pub use archive::{
+    Archive, ArchiveFault, ArchiveFaultKind, ArchiveFile, ArchiveStats, Period, PrewarmKind,
+    PrewarmReport, PrewarmRequest,
+};
 pub use candle::Kline;
 pub use clock::SimClock;
 pub use config::Config;

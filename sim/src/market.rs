@@ -354,7 +354,19 @@ impl Market {
         limit: usize,
         now: i64,
     ) -> Vec<Candle> {
-        let v = self.view(idx);
+        Self::page_in(&self.view(idx), iv, tz, start, end, limit, now)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn page_in(
+        v: &View<'_>,
+        iv: Interval,
+        tz: i64,
+        start: Option<i64>,
+        end: Option<i64>,
+        limit: usize,
+        now: i64,
+    ) -> Vec<Candle> {
         let first = iv.open_of(v.e.spec.listed_ms, tz);
         let mut memo = None;
         let mut out = Vec::with_capacity(limit.min(1000));
@@ -386,6 +398,31 @@ impl Market {
             out.reverse();
         }
         out
+    }
+
+    /// The closed candles of `idx`/`iv` opening in `[start, end)` (UTC alignment), for an
+    /// archive file, with the ranges without candles that touch `[start, until)` they were built
+    /// under (see [`Self::no_candle_ranges`]).
+    pub(crate) fn archive_rows(
+        &self,
+        idx: usize,
+        iv: Interval,
+        start: i64,
+        end: i64,
+        until: i64,
+        now: i64,
+    ) -> (Vec<Candle>, Vec<(i64, i64)>) {
+        let v = self.view(idx);
+        let mut rows = Self::page_in(&v, iv, 0, Some(start), Some(end - 1), usize::MAX, now);
+        rows.retain(|c| c.closed);
+        (rows, clip(&v.gaps, start, until))
+    }
+
+    /// The gaps and halts of `idx` that overlap `[from, until)`, clipped to it and sorted: equal
+    /// for two instants exactly when that window's candles are the same.
+    pub(crate) fn no_candle_ranges(&self, idx: usize, from: i64, until: i64) -> Vec<(i64, i64)> {
+        let gaps = self.state.read().per_symbol[idx].clone();
+        clip(&gaps, from, until)
     }
 
     /// The candle of `idx`/`iv` opening at `open`, as of `now` (None if it has no 1m candles).
@@ -465,6 +502,17 @@ impl Market {
             generation: st.generation,
         }
     }
+}
+
+fn clip(ranges: &[(i64, i64)], from: i64, until: i64) -> Vec<(i64, i64)> {
+    let mut v: Vec<_> = ranges
+        .iter()
+        .filter(|&&(s, e)| s < until && e > from)
+        .map(|&(s, e)| (s.max(from), e.min(until)))
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    v
 }
 
 /// One symbol under one gap generation, for the duration of a query.

@@ -8,6 +8,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
+use crate::archive::Archive;
 use crate::clock::{wall_now_ms, SimClock};
 use crate::config::Config;
 use crate::error::SimError;
@@ -21,6 +22,7 @@ pub(crate) struct AppState {
     pub market: Arc<Market>,
     pub clock: SimClock,
     pub faults: Faults,
+    pub archive: Archive,
     pub limiter: Limiter,
     pub ws_attempts: Attempts,
     /// Flips to true when the server shuts down, so WS connections close.
@@ -48,7 +50,8 @@ fn build(config: Config) -> Result<(Shared, watch::Sender<bool>), SimError> {
         config.listed_since,
     ));
     let clock = SimClock::new(config.start_time.unwrap_or_else(wall_now_ms), config.speed);
-    let faults = Faults::new(market.clone(), clock.clone());
+    let archive = Archive::new(market.clone(), clock.clone(), &config.archive());
+    let faults = Faults::new(market.clone(), clock.clone(), archive.clone());
     for g in &config.gaps {
         faults.add_gap(g.clone());
     }
@@ -69,6 +72,7 @@ fn build(config: Config) -> Result<(Shared, watch::Sender<bool>), SimError> {
         market,
         clock,
         faults,
+        archive,
         limiter,
         ws_attempts: Attempts::default(),
         shutdown: rx,
@@ -80,6 +84,7 @@ fn router(app: Shared) -> axum::Router {
     crate::rest::router()
         .merge(crate::ws::router())
         .merge(crate::admin::router())
+        .merge(crate::archive::router())
         .fallback(crate::rest::not_found)
         .with_state(app)
 }
@@ -142,6 +147,7 @@ pub async fn spawn(config: Config) -> Result<SimHandle, SimError> {
     let (app, tx) = build(config)?;
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let (market, clock, faults) = (app.market.clone(), app.clock.clone(), app.faults.clone());
+    let archive = app.archive.clone();
     let stopped = async move {
         let _ = stop_rx.await;
     };
@@ -151,6 +157,7 @@ pub async fn spawn(config: Config) -> Result<SimHandle, SimError> {
         market,
         clock,
         faults,
+        archive,
         stop: Some(stop_tx),
         task: Some(task),
     })
@@ -162,6 +169,7 @@ pub struct SimHandle {
     market: Arc<Market>,
     clock: SimClock,
     faults: Faults,
+    archive: Archive,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), SimError>>>,
 }
@@ -195,6 +203,11 @@ impl SimHandle {
     /// In-process fault controls.
     pub fn faults(&self) -> Faults {
         self.faults.clone()
+    }
+
+    /// The kline archive: lags, prewarm, stats, files in-process.
+    pub fn archive(&self) -> Archive {
+        self.archive.clone()
     }
 
     /// Stops the server and waits for it to finish.
