@@ -527,6 +527,127 @@ async fn verify_deep_finds_changed_values_and_repairs_them() {
     sink.await.unwrap().unwrap();
 }
 
+/// An archive file published with wrong values (a real Binance incident) lands in the table;
+/// once it is re-published corrected, `verify --deep --repair` finds every changed candle and
+/// stores the exchange's version.
+#[tokio::test]
+async fn a_republished_archive_file_corrects_the_table() {
+    use binance_sim::{ArchiveFault, ArchiveFaultKind, ArchiveFile};
+    let sim = binance_sim::spawn(binance_sim::Config::parse_from([
+        "binance-sim",
+        "--start-time",
+        "2025-03-10T06:00:00Z",
+        "--symbols",
+        "BTCUSDT",
+    ]))
+    .await
+    .unwrap();
+    let bad = ArchiveFile::try_from("BTCUSDT-1h-2025-02.zip".to_owned()).unwrap();
+    sim.archive().add_fault(ArchiveFault {
+        file: bad.clone(),
+        kind: ArchiveFaultKind::WrongValues { rows: Some(5) },
+    });
+    let nats = NatsServer::start();
+    let db = TestDb::fresh().await;
+    let js = bus_for(&nats).await;
+    let stop = CancellationToken::new();
+    let sink = start_sink(&nats, &db, &stop);
+    let rest = RestClient::new(
+        RestConfig {
+            base_url: sim.base_url(),
+            ..RestConfig::default()
+        },
+        Arc::new(WeightLimiter::default()),
+    )
+    .unwrap();
+    let at = sim.clock().now_ms();
+    let at_text = klinebus_verify::datetime(Interval::H1.align(at));
+    let (from, to) = klinebus_verify::window(Interval::H1, 40, Interval::H1.align(at));
+    let plan = Plan::build(
+        &["BTCUSDT".parse().unwrap()],
+        &[Interval::H1],
+        Window::Range {
+            from_ms: from,
+            to_ms: Some(to),
+        },
+        rest.server_time().await.unwrap(),
+    );
+    let archive = kline_backfill::ArchiveSource::new(
+        klinebus_binance::ArchiveClient::new(&sim.base_url(), Duration::from_secs(10)).unwrap(),
+        2,
+    );
+    let opts = RunOptions {
+        concurrency: 1,
+        progress: ProgressMode::Quiet,
+        resume: true,
+        fetch: kline_backfill::Fetch::Auto(&archive),
+    };
+    let s = run_backfill(&plan, &rest, &js, opts, &CancellationToken::new()).await;
+    assert_eq!(s.errors(), 0, "{}", s.render());
+    assert!(s.series[0].from_archive > 0);
+    let n = s.published() as i64;
+    wait_for_rows(&db, n).await;
+    let want: Vec<String> = sim
+        .market()
+        .klines("BTCUSDT", "1h", from, to - 1, at)
+        .unwrap()
+        .into_iter()
+        .filter(|k| k.closed)
+        .map(|k| {
+            format!(
+                "{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|t",
+                k.open_time,
+                k.open,
+                k.high,
+                k.low,
+                k.close,
+                k.volume,
+                k.quote_volume,
+                k.taker_buy_base,
+                k.taker_buy_quote,
+                k.trades,
+                k.close_time
+            )
+        })
+        .collect();
+    let before = table(&db, "BTCUSDT", Interval::H1, from, to).await;
+    let wrong = before.iter().zip(&want).filter(|(a, b)| a != b).count();
+    assert_eq!(wrong, 5, "the faulty file's 5 changed candles are stored");
+
+    // Binance re-publishes the file corrected.
+    assert!(sim.archive().remove_fault(&bad));
+    let sim_url = sim.base_url();
+    let args = [
+        "verify",
+        "--symbols",
+        "BTCUSDT",
+        "--timeframes",
+        "1h",
+        "--days",
+        "40",
+        "--at",
+        at_text.as_str(),
+        "--deep",
+        "--rest-url",
+        sim_url.as_str(),
+        "--repair",
+        "--repair-wait",
+        "30s",
+    ];
+    let out = klinectl::run(cli(&db, &nats, &args)).await.unwrap();
+    assert_eq!(out.code, 0, "{}", out.output);
+    assert!(out.output.contains("5 differ"), "{}", out.output);
+    assert!(
+        out.output.contains("published 5 corrections"),
+        "{}",
+        out.output
+    );
+    assert_eq!(table(&db, "BTCUSDT", Interval::H1, from, to).await, want);
+
+    stop.cancel();
+    sink.await.unwrap().unwrap();
+}
+
 #[test]
 fn repair_flags() {
     let parse = |args: &[&str]| Cli::try_parse_from([&["klinectl", "verify"], args].concat());
