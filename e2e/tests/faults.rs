@@ -166,6 +166,8 @@ async fn live_pipeline_under_faults_stores_exactly_the_exchange_candles() {
         "1",
         "--rest-url",
         &sim.base_url(),
+        "--archive-url",
+        &sim.base_url(),
         "--nats-url",
         &nats.url(),
         "--progress",

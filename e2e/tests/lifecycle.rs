@@ -68,6 +68,8 @@ async fn backfill(e: &Env, symbols: &str, tfs: &str, days: &str) -> kline_backfi
         days,
         "--rest-url",
         &e.sim.base_url(),
+        "--archive-url",
+        &e.sim.base_url(),
         "--nats-url",
         &e.nats.url(),
         "--database-url",

@@ -377,6 +377,8 @@ async fn the_binaries_run_with_their_own_role_only() {
             "3",
             "--rest-url",
             &rest,
+            "--archive-url",
+            &rest,
             "--nats-url",
             &url,
             "--nats-user",

@@ -103,6 +103,7 @@ fn service_env(
         ("TRADING_PAIRS", SYMBOLS.join(",")),
         ("TIMEFRAMES", "1m".into()),
         ("BINANCE_REST_URL", sim.base_url()),
+        ("BINANCE_ARCHIVE_URL", sim.base_url()),
         ("BINANCE_WS_URL", sim.ws_url()),
     ]
 }
