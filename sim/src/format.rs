@@ -6,7 +6,30 @@ const UNIT: u128 = 100_000_000;
 
 /// Appends an unsigned integer in decimal.
 #[inline]
-pub(crate) fn push_u128(buf: &mut Vec<u8>, mut v: u128) {
+pub(crate) fn push_u128(buf: &mut Vec<u8>, v: u128) {
+    // u128 division is a library call; nearly every figure fits u64.
+    if let Ok(v) = u64::try_from(v) {
+        return push_u64(buf, v);
+    }
+    push_u128_slow(buf, v);
+}
+
+#[inline]
+fn push_u64(buf: &mut Vec<u8>, mut v: u64) {
+    let mut tmp = [0u8; 20];
+    let mut i = tmp.len();
+    loop {
+        i -= 1;
+        tmp[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    buf.extend_from_slice(&tmp[i..]);
+}
+
+fn push_u128_slow(buf: &mut Vec<u8>, mut v: u128) {
     let mut tmp = [0u8; 40];
     let mut i = tmp.len();
     loop {
@@ -32,9 +55,13 @@ pub(crate) fn push_i64(buf: &mut Vec<u8>, v: i64) {
 /// Appends 1e-8 units as Binance's 8-decimal string body, e.g. `105312.44000000`.
 #[inline]
 pub(crate) fn push_units(buf: &mut Vec<u8>, v: u128) {
-    push_u128(buf, v / UNIT);
+    let (int, frac) = match u64::try_from(v) {
+        Ok(v) => (u128::from(v / UNIT as u64), (v % UNIT as u64) as u32),
+        Err(_) => (v / UNIT, (v % UNIT) as u32),
+    };
+    push_u128(buf, int);
     buf.push(b'.');
-    let mut frac = (v % UNIT) as u32;
+    let mut frac = frac;
     let mut tmp = [b'0'; 8];
     for d in tmp.iter_mut().rev() {
         *d = b'0' + (frac % 10) as u8;
@@ -169,6 +196,13 @@ mod tests {
         assert_eq!(units_string(10_531_244_000_000), "105312.44000000");
         assert_eq!(units_string(1), "0.00000001");
         assert_eq!(units_string(0), "0.00000000");
+        assert_eq!(
+            units_string(u128::from(u64::MAX) * 1000 + 7),
+            "184467440737095.51615007"
+        );
+        let mut b = Vec::new();
+        push_u128(&mut b, u128::from(u64::MAX) + 1);
+        assert_eq!(b, b"18446744073709551616");
         let mut b = Vec::new();
         push_i64(&mut b, -42);
         push_u128(&mut b, 0);

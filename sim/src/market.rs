@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::agg::{merge, Agg};
 use crate::candle::{Candle, Kline};
 use crate::gen::Gen;
-use crate::interval::{Interval, MINUTE, SECOND};
+use crate::interval::{Interval, DAY, MINUTE, SECOND};
 use crate::split::split_minute;
 use crate::symbols::SymbolSpec;
 
@@ -400,9 +400,10 @@ impl Market {
         out
     }
 
-    /// The closed candles of `idx`/`iv` opening in `[start, end)` (UTC alignment), for an
-    /// archive file, with the ranges without candles that touch `[start, until)` they were built
-    /// under (see [`Self::no_candle_ranges`]).
+    /// Hands `each` the closed candles of `idx`/`iv` opening in `[start, end)` (UTC alignment),
+    /// ascending, for an archive file; returns the ranges without candles that touch
+    /// `[start, until)` they were made under (see [`Self::no_candle_ranges`]).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn archive_rows(
         &self,
         idx: usize,
@@ -411,11 +412,23 @@ impl Market {
         end: i64,
         until: i64,
         now: i64,
-    ) -> (Vec<Candle>, Vec<(i64, i64)>) {
+        each: &mut dyn FnMut(&Candle),
+    ) -> Vec<(i64, i64)> {
         let v = self.view(idx);
-        let mut rows = Self::page_in(&v, iv, 0, Some(start), Some(end - 1), usize::MAX, now);
-        rows.retain(|c| c.closed);
-        (rows, clip(&v.gaps, start, until))
+        // Day by day below 1d (those intervals divide a day): a month of 1s is 2.6 M candles,
+        // never all held at once.
+        let step = if iv < Interval::D1 { DAY } else { end - start };
+        let mut t = start;
+        while t < end {
+            let e = (t + step).min(end);
+            for c in Self::page_in(&v, iv, 0, Some(t), Some(e - 1), usize::MAX, now) {
+                if c.closed {
+                    each(&c);
+                }
+            }
+            t = e;
+        }
+        clip(&v.gaps, start, until)
     }
 
     /// The gaps and halts of `idx` that overlap `[from, until)`, clipped to it and sorted: equal

@@ -88,15 +88,19 @@ fn mtime(f: &ArchiveFile) -> zip::DateTime {
         .unwrap_or_default()
 }
 
-/// A zip holding the CSV of `rows`.
-pub(crate) fn zip_rows<'a>(
+/// A file's candles in order: it calls its argument once per candle.
+pub(crate) trait Source: FnOnce(&mut dyn FnMut(&Candle)) {}
+impl<T: FnOnce(&mut dyn FnMut(&Candle))> Source for T {}
+
+/// A zip holding the CSV of the rows `source` hands over; `hint` is the expected row count.
+fn zip_rows(
     f: &ArchiveFile,
-    rows: impl Iterator<Item = &'a Candle>,
     hint: usize,
+    source: impl Source,
 ) -> std::io::Result<(Vec<u8>, usize)> {
     let micros = f.period.micros();
-    // About 40 bytes a deflated row at level 1.
-    let mut z = ZipWriter::new(std::io::Cursor::new(Vec::with_capacity(hint * 48 + 256)));
+    // About 75 bytes a deflated row at level 1.
+    let mut z = ZipWriter::new(std::io::Cursor::new(Vec::with_capacity(hint * 80 + 256)));
     let opts = SimpleFileOptions::default()
         .compression_method(CompressionMethod::Deflated)
         .compression_level(Some(LEVEL))
@@ -106,47 +110,67 @@ pub(crate) fn zip_rows<'a>(
         .map_err(std::io::Error::other)?;
     let mut buf = Vec::with_capacity(CHUNK + 256);
     let mut n = 0;
-    for c in rows {
+    let mut failed = None;
+    source(&mut |c| {
+        if failed.is_some() {
+            return;
+        }
         push_row(&mut buf, c, micros);
         n += 1;
         if buf.len() >= CHUNK {
-            z.write_all(&buf)?;
+            if let Err(e) = z.write_all(&buf) {
+                failed = Some(e);
+            }
             buf.clear();
         }
+    });
+    if let Some(e) = failed {
+        return Err(e);
     }
     z.write_all(&buf)?;
     let out = z.finish().map_err(std::io::Error::other)?.into_inner();
     Ok((out, n))
 }
 
-/// The correct file of `candles` (all closed, ascending).
-pub(crate) fn clean(f: &ArchiveFile, candles: &[Candle]) -> std::io::Result<Built> {
-    let (zip, rows) = zip_rows(f, candles.iter(), candles.len())?;
+fn built(f: &ArchiveFile, zip: Vec<u8>, rows: usize) -> Built {
     let checksum = checksum_line(&sha256_hex(&zip), f);
-    Ok(Built {
+    Built {
         zip: zip.into(),
         checksum,
         rows,
-    })
+    }
 }
 
-/// The file as a fault makes it, from the correct file and its candles. `tick` is the price
-/// tick (for wrong values that stay on the grid). `Missing` has no bytes: callers answer 404.
+/// The correct file: every candle of `source` (all closed, ascending).
+pub(crate) fn clean(f: &ArchiveFile, hint: usize, source: impl Source) -> std::io::Result<Built> {
+    let (zip, rows) = zip_rows(f, hint, source)?;
+    Ok(built(f, zip, rows))
+}
+
+/// Writes the rows for the i-th correct candle through its last argument.
+type Emit<'a> = dyn FnMut(usize, &Candle, &mut dyn FnMut(&Candle)) + 'a;
+
+/// The file as a fault makes it, from the correct file and the same candles. `tick` is the
+/// price tick (wrong values stay on the grid). `Missing` has no bytes (callers answer 404): it
+/// gives the correct file.
 pub(crate) fn faulty(
     f: &ArchiveFile,
     kind: ArchiveFaultKind,
     good: &Built,
-    candles: &[Candle],
     tick: u64,
+    source: impl Source,
 ) -> std::io::Result<Built> {
-    let rezip = |rows: Vec<Candle>| -> std::io::Result<Built> {
-        let (zip, n) = zip_rows(f, rows.iter(), rows.len())?;
-        let checksum = checksum_line(&sha256_hex(&zip), f);
-        Ok(Built {
-            zip: zip.into(),
-            checksum,
-            rows: n,
-        })
+    let n = good.rows;
+    // Each kind maps the i-th correct candle to the rows written for it.
+    let rezip = |emit: &mut Emit<'_>| {
+        let (zip, rows) = zip_rows(f, n, |out: &mut dyn FnMut(&Candle)| {
+            let mut i = 0;
+            source(&mut |c| {
+                emit(i, c, out);
+                i += 1;
+            });
+        })?;
+        Ok(built(f, zip, rows))
     };
     match kind {
         ArchiveFaultKind::Missing => Ok(good.clone()),
@@ -167,28 +191,36 @@ pub(crate) fn faulty(
             Ok(Built {
                 checksum: checksum_line(&sha256_hex(&zip), f),
                 zip,
-                rows: good.rows,
+                rows: n,
             })
         }
         ArchiveFaultKind::MissingRows { keep_rows } => {
-            let keep = keep_rows.unwrap_or(candles.len() / 2).min(candles.len());
-            rezip(candles[..keep].to_vec())
+            let keep = keep_rows.unwrap_or(n / 2);
+            rezip(&mut |i, c, out| {
+                if i < keep {
+                    out(c);
+                }
+            })
         }
         ArchiveFaultKind::DuplicateRows { copies, rows } => {
-            let (copies, dup) = (copies.unwrap_or(3).max(1), rows.unwrap_or(candles.len()));
-            let mut out = Vec::with_capacity(candles.len() + dup.min(candles.len()) * (copies - 1));
-            for (i, c) in candles.iter().enumerate() {
-                let times = if i < dup { copies } else { 1 };
-                out.extend(std::iter::repeat_n(*c, times));
-            }
-            rezip(out)
+            let (copies, dup) = (copies.unwrap_or(3).max(1), rows.unwrap_or(n));
+            rezip(&mut |i, c, out| {
+                for _ in 0..if i < dup { copies } else { 1 } {
+                    out(c);
+                }
+            })
         }
         ArchiveFaultKind::WrongValues { rows } => {
-            let mut out = candles.to_vec();
-            for i in altered(out.len(), rows.unwrap_or(1)) {
-                alter(&mut out[i], tick);
-            }
-            rezip(out)
+            let wrong = altered(n, rows.unwrap_or(1));
+            rezip(&mut |i, c, out| {
+                if wrong.binary_search(&i).is_ok() {
+                    let mut c = *c;
+                    alter(&mut c, tick);
+                    out(&c);
+                } else {
+                    out(c);
+                }
+            })
         }
     }
 }

@@ -30,6 +30,7 @@ pub(crate) use http::router;
 use build::Built;
 use cache::Lru;
 
+use crate::candle::Candle;
 use crate::clock::SimClock;
 use crate::interval::Interval;
 use crate::market::Market;
@@ -299,18 +300,21 @@ impl Archive {
         let (start, until) = Self::window(f);
         let (end, now) = (f.period.range_ms().1, self.inner.clock.now_ms());
         let m = &self.inner.market;
-        let rows = || {
-            let (c, ranges) = m.archive_rows(idx, f.interval, start, end, until, now);
-            (c, ranges)
+        let iv = f.interval;
+        // The candles, and the gaps/halts they were made under (to know if they may be kept).
+        let ranges = parking_lot::Mutex::new(Vec::new());
+        let source = || {
+            |each: &mut dyn FnMut(&Candle)| {
+                *ranges.lock() = m.archive_rows(idx, iv, start, end, until, now, each);
+            }
         };
         let key = self.key(idx, f, None);
         let good = self.inner.cache.get_or_build(&key, || {
             let t = Instant::now();
-            let (candles, ranges) = rows();
-            let b = build::clean(f, &candles).map_err(|e| e.to_string())?;
+            let b = build::clean(f, 0, source()).map_err(|e| e.to_string())?;
             self.timed(t);
             let size = b.bytes();
-            Ok((b, size, ranges == key.2))
+            Ok((b, size, *ranges.lock() == key.2))
         })?;
         if good.rows == 0 {
             return Ok(Err(Absent::Empty));
@@ -324,17 +328,12 @@ impl Archive {
             .cache
             .get_or_build(&key, || {
                 let t = Instant::now();
-                let (candles, ranges) = match kind {
-                    // These change bytes or the CHECKSUM only.
-                    ArchiveFaultKind::BadChecksum | ArchiveFaultKind::TruncatedZip { .. } => {
-                        (Vec::new(), key.2.clone())
-                    }
-                    _ => rows(),
-                };
-                let b = build::faulty(f, kind, &good, &candles, tick).map_err(|e| e.to_string())?;
+                // Kinds that change bytes or the CHECKSUM only never call the source.
+                *ranges.lock() = key.2.clone();
+                let b = build::faulty(f, kind, &good, tick, source()).map_err(|e| e.to_string())?;
                 self.timed(t);
                 let size = b.bytes();
-                Ok((b, size, ranges == key.2))
+                Ok((b, size, *ranges.lock() == key.2))
             })
             .map(Ok)
     }
@@ -359,8 +358,10 @@ impl Archive {
             .ok_or_else(|| format!("unknown symbol {}", f.symbol))?;
         let (start, until) = Self::window(f);
         let end = f.period.range_ms().1;
-        let (candles, _) = m.archive_rows(idx, f.interval, start, end, until, i64::MAX);
-        build::clean(f, &candles)
+        let source = |each: &mut dyn FnMut(&Candle)| {
+            m.archive_rows(idx, f.interval, start, end, until, i64::MAX, each);
+        };
+        build::clean(f, 0, source)
             .map(|b| b.zip.to_vec())
             .map_err(|e| e.to_string())
     }
