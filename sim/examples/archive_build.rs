@@ -50,7 +50,9 @@ async fn main() {
     }
 
     let req = PrewarmRequest {
-        symbols: ["BTCUSDT", "ETHUSDT", "BNBUSDT", "SOLUSDT"].map(String::from).into(),
+        symbols: ["BTCUSDT", "ETHUSDT", "BNBUSDT", "SOLUSDT"]
+            .map(String::from)
+            .into(),
         intervals: vec!["1m".into()],
         kind: binance_sim::PrewarmKind::Monthly,
         from: "2021-01".into(),

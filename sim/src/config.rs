@@ -107,8 +107,9 @@ pub struct Config {
     #[arg(long, env = "SIM_THROTTLE_NEXT", default_value_t = 0)]
     pub throttle_next: u64,
 
-    /// Kline archive (data.binance.vision paths on this port): a daily file of day D is
-    /// published at D+1 00:00 UTC plus this lag on the sim clock (404 before). E.g. 8h30m, 0s.
+    /// Kline archive (data.binance.vision's /data/spot/{monthly,daily}/klines/... on this port):
+    /// a daily file of day D is published at D+1 00:00 UTC plus this lag on the sim clock (404
+    /// before). E.g. 8h30m, 0s.
     #[arg(long, env = "SIM_ARCHIVE_DAILY_LAG", default_value = "8h30m", value_parser = parse_duration)]
     pub archive_daily_lag: Duration,
 
@@ -119,13 +120,15 @@ pub struct Config {
     pub archive_monthly_lag: Duration,
 
     /// Kline archive: memory for built files (MiB), least recently used evicted past it. A month
-    /// of 1m is about 2 MiB; 0 builds every request anew.
+    /// of 1m is about 3.4 MiB; 0 builds every request anew. `POST /_sim/archive/prewarm` builds
+    /// files ahead of a benchmark.
     #[arg(long, env = "SIM_ARCHIVE_CACHE_MB", default_value_t = 1024)]
     pub archive_cache_mb: usize,
 
-    /// Kline archive fault at start-up, `FILE=KIND[:N]`: FILE a file name
-    /// (BTCUSDT-1m-2024-06.zip) or path; KIND missing, bad_checksum, truncated_zip[:keep_bytes],
-    /// missing_rows[:keep_rows], duplicate_rows[:copies], wrong_values[:rows]. Repeatable.
+    /// Kline archive fault at start-up, FILE=KIND or FILE=KIND:N, FILE a file name
+    /// (BTCUSDT-1m-2024-06.zip) or path. KIND: missing, bad_checksum, truncated_zip (N bytes
+    /// kept, default half), missing_rows (N rows kept, default half), duplicate_rows (each row
+    /// N times, default 3), wrong_values (N candles with another close, default 1). Repeatable.
     #[arg(long = "archive-fault", env = "SIM_ARCHIVE_FAULTS", value_delimiter = ';', value_parser = parse_archive_fault)]
     pub archive_faults: Vec<ArchiveFault>,
 }
