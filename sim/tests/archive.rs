@@ -429,11 +429,22 @@ async fn publication_lag_on_the_sim_clock() {
         status(&sim, &monthly("BTCUSDT", "1m", "2025-05")).await,
         404
     );
-    // A week running past the month's end is published after it closes (Mon 2025-06-02).
+    // A week running past the month's end is published once it closed: April's last week
+    // (from 04-28) closed on 05-05, May's (from 05-26) closes on 06-02 00:00.
     assert_eq!(
         status(&sim, &monthly("BTCUSDT", "1w", "2025-04")).await,
         200
     );
+    sim.archive().set_monthly_lag(Duration::ZERO);
+    assert_eq!(
+        status(&sim, &monthly("BTCUSDT", "1h", "2025-05")).await,
+        200
+    );
+    assert_eq!(
+        status(&sim, &monthly("BTCUSDT", "1w", "2025-05")).await,
+        404
+    );
+    sim.archive().set_monthly_lag(Duration::from_secs(3600));
     let snap = snapshot(&sim).await;
     assert_eq!(
         (
