@@ -302,10 +302,10 @@ impl Archive {
         let m = &self.inner.market;
         let iv = f.interval;
         // The candles, and the gaps/halts they were made under (to know if they may be kept).
-        let ranges = parking_lot::Mutex::new(Vec::new());
+        let ranges = std::cell::RefCell::new(Vec::new());
         let source = || {
             |each: &mut dyn FnMut(&Candle)| {
-                *ranges.lock() = m.archive_rows(idx, iv, start, end, until, now, each);
+                *ranges.borrow_mut() = m.archive_rows(idx, iv, start, end, until, now, each);
             }
         };
         let key = self.key(idx, f, None);
@@ -314,7 +314,7 @@ impl Archive {
             let b = build::clean(f, 0, source()).map_err(|e| e.to_string())?;
             self.timed(t);
             let size = b.bytes();
-            Ok((b, size, *ranges.lock() == key.2))
+            Ok((b, size, *ranges.borrow() == key.2))
         })?;
         if good.rows == 0 {
             return Ok(Err(Absent::Empty));
@@ -329,11 +329,11 @@ impl Archive {
             .get_or_build(&key, || {
                 let t = Instant::now();
                 // Kinds that change bytes or the CHECKSUM only never call the source.
-                *ranges.lock() = key.2.clone();
+                *ranges.borrow_mut() = key.2.clone();
                 let b = build::faulty(f, kind, &good, tick, source()).map_err(|e| e.to_string())?;
                 self.timed(t);
                 let size = b.bytes();
-                Ok((b, size, *ranges.lock() == key.2))
+                Ok((b, size, *ranges.borrow() == key.2))
             })
             .map(Ok)
     }
