@@ -72,6 +72,13 @@ async fn bootstrap_lands_every_candle_exactly_and_verifies_ok() {
     let report = result.verification.as_ref().unwrap().as_ref().unwrap();
     assert!(report.is_ok(), "{}", report.render_text());
     assert_eq!(result.exit_code(), 0);
+    // History from the archive (May's monthly file, 1-3 June's daily ones), today's closed
+    // candles over REST (the day's 1d candle is still forming).
+    for r in &result.summary.series {
+        let today = r.interval != klinebus_schemas::Interval::D1;
+        assert!(r.from_archive > 0 && (r.from_rest > 0) == today, "{r:?}");
+        assert!(r.archive_faults.is_empty(), "{r:?}");
+    }
 
     // Row for row, value for value, the simulator's closed candles of the window.
     let now = sim.clock().now_ms();
