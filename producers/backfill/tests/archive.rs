@@ -199,3 +199,42 @@ async fn archive_only_fetches_no_rest_and_fails_on_what_the_archive_lacks() {
         other => panic!("{other:?}"),
     }
 }
+
+/// An archive run interrupted mid-way resumes with what the stream lacks, file by file, and
+/// ends exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_archive_run_resumes_exactly() {
+    use klinebus_schemas::streams::KLINES_STREAM;
+    let e = archive_env(&[]).await;
+    let a = source(&e);
+    let plan = plan_from(&e, "BTCUSDT,ETHUSDT", &[Interval::M1], "2025-01-20").await;
+    let cancel = CancellationToken::new();
+    let stop = async {
+        let mut stream = e.js.get_stream(KLINES_STREAM).await.unwrap();
+        while stream.info().await.unwrap().state.messages < 20 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        cancel.cancel();
+    };
+    let opts = RunOptions {
+        concurrency: 2,
+        progress: ProgressMode::Quiet,
+        resume: true,
+        fetch: Fetch::Auto(&a),
+    };
+    let (first, ()) = tokio::join!(run_backfill(&plan, &e.rest, &e.js, opts, &cancel), stop);
+    assert!(
+        first.series.iter().any(|r| r.status == Status::Cancelled),
+        "{}",
+        first.render()
+    );
+    let stored_first: u64 = first.series.iter().map(|r| r.stored()).sum();
+    let expected: u64 = plan.series.iter().map(|s| s.expected()).sum();
+    assert!(stored_first > 0 && stored_first < expected);
+
+    let second = run(&e, &plan, Fetch::Auto(&a)).await;
+    assert_complete(&second);
+    assert_exact(&e, &plan).await;
+    let present: u64 = second.series.iter().map(|r| r.present).sum();
+    assert!(present >= stored_first, "{present} < {stored_first}");
+}
