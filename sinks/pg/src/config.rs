@@ -35,6 +35,15 @@ pub struct Config {
     #[arg(long, env = "SINK_BATCH_SIZE", default_value_t = 1500, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub batch_size: u32,
 
+    /// Flushes of at least this many candles (after duplicates within the flush are dropped)
+    /// are written with COPY: straight into ohlcv_candles when it holds nothing yet in the time
+    /// range of any of their series (history arriving for the first time), else into a
+    /// temporary staging table and then one upsert from it. Smaller flushes (live traffic) use
+    /// one UNNEST upsert, a single round trip. The same rule and the same result either way;
+    /// 0 never uses COPY.
+    #[arg(long, env = "SINK_COPY_MIN_ROWS", default_value_t = 1000)]
+    pub copy_min_rows: u32,
+
     /// Flush at the latest this many milliseconds after a batch's first message (a quiet
     /// stream flushes sooner: a lone candle never waits for the next one).
     #[arg(long, env = "SINK_FLUSH_INTERVAL_MS", default_value_t = 200)]
@@ -96,6 +105,7 @@ mod tests {
         assert_eq!(c.consumer, "pg-sink");
         assert_eq!(c.filter_subject, "");
         assert_eq!(c.batch_size, 1500);
+        assert_eq!(c.copy_min_rows as usize, crate::upsert::COPY_MIN_ROWS);
         assert_eq!(c.workers, 2);
         assert_eq!(c.ack_wait_secs, 10);
         assert!(c.flush_interval() <= Duration::from_millis(200));

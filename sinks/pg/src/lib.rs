@@ -177,7 +177,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Sink
             Some(js.clone()),
             health.clone(),
             newest.clone(),
-        );
+        )
+        .with_copy_min_rows(config.copy_min_rows as usize);
         let shutdown = shutdown.clone();
         let span = tracing::info_span!("worker", worker);
         workers.spawn(async move { consumer.run(&mut sink, shutdown).await }.instrument(span));

@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 
 use crate::dedup::winners;
 use crate::status::record_error;
-use crate::upsert::write_batch;
+use crate::upsert::{write_batch, COPY_MIN_ROWS};
 
 /// Quick in-process retries of a failed flush before handing the batch back for a nak.
 const QUICK_RETRIES: u32 = 2;
@@ -59,6 +59,7 @@ pub struct PgSink {
     js: Option<Context>,
     health: Health,
     newest: Newest,
+    copy_min_rows: usize,
 }
 
 /// Close time (ms) of the newest closed candle committed per series, for the freshness gauge;
@@ -74,7 +75,15 @@ impl PgSink {
             js,
             health,
             newest,
+            copy_min_rows: COPY_MIN_ROWS,
         }
+    }
+
+    /// Flushes of at least `rows` candle versions are written with COPY, smaller ones with one
+    /// UNNEST upsert; 0 never uses COPY (`--copy-min-rows`, [`write_batch`]).
+    pub fn with_copy_min_rows(mut self, rows: usize) -> Self {
+        self.copy_min_rows = rows;
+        self
     }
 
     /// Sets `klinebus_sink_newest_candle_close_seconds{symbol,timeframe}` to the close time of
@@ -180,7 +189,7 @@ impl Handler for PgSink {
         let started = Instant::now();
         let mut attempt = 0;
         let written = loop {
-            match write_batch(&self.pool, &rows, &recheck).await {
+            match write_batch(&self.pool, &rows, &recheck, self.copy_min_rows).await {
                 Ok(w) => break w,
                 Err(e) => {
                     metrics::counter!("klinebus_sink_errors_total", "kind" => error_kind(&e))
@@ -242,12 +251,15 @@ impl Handler for PgSink {
                 "announcing redelivered closed candles again"
             );
         }
-        Ok(rows
-            .into_iter()
-            .enumerate()
-            .filter(|(i, e)| e.closed && (written.changed[*i] || written.already(*i)))
-            .map(|(_, e)| e.clone())
-            .collect())
+        // Sized up front: a filtered collect would grow (and move) a bulk flush's candles
+        // several times.
+        let mut closed = Vec::with_capacity(changed + again);
+        for (i, e) in rows.into_iter().enumerate() {
+            if e.closed && (written.changed[i] || written.already(i)) {
+                closed.push(e.clone());
+            }
+        }
+        Ok(closed)
     }
 
     async fn after_commit(&mut self, closed: Vec<KlineEvent>) -> Option<Confirmation> {

@@ -95,7 +95,8 @@ pub async fn publish_raw(
         .unwrap();
 }
 
-/// Config of a sink for tests: small batches, short timers, telemetry off.
+/// Config of a sink for tests: small batches (unless `extra` sets `--batch-size`), short
+/// timers, telemetry off.
 pub fn config(
     nats_url: &str,
     db_url: &str,
@@ -111,15 +112,18 @@ pub fn config(
         db_url,
         "--consumer",
         consumer,
-        "--batch-size",
-        "50",
+    ];
+    if !extra.contains(&"--batch-size") {
+        args.extend(["--batch-size", "50"]);
+    }
+    args.extend([
         "--flush-interval-ms",
         "20",
         "--ack-wait-secs",
         "2",
         "--metrics-addr",
         "off",
-    ];
+    ]);
     args.extend_from_slice(extra);
     kline_pg_sink::Config::try_parse_from(args).unwrap()
 }
@@ -316,4 +320,61 @@ pub async fn assert_all_announced(js: &Context, pool: &PgPool) -> usize {
         &missing[..missing.len().min(5)]
     );
     seen.values().map(|n| n - 1).sum()
+}
+
+/// Closed candles of one series as a backfill has them: minutes `from..from + n`, source
+/// `backfill`, `rev` as in [`candle`] (0: event time = close time + 1, as REST rows).
+pub fn history(symbol: &str, from: i64, n: i64, rev: i64) -> Vec<KlineEvent> {
+    (from..from + n)
+        .map(|m| {
+            let mut c = candle(symbol, m, true, rev);
+            c.source = Source::Backfill;
+            c
+        })
+        .collect()
+}
+
+/// The message of a page (`kline-page/1`) of `candles`, WITHOUT a `Nats-Msg-Id` (so the server
+/// keeps a repeated page).
+pub fn page_message(candles: &[KlineEvent]) -> (String, async_nats::HeaderMap, Vec<u8>) {
+    let mut headers = schema_headers();
+    headers.insert(
+        codec::SCHEMA_HEADER,
+        klinebus_schemas::page::PAGE_SCHEMA_VERSION,
+    );
+    let payload = codec::encode(&klinebus_schemas::closed::ClosedCandlesRef { candles }).unwrap();
+    (subjects::for_event(&candles[0]), headers, payload)
+}
+
+/// Publishes `candles` (closed, one series, ascending) as pages of up to `per_page`, without
+/// `Nats-Msg-Id`s.
+pub async fn publish_pages_no_id(js: &Context, candles: &[KlineEvent], per_page: usize) {
+    for page in candles.chunks(per_page) {
+        let (subject, headers, payload) = page_message(page);
+        publish_raw(js, &subject, headers, payload).await;
+    }
+}
+
+/// A row of `ingestion_status` without its times of day and latency.
+pub type StatusRow = (
+    String,
+    String,
+    Option<i64>,
+    Option<i64>,
+    Option<String>,
+    String,
+    i32,
+    i64,
+);
+
+/// `ingestion_status` as the tests compare it, in key order.
+pub async fn status_rows(pool: &PgPool) -> Vec<StatusRow> {
+    sqlx::query_as(
+        "SELECT symbol::text, timeframe::text, last_ingested_timestamp, last_closed_timestamp,
+                ingestion_mode::text, status::text, error_count, candles_ingested
+         FROM ingestion_status ORDER BY symbol, timeframe",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
 }
