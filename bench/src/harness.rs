@@ -3,6 +3,7 @@
 //! the throwaway database are `klinebus_testkit`'s `NatsServer::try_start` and
 //! `TestDb::try_named`.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -63,6 +64,77 @@ impl Usage {
             rss_mib: mib("VmRSS:"),
             peak_rss_mib: mib("VmHWM:"),
         })
+    }
+}
+
+/// The processes for which `keep(comm, parent pid, command line)` is true, from `/proc` (what
+/// cannot be read, e.g. a process that just exited, is skipped).
+pub fn pids_where(keep: impl Fn(&str, u32, &str) -> bool) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid …`; comm may hold spaces and parentheses.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let comm = stat.get(open + 1..close).unwrap_or("");
+        let ppid = stat
+            .get(close + 1..)
+            .and_then(|r| r.split_whitespace().nth(1))
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+            .unwrap_or_default();
+        if keep(comm, ppid, &cmdline) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// CPU seconds a set of processes spent during a measurement, sampled now and then from
+/// `/proc` (a process that exits between two samples counts until the last one).
+#[derive(Debug, Default)]
+pub struct CpuTracker {
+    /// Per pid: CPU seconds when first seen (or 0) and when last seen.
+    seen: HashMap<u32, (f64, f64)>,
+}
+
+impl CpuTracker {
+    /// Samples `pids`. A pid not seen before counts from its CPU time now when `existing`
+    /// (it ran before the measurement began), from 0 otherwise (it started during it).
+    pub fn sample(&mut self, pids: &[u32], existing: bool) {
+        for &pid in pids {
+            let Ok(u) = Usage::of(pid) else { continue };
+            let e = self
+                .seen
+                .entry(pid)
+                .or_insert((if existing { u.cpu_secs } else { 0.0 }, u.cpu_secs));
+            e.1 = u.cpu_secs;
+        }
+    }
+
+    /// CPU seconds spent since each process was first counted.
+    pub fn seconds(&self) -> f64 {
+        self.seen.values().map(|(first, last)| last - first).sum()
+    }
+
+    /// Processes counted.
+    pub fn processes(&self) -> usize {
+        self.seen.len()
     }
 }
 
