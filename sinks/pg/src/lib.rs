@@ -1,13 +1,18 @@
 //! # kline-pg-sink: kline events → PostgreSQL
 //!
 //! Consumes the `KLINES` stream through a durable pull consumer ([`klinebus_consume`]) and
-//! persists candles. Delivery is **at-least-once with an idempotent effect**:
+//! persists candles: single events (`kline/1`, live) and pages of up to 1000 closed candles of
+//! one series (`kline-page/1`, backfill), read by [`klinebus_consume::decode_klines`]; a batch
+//! is bounded by its candles (`--batch-size`). Delivery is **at-least-once with an idempotent
+//! effect**:
 //!
 //! - [`config`]: flags and environment (`kline-pg-sink --help`).
 //! - [`dedup`]: which version of a candle wins (closed beats forming; otherwise only a strictly
 //!   newer event time), inside a batch and — the same rule in SQL — across batches.
-//! - [`upsert`]: one transaction per flush: `UNNEST` bulk upsert with `ON CONFLICT … WHERE …
-//!   RETURNING`, then [`status`] (`ingestion_status`); acked only after the commit.
+//! - [`upsert`]: one transaction per flush: an `UNNEST` upsert with `ON CONFLICT … WHERE …
+//!   RETURNING` for live-sized flushes, `COPY` for large ones (straight into the table when
+//!   their series' ranges hold nothing yet, else through a staging table and the same upsert),
+//!   then [`status`] (`ingestion_status`); acked only after the commit.
 //! - [`sink`]: the [`Handler`](klinebus_consume::Handler): quick retries, error status, then
 //!   after the commit the closed candles it committed on `candles.closed.…`, one
 //!   [`ClosedCandles`](klinebus_schemas::ClosedCandles) message per series and flush; the
