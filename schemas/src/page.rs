@@ -27,15 +27,18 @@ pub enum KlinesError {
     /// Not the MessagePack shape its header names, or an unknown version.
     #[error(transparent)]
     Decode(#[from] DecodeError),
-    /// A page that is not one closed, ascending series.
+    /// A page that is not one closed, ascending series of valid candles.
     #[error("page")]
     Page(#[source] InvalidClosed),
+    /// More candles than a page may carry.
+    #[error("page of {0} candles (at most {MAX_PER_PAGE})")]
+    TooLarge(usize),
 }
 
 /// Decodes any message on a `klines.…` subject into its candles, oldest first: a single
-/// [`KlineEvent`] (header `kline/1`, or none) or a page (header `kline-page/1`, validated as
-/// one closed ascending series; each candle's own fields are checked by the caller as for a
-/// single event).
+/// [`KlineEvent`] (header `kline/1`, or none; its fields are the caller's to
+/// [`validate`](KlineEvent::validate)) or a page (header `kline-page/1`: at most
+/// [`MAX_PER_PAGE`] candles, each valid, one closed ascending series).
 pub fn decode_klines(
     version: Option<&str>,
     payload: &[u8],
@@ -43,6 +46,9 @@ pub fn decode_klines(
     match version {
         Some(PAGE_SCHEMA_VERSION) => {
             let page: ClosedCandles = codec::decode(payload)?;
+            if page.candles.len() > MAX_PER_PAGE {
+                return Err(KlinesError::TooLarge(page.candles.len()));
+            }
             page.validate().map_err(KlinesError::Page)?;
             Ok(page.candles)
         }
@@ -138,6 +144,22 @@ mod tests {
         assert!(matches!(
             decode_klines(Some(PAGE_SCHEMA_VERSION), &bytes),
             Err(KlinesError::Page(_))
+        ));
+        let big: Vec<KlineEvent> = (0..=MAX_PER_PAGE as i64)
+            .map(|i| {
+                let mut c = sample();
+                c.open_time += i * 60_000;
+                c.close_time += i * 60_000;
+                c
+            })
+            .collect();
+        let bytes = codec::encode(&ClosedCandlesRef {
+            candles: big.as_slice(),
+        })
+        .unwrap();
+        assert!(matches!(
+            decode_klines(Some(PAGE_SCHEMA_VERSION), &bytes),
+            Err(KlinesError::TooLarge(1001))
         ));
         let empty: &[KlineEvent] = &[];
         let bytes = codec::encode(&ClosedCandlesRef { candles: empty }).unwrap();

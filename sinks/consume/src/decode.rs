@@ -68,6 +68,7 @@ pub fn decode_klines(
         // A page's shape check validates every candle on the way.
         KlinesError::Page(p @ InvalidClosed::Candle { .. }) => Poison::Invalid(error_line(p)),
         KlinesError::Page(p) => Poison::Page(error_line(p)),
+        KlinesError::TooLarge(_) => Poison::Page(error_line(&e)),
     })?;
     if !is_page {
         for c in &candles {
