@@ -78,7 +78,8 @@ pub struct Config {
     /// How long a request keeps retrying 5xx answers, timeouts and connection errors after its
     /// first failure (once --max-attempts are spent), so an exchange incident or maintenance
     /// window of minutes is waited out, each wait logged, before a series fails (e.g. 10m; 0s:
-    /// give up after --max-attempts).
+    /// give up after --max-attempts). A NATS server not reachable yet at start-up is waited for
+    /// as long (refused credentials fail at once).
     #[arg(long, env = "BACKFILL_PATIENCE", default_value = "10m", value_parser = humantime::parse_duration)]
     pub patience: Duration,
 

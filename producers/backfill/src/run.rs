@@ -70,11 +70,45 @@ pub fn rest_client(config: &Config) -> Result<RestClient, BackfillError> {
         .map_err(|e| BackfillError::Exchange("the REST client".into(), e))
 }
 
-/// Connects to NATS and makes sure the streams exist.
-pub async fn connect_bus(config: &Config) -> Result<Context, BackfillError> {
-    let client = bus::connect(&config.bus_options()?)
-        .await
-        .map_err(|e| BackfillError::Bus("connecting", e))?;
+/// Connects to NATS and makes sure the streams exist. A server not reachable yet (starting, or
+/// restarting) is waited for within `--patience`, as the exchange is; refused credentials fail
+/// at once.
+pub async fn connect_bus(
+    config: &Config,
+    shutdown: &CancellationToken,
+) -> Result<Context, BackfillError> {
+    use async_nats::ConnectErrorKind as Kind;
+    let opts = config.bus_options()?;
+    let started = Instant::now();
+    let mut backoff = klinebus_svc::Backoff::new(
+        std::time::Duration::from_millis(200),
+        std::time::Duration::from_secs(5),
+    );
+    let client = loop {
+        let e = match bus::connect(&opts).await {
+            Ok(c) => break c,
+            Err(e) => e,
+        };
+        let final_error = match &e {
+            bus::BusError::Connect { source, .. } => matches!(
+                source.kind(),
+                Kind::Authentication | Kind::AuthorizationViolation | Kind::ServerParse | Kind::Tls
+            ),
+            _ => true,
+        };
+        let left = config.patience.saturating_sub(started.elapsed());
+        if final_error || left.is_zero() || shutdown.is_cancelled() {
+            return Err(BackfillError::Bus("connecting", e));
+        }
+        let wait = backoff.fail().min(left);
+        tracing::warn!(error = %klinebus_svc::error_line(&e), retry_in_ms = wait.as_millis() as u64,
+            patience_left = %humantime::format_duration(std::time::Duration::from_secs(left.as_secs())),
+            "NATS unavailable; waiting for it");
+        tokio::select! {
+            () = shutdown.cancelled() => return Err(BackfillError::Bus("connecting", e)),
+            () = tokio::time::sleep(wait) => {}
+        }
+    };
     let js = bus::jetstream(client, config.max_inflight.max(1));
     bus::ensure_streams(&js, &config.nats.retention())
         .await
@@ -117,7 +151,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<RunResul
         tracing::info!(%bound, "serving /metrics and /health");
     }
     let rest = rest_client(&config)?;
-    let js = connect_bus(&config).await?;
+    let js = connect_bus(&config, &shutdown).await?;
     health.set_ready(true);
     let server_now = rest.server_time().await.map_err(|e| {
         BackfillError::Exchange(format!("asking {} for its time", config.rest_url), e)

@@ -331,3 +331,46 @@ async fn an_outage_of_5xx_answers_is_ridden_out_with_patience() {
     assert_complete(&s);
     assert_exact(&e, &plan).await;
 }
+
+/// A broker that is not up yet when kline-backfill starts (a restart, or a start-up order with
+/// the job first) is waited for within --patience, not a failed run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_not_up_yet_at_start_is_waited_for() {
+    use clap::Parser;
+    let e = env(&[]).await;
+    let url = e.nats.lock().unwrap().url();
+    e.nats.lock().unwrap().stop();
+    let sim_url = e.sim.base_url();
+    let cfg = kline_backfill::Config::parse_from([
+        "kline-backfill",
+        "--symbols",
+        "BTCUSDT",
+        "--timeframes",
+        "1h",
+        "--days",
+        "2",
+        "--source",
+        "rest",
+        "--rest-url",
+        &sim_url,
+        "--nats-url",
+        &url,
+        "--progress",
+        "quiet",
+    ]);
+    let nats = e.nats.clone();
+    let back = tokio::task::spawn_blocking(move || {
+        std::thread::sleep(Duration::from_secs(2));
+        nats.lock().unwrap().start_again();
+    });
+    let result = tokio::time::timeout(
+        Duration::from_secs(60),
+        kline_backfill::run(cfg, CancellationToken::new()),
+    )
+    .await
+    .expect("kline-backfill did not finish once the broker was up")
+    .unwrap();
+    back.await.unwrap();
+    assert_eq!(result.exit_code(), 0, "{}", result.summary.render());
+    assert_eq!(result.summary.published(), 48);
+}
