@@ -203,6 +203,7 @@ pub async fn audit_once(
             progress: ProgressMode::Silent,
             resume: false,
             fetch: kline_backfill::Fetch::Rest,
+            flow: None,
         };
         let summary = run_backfill(&plan, rest, js, options, cancel).await;
         kline_backfill::verify::record_exchange_facts(pool, &summary, &[], server_now).await?;

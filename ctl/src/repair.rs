@@ -134,6 +134,7 @@ pub async fn repair(
         progress: ProgressMode::Quiet,
         resume: true,
         fetch: kline_backfill::Fetch::Rest,
+        flow: None,
     };
     let summary = run_backfill(&plan, rest, js, options, cancel).await;
     out.push_str(&render(&plan, &summary));

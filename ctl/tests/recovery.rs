@@ -261,6 +261,7 @@ async fn verify_repair_backfills_the_gaps_through_the_backfill_code() {
         progress: ProgressMode::Quiet,
         resume: true,
         fetch: kline_backfill::Fetch::Rest,
+        flow: None,
     };
     let holes = [
         ("BTCUSDT", from + 300 * MIN, from + 480 * MIN),
@@ -429,6 +430,7 @@ async fn verify_deep_finds_changed_values_and_repairs_them() {
         progress: ProgressMode::Quiet,
         resume: true,
         fetch: kline_backfill::Fetch::Rest,
+        flow: None,
     };
     let s = run_backfill(&plan, &rest, &js, opts, &CancellationToken::new()).await;
     assert_eq!(s.published(), 1440, "{}", s.render());
@@ -581,6 +583,7 @@ async fn a_republished_archive_file_corrects_the_table() {
         progress: ProgressMode::Quiet,
         resume: true,
         fetch: kline_backfill::Fetch::Auto(&archive),
+        flow: None,
     };
     let s = run_backfill(&plan, &rest, &js, opts, &CancellationToken::new()).await;
     assert_eq!(s.errors(), 0, "{}", s.render());

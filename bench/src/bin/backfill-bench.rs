@@ -105,6 +105,7 @@ async fn main() -> anyhow::Result<()> {
         progress: ProgressMode::Quiet,
         resume: true,
         fetch: kline_backfill::Fetch::Rest,
+        flow: None,
     };
     let cancel = CancellationToken::new();
     if limits {

@@ -114,6 +114,13 @@ pub struct Config {
     #[arg(long)]
     pub verify: bool,
 
+    /// Publishing waits while the sink's durable consumer (--verify-consumer) has more
+    /// unconsumed events than this share of the KLINES stream's byte limit: the stream discards
+    /// its oldest events when full, read or not, and a backfill from the archive publishes
+    /// faster than a sink commits (0 turns the wait off).
+    #[arg(long, env = "BACKFILL_MAX_SINK_LAG", default_value_t = 0.5, value_parser = parse_share)]
+    pub max_sink_lag: f64,
+
     /// Durable consumer whose lag `--verify` waits on.
     #[arg(long, env = "VERIFY_CONSUMER", default_value = crate::verify::DEFAULT_VERIFY_CONSUMER)]
     pub verify_consumer: String,
@@ -157,6 +164,14 @@ use klinebus_schemas::list::{
     parse_interval_list as parse_intervals, parse_symbol_list as parse_symbols,
 };
 pub use klinebus_schemas::list::{IntervalList, SymbolList};
+
+/// A share between 0 and 1.
+fn parse_share(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("expected a share between 0 and 1 (0.5), got {s:?}")),
+    }
+}
 
 /// RFC3339, `YYYY-MM-DDTHH:MM:SS` (UTC) or a UTC date `YYYY-MM-DD`, to epoch ms.
 pub fn parse_time(s: &str) -> Result<i64, String> {

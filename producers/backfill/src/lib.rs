@@ -3,6 +3,7 @@
 //! - [`config`]: flags and environment (`TRADING_PAIRS`, `TIMEFRAMES`, `BINANCE_REST_URL`, …).
 //! - [`archive`]: history from Binance's public archive (monthly and daily zipped CSV files,
 //!   checksum-verified), REST for today and for whatever a file lacks (`--source`).
+//! - [`flow`]: publishing waits while the sink lags by more than the stream can hold.
 //! - [`plan`]: one window of open times per (symbol, timeframe); the forming candle excluded.
 //! - [`resume`]: what the `KLINES` stream already holds, so a re-run fetches only the rest.
 //! - `series`: one series — REST pages of 1000 by startTime, closed candles only, many publish acks
@@ -19,6 +20,7 @@
 
 pub mod archive;
 pub mod config;
+pub mod flow;
 pub mod plan;
 pub mod progress;
 pub mod resume;
@@ -29,6 +31,7 @@ pub mod verify;
 
 pub use archive::{ArchiveSource, Fetch};
 pub use config::{Config, ProgressMode, SourceMode};
+pub use flow::FlowGuard;
 pub use plan::{Plan, SeriesPlan, Window};
 pub use run::{run, run_backfill, BackfillError, RunOptions, RunResult, VerifyError};
 pub use summary::{ExchangeGap, FileFault, SeriesReport, Status, Summary};

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::archive::{ArchiveSource, Fetch};
 use crate::config::{Config, ProgressMode, SourceMode};
+use crate::flow::FlowGuard;
 use crate::plan::{Plan, Window};
 use crate::progress::Progress;
 use crate::series::backfill_series;
@@ -30,6 +31,8 @@ pub struct RunOptions<'a> {
     pub resume: bool,
     /// REST only, or the archive first ([`Fetch`]).
     pub fetch: Fetch<'a>,
+    /// Publishing waits while the sink lags too far behind ([`FlowGuard`]); none: never.
+    pub flow: Option<&'a FlowGuard>,
 }
 
 /// Why a backfill could not start or run (each series' own failures are in its report).
@@ -185,11 +188,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<RunResul
         (Some(a), _) => Fetch::Auto(a),
         (None, _) => Fetch::Rest,
     };
+    let flow = (config.max_sink_lag > 0.0)
+        .then(|| FlowGuard::new(js.clone(), &config.verify_consumer, config.max_sink_lag));
     let options = RunOptions {
         concurrency: usize::from(config.concurrency),
         progress: config.progress,
         resume: true,
         fetch,
+        flow: flow.as_ref(),
     };
     let syms: Vec<_> = config.symbols.0.iter().map(|s| s.as_str()).collect();
     let tfs: Vec<_> = config.timeframes.0.iter().map(|i| i.as_str()).collect();
@@ -336,6 +342,7 @@ pub async fn run_backfill(
                     &bar,
                     options.resume,
                     options.fetch,
+                    options.flow,
                     shutdown,
                 )
                 .await;

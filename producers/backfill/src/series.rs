@@ -16,6 +16,7 @@ use klinebus_svc::Backoff;
 use tokio_util::sync::CancellationToken;
 
 use crate::archive::Fetch;
+use crate::flow::FlowGuard;
 use crate::plan::SeriesPlan;
 use crate::progress::SeriesProgress;
 use crate::resume;
@@ -66,6 +67,8 @@ pub(crate) struct Run<'a> {
     resume: bool,
     /// REST only, or the archive first.
     pub(crate) fetch: Fetch<'a>,
+    /// Waits while the sink lags too far behind.
+    flow: Option<&'a FlowGuard>,
     /// Checked before each REST request, never in the middle of publishing a page, so every
     /// candle sent to the bus is also counted.
     pub(crate) cancel: &'a CancellationToken,
@@ -126,6 +129,7 @@ pub async fn backfill_series(
     progress: &SeriesProgress,
     resume: bool,
     fetch: Fetch<'_>,
+    flow: Option<&FlowGuard>,
     cancel: &CancellationToken,
 ) -> SeriesReport {
     let mut run = Run {
@@ -136,6 +140,7 @@ pub async fn backfill_series(
         progress,
         resume,
         fetch,
+        flow,
         cancel,
         report: SeriesReport {
             symbol: plan.symbol.clone(),
@@ -341,6 +346,11 @@ impl Run<'_> {
     ) -> Result<(), Stop> {
         if events.is_empty() {
             return Ok(());
+        }
+        if let Some(flow) = self.flow {
+            if !flow.wait(self.cancel).await {
+                return Err(Stop::Cancelled);
+            }
         }
         let ack = self.send(&events).await?;
         self.acks.push_back(Page {

@@ -49,6 +49,7 @@ async fn run(e: &Env, plan: &Plan, fetch: Fetch<'_>) -> Summary {
         progress: ProgressMode::Quiet,
         resume: true,
         fetch,
+        flow: None,
     };
     run_backfill(plan, &e.rest, &e.js, opts, &CancellationToken::new()).await
 }
@@ -221,6 +222,7 @@ async fn an_interrupted_archive_run_resumes_exactly() {
         progress: ProgressMode::Quiet,
         resume: true,
         fetch: Fetch::Auto(&a),
+        flow: None,
     };
     let (first, ()) = tokio::join!(run_backfill(&plan, &e.rest, &e.js, opts, &cancel), stop);
     assert!(

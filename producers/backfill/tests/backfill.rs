@@ -289,6 +289,7 @@ async fn an_outage_of_5xx_answers_is_ridden_out_with_patience() {
         progress: ProgressMode::Quiet,
         resume: true,
         fetch: kline_backfill::Fetch::Rest,
+        flow: None,
     };
     let outage_for = |d: Duration| {
         let faults = e.sim.faults();
@@ -373,4 +374,69 @@ async fn a_broker_not_up_yet_at_start_is_waited_for() {
     back.await.unwrap();
     assert_eq!(result.exit_code(), 0, "{}", result.summary.render());
     assert_eq!(result.summary.published(), 48);
+}
+
+/// A backfill faster than its sink waits for it instead of pushing unread events out of a full
+/// KLINES stream (which discards its oldest messages, read or not).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_waits_for_a_slow_sink_instead_of_outrunning_the_stream() {
+    use async_nats::jetstream::consumer::{pull, AckPolicy};
+    use klinebus_schemas::streams::Retention;
+    use klinebus_schemas::{bus, codec, ClosedCandles};
+    let e = env(&[]).await;
+    // 16 MB of KLINES; the run publishes about 26 MB.
+    let small = Retention {
+        klines_max_bytes: 16 << 20,
+        ..Retention::default()
+    };
+    bus::ensure_streams(&e.js, &small).await.unwrap();
+    let stream = e.js.get_stream(KLINES_STREAM).await.unwrap();
+    let consumer = stream
+        .create_consumer(pull::Config {
+            durable_name: Some("pg-sink".into()),
+            ack_policy: AckPolicy::Explicit,
+            ..pull::Config::default()
+        })
+        .await
+        .unwrap();
+    let plan = plan(&e, "BTCUSDT,ETHUSDT", &[Interval::M1], 40_000).await;
+    let expected: u64 = plan.series.iter().map(|s| s.expected()).sum();
+    let guard = kline_backfill::FlowGuard::new(e.js.clone(), "pg-sink", 0.5);
+    // The slow sink: away for the first 3 s, then reading and acknowledging.
+    let sink = async {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let mut messages = consumer.messages().await.unwrap();
+        let mut candles = 0u64;
+        while candles < expected {
+            let m = tokio::time::timeout(Duration::from_secs(30), messages.next())
+                .await
+                .expect("the sink got nothing for 30 s")
+                .unwrap()
+                .unwrap();
+            candles += codec::decode::<ClosedCandles>(&m.payload)
+                .unwrap()
+                .candles
+                .len() as u64;
+            m.ack().await.unwrap();
+        }
+        candles
+    };
+    let opts = RunOptions {
+        concurrency: 4,
+        progress: ProgressMode::Quiet,
+        resume: true,
+        fetch: kline_backfill::Fetch::Rest,
+        flow: Some(&guard),
+    };
+    let cancel = CancellationToken::new();
+    let (summary, read) = tokio::time::timeout(
+        Duration::from_secs(120),
+        futures::future::join(run_backfill(&plan, &e.rest, &e.js, opts, &cancel), sink),
+    )
+    .await
+    .expect("the backfill and its sink did not finish in 2 minutes");
+    assert_complete(&summary);
+    // Every candle was read before the full stream discarded it (without the wait, the first
+    // 10 MB are discarded unread and the sink never gets them).
+    assert_eq!(read, expected, "the sink read every candle");
 }

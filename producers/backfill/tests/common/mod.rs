@@ -86,6 +86,7 @@ pub async fn backfill(e: &Env, plan: &Plan, cancel: &CancellationToken) -> Summa
         progress: ProgressMode::Quiet,
         resume: true,
         fetch: kline_backfill::Fetch::Rest,
+        flow: None,
     };
     run_backfill(plan, &e.rest, &e.js, opts, cancel).await
 }
