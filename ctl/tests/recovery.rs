@@ -224,14 +224,25 @@ async fn stored_rows(db: &TestDb, symbol: &str, from: i64, to: i64) -> Vec<Strin
     .unwrap()
 }
 
-#[tokio::test]
-async fn verify_repair_backfills_the_gaps_through_the_backfill_code() {
+/// The simulator (clock from `start`, `symbols`), a private broker with the streams, a fresh
+/// database, the sink consuming in-process, and a REST client of the simulator.
+struct Site {
+    sim: binance_sim::SimHandle,
+    nats: NatsServer,
+    db: TestDb,
+    js: Context,
+    rest: RestClient,
+    stop: CancellationToken,
+    sink: JoinHandle<Result<(), kline_pg_sink::SinkError>>,
+}
+
+async fn site(start: &str, symbols: &str) -> Site {
     let sim = binance_sim::spawn(binance_sim::Config::parse_from([
         "binance-sim",
         "--start-time",
-        "2025-06-04T12:00:00Z",
+        start,
         "--symbols",
-        "BTCUSDT,ETHUSDT",
+        symbols,
     ]))
     .await
     .unwrap();
@@ -240,13 +251,6 @@ async fn verify_repair_backfills_the_gaps_through_the_backfill_code() {
     let js = bus_for(&nats).await;
     let stop = CancellationToken::new();
     let sink = start_sink(&nats, &db, &stop);
-
-    // Verify as of the simulator's clock: the window is the last day of 1m candles.
-    let at = sim.clock().now_ms();
-    let at_text = klinebus_verify::datetime(Interval::M1.align(at));
-    let (from, to) = klinebus_verify::window(Interval::M1, 1, Interval::M1.align(at));
-    // The producer was down for two stretches: BTCUSDT misses 3 hours, ETHUSDT 17 minutes
-    // (never fetched, never published: the stream does not hold them either).
     let rest = RestClient::new(
         RestConfig {
             base_url: sim.base_url(),
@@ -255,6 +259,35 @@ async fn verify_repair_backfills_the_gaps_through_the_backfill_code() {
         Arc::new(WeightLimiter::default()),
     )
     .unwrap();
+    Site {
+        sim,
+        nats,
+        db,
+        js,
+        rest,
+        stop,
+        sink,
+    }
+}
+
+#[tokio::test]
+async fn verify_repair_backfills_the_gaps_through_the_backfill_code() {
+    let Site {
+        sim,
+        nats,
+        db,
+        js,
+        rest,
+        stop,
+        sink,
+    } = site("2025-06-04T12:00:00Z", "BTCUSDT,ETHUSDT").await;
+
+    // Verify as of the simulator's clock: the window is the last day of 1m candles.
+    let at = sim.clock().now_ms();
+    let at_text = klinebus_verify::datetime(Interval::M1.align(at));
+    let (from, to) = klinebus_verify::window(Interval::M1, 1, Interval::M1.align(at));
+    // The producer was down for two stretches: BTCUSDT misses 3 hours, ETHUSDT 17 minutes
+    // (never fetched, never published: the stream does not hold them either).
     let now = rest.server_time().await.unwrap();
     let opts = RunOptions {
         concurrency: 4,
@@ -391,31 +424,18 @@ async fn verify_repair_backfills_the_gaps_through_the_backfill_code() {
 /// and with `--repair` stores the exchange's version of exactly those candles.
 #[tokio::test]
 async fn verify_deep_finds_changed_values_and_repairs_them() {
-    let sim = binance_sim::spawn(binance_sim::Config::parse_from([
-        "binance-sim",
-        "--start-time",
-        "2025-06-04T12:00:00Z",
-        "--symbols",
-        "BTCUSDT",
-    ]))
-    .await
-    .unwrap();
-    let nats = NatsServer::start();
-    let db = TestDb::fresh().await;
-    let js = bus_for(&nats).await;
-    let stop = CancellationToken::new();
-    let sink = start_sink(&nats, &db, &stop);
+    let Site {
+        sim,
+        nats,
+        db,
+        js,
+        rest,
+        stop,
+        sink,
+    } = site("2025-06-04T12:00:00Z", "BTCUSDT").await;
     let at = sim.clock().now_ms();
     let at_text = klinebus_verify::datetime(Interval::M1.align(at));
     let (from, to) = klinebus_verify::window(Interval::M1, 1, Interval::M1.align(at));
-    let rest = RestClient::new(
-        RestConfig {
-            base_url: sim.base_url(),
-            ..RestConfig::default()
-        },
-        Arc::new(WeightLimiter::default()),
-    )
-    .unwrap();
     let plan = Plan::build(
         &["BTCUSDT".parse().unwrap()],
         &[Interval::M1],
@@ -535,33 +555,20 @@ async fn verify_deep_finds_changed_values_and_repairs_them() {
 #[tokio::test]
 async fn a_republished_archive_file_corrects_the_table() {
     use binance_sim::{ArchiveFault, ArchiveFaultKind, ArchiveFile};
-    let sim = binance_sim::spawn(binance_sim::Config::parse_from([
-        "binance-sim",
-        "--start-time",
-        "2025-03-10T06:00:00Z",
-        "--symbols",
-        "BTCUSDT",
-    ]))
-    .await
-    .unwrap();
+    let Site {
+        sim,
+        nats,
+        db,
+        js,
+        rest,
+        stop,
+        sink,
+    } = site("2025-03-10T06:00:00Z", "BTCUSDT").await;
     let bad = ArchiveFile::try_from("BTCUSDT-1h-2025-02.zip".to_owned()).unwrap();
     sim.archive().add_fault(ArchiveFault {
         file: bad.clone(),
         kind: ArchiveFaultKind::WrongValues { rows: Some(5) },
     });
-    let nats = NatsServer::start();
-    let db = TestDb::fresh().await;
-    let js = bus_for(&nats).await;
-    let stop = CancellationToken::new();
-    let sink = start_sink(&nats, &db, &stop);
-    let rest = RestClient::new(
-        RestConfig {
-            base_url: sim.base_url(),
-            ..RestConfig::default()
-        },
-        Arc::new(WeightLimiter::default()),
-    )
-    .unwrap();
     let at = sim.clock().now_ms();
     let at_text = klinebus_verify::datetime(Interval::H1.align(at));
     let (from, to) = klinebus_verify::window(Interval::H1, 40, Interval::H1.align(at));
