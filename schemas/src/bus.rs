@@ -126,19 +126,59 @@ pub async fn connect(opts: &BusOptions) -> Result<Client, BusError> {
                 source,
             })?;
     }
-    if let (Some(u), Some(p)) = (&opts.user, &opts.password) {
-        o = o.user_and_password(u.clone(), p.expose().to_owned());
+    // Credentials in the URL go to the options, and the client gets the URLs without them:
+    // async-nats logs server addresses (userinfo included) at debug level.
+    let (plain, from_url) = split_credentials(opts.url.expose());
+    match (&opts.user, &opts.password, &opts.token, from_url) {
+        (Some(u), Some(p), _, _) => o = o.user_and_password(u.clone(), p.expose().to_owned()),
+        (_, _, Some(t), _) => o = o.token(t.expose().to_owned()),
+        (_, _, _, Some(UrlCredentials::UserPassword(u, p))) => o = o.user_and_password(u, p),
+        (_, _, _, Some(UrlCredentials::Token(t))) => o = o.token(t),
+        _ => {}
     }
-    if let Some(t) = &opts.token {
-        o = o.token(t.expose().to_owned());
-    }
-    let servers = server_addrs(opts.url.expose())?;
+    let servers = server_addrs(&plain)?;
     o.connect(servers)
         .await
         .map_err(|source| BusError::Connect {
             url: opts.url.to_string(),
             source,
         })
+}
+
+/// Credentials written into a NATS URL.
+#[derive(Debug, PartialEq, Eq)]
+enum UrlCredentials {
+    UserPassword(String, String),
+    Token(String),
+}
+
+/// The URL list without userinfo, and the first credentials found in it.
+fn split_credentials(urls: &str) -> (String, Option<UrlCredentials>) {
+    let mut found = None;
+    let plain: Vec<String> = urls
+        .split(',')
+        .map(str::trim)
+        .map(|u| {
+            let Some((scheme, rest)) = u.split_once("://") else {
+                return u.to_owned();
+            };
+            let (authority, path) = match rest.find('/') {
+                Some(i) => rest.split_at(i),
+                None => (rest, ""),
+            };
+            let Some((auth, host)) = authority.rsplit_once('@') else {
+                return u.to_owned();
+            };
+            if found.is_none() {
+                found = Some(match auth.split_once(':') {
+                    Some((user, pass)) => UrlCredentials::UserPassword(user.into(), pass.into()),
+                    None => UrlCredentials::Token(auth.into()),
+                });
+            }
+            format!("{scheme}://{host}{path}")
+        })
+        .collect();
+    (plain.join(","), found)
 }
 
 /// Parses `nats://a:4222,nats://b:4222` (a cluster's seed list) into server addresses.
@@ -356,4 +396,31 @@ pub async fn publish_closed(
         .await
         .map(Some)
         .map_err(|source| BusError::Publish { subject, source })
+}
+
+#[cfg(test)]
+mod credential_tests {
+    use super::*;
+
+    #[test]
+    fn credentials_leave_the_urls() {
+        assert_eq!(
+            split_credentials("nats://tok@a:4222,nats://b:4222"),
+            (
+                "nats://a:4222,nats://b:4222".into(),
+                Some(UrlCredentials::Token("tok".into()))
+            )
+        );
+        assert_eq!(
+            split_credentials("tls://u:p@a:4222"),
+            (
+                "tls://a:4222".into(),
+                Some(UrlCredentials::UserPassword("u".into(), "p".into()))
+            )
+        );
+        assert_eq!(
+            split_credentials("nats://a:4222"),
+            ("nats://a:4222".into(), None)
+        );
+    }
 }

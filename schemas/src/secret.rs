@@ -86,23 +86,58 @@ impl FromStr for ConnUrl {
     }
 }
 
-/// `url` (or comma-separated URLs) with any password replaced (`scheme://user:<redacted>@host`),
-/// for logs and `Debug`.
+/// `url` (or comma-separated URLs) with every secret replaced, for logs and `Debug`: a
+/// password (`scheme://user:<redacted>@host`), a NATS token standing alone as the user part
+/// (`nats://<redacted>@host`), and secret query parameters (`?password=<redacted>`,
+/// `sslpassword`, `token`, `secret`, `auth_token`, `access_token`).
 pub fn redact_url(url: &str) -> String {
     url.split(',').map(redact_one).collect::<Vec<_>>().join(",")
 }
 
+/// Query parameters whose value is a secret.
+const SECRET_PARAMS: [&str; 6] = [
+    "password",
+    "sslpassword",
+    "token",
+    "secret",
+    "auth_token",
+    "access_token",
+];
+
 fn redact_one(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
     };
-    let Some((auth, host)) = rest.rsplit_once('@') else {
-        return url.to_owned();
+    let mut out = match base.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((auth, host)) => match auth.split_once(':') {
+                Some((user, _)) => format!("{scheme}://{user}:<redacted>@{host}"),
+                // For NATS a user part without a password is a token (`nats://TOKEN@host`);
+                // for PostgreSQL it is only the user name.
+                None if matches!(scheme, "nats" | "tls" | "ws" | "wss") => {
+                    format!("{scheme}://<redacted>@{host}")
+                }
+                None => base.to_owned(),
+            },
+            None => base.to_owned(),
+        },
+        None => base.to_owned(),
     };
-    match auth.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:<redacted>@{host}"),
-        None => url.to_owned(),
+    if let Some(q) = query {
+        out.push('?');
+        let params: Vec<String> = q
+            .split('&')
+            .map(|kv| match kv.split_once('=') {
+                Some((k, _)) if SECRET_PARAMS.contains(&k.to_ascii_lowercase().as_str()) => {
+                    format!("{k}=<redacted>")
+                }
+                _ => kv.to_owned(),
+            })
+            .collect();
+        out.push_str(&params.join("&"));
     }
+    out
 }
 
 #[cfg(test)]
@@ -121,5 +156,32 @@ mod tests {
             "postgres://app:<redacted>@db:5432/k,nats://n:4222"
         );
         assert_eq!(u.expose(), "postgres://app:hunter2@db:5432/k,nats://n:4222");
+    }
+
+    #[test]
+    fn tokens_and_secret_query_parameters_are_redacted_too() {
+        assert_eq!(
+            redact_url("nats://s3cr3tT0ken@nats:4222"),
+            "nats://<redacted>@nats:4222"
+        );
+        assert_eq!(
+            redact_url("postgres://app@db/k?sslmode=require&password=hunter2&application_name=x"),
+            "postgres://app@db/k?sslmode=require&password=<redacted>&application_name=x"
+        );
+        assert_eq!(
+            redact_url("postgres://db/k?PassWord=hunter2"),
+            "postgres://db/k?PassWord=<redacted>"
+        );
+        assert_eq!(redact_url("nats://n:4222"), "nats://n:4222");
+        for url in [
+            "nats://tok@a:4222,nats://u:p@b:4222",
+            "postgres://u@h/d?sslpassword=hunter2",
+        ] {
+            let r = redact_url(url);
+            assert!(
+                !r.contains("tok@") && !r.contains(":p@") && !r.contains("hunter2"),
+                "{r}"
+            );
+        }
     }
 }

@@ -58,7 +58,9 @@ pub struct NatsArgs {
         global = true,
         long = "nats-url",
         env = "NATS_URL",
-        default_value = "nats://127.0.0.1:4222"
+        default_value = "nats://127.0.0.1:4222",
+        // A URL may carry a token or a password.
+        hide_env_values = true
     )]
     pub url: ConnUrl,
 
