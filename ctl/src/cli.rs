@@ -45,6 +45,74 @@ pub enum Cmd {
     /// over REST with kline-backfill's code, and expose Prometheus metrics. With --once, one
     /// run (exit code 1 when something stayed unrepaired).
     Audit(AuditArgs),
+    /// The klinebus streams are the operator's configuration: `streams apply` creates or
+    /// updates KLINES, CANDLES, SIGNALS and DLQ to the given retention, duplicate window and
+    /// replicas (--stream-replicas) and says per stream what changed. Services only create a
+    /// stream that is missing and never change an existing one.
+    Streams(StreamsArgs),
+}
+
+/// `streams` options.
+#[derive(Debug, Args)]
+pub struct StreamsArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub action: StreamsAction,
+}
+
+/// `streams` actions.
+#[derive(Debug, Subcommand)]
+pub enum StreamsAction {
+    /// Create or update every klinebus stream to these settings.
+    Apply(ApplyArgs),
+}
+
+/// `streams apply` settings. Sizing: an event is about 330 bytes (a MessagePack map with field
+/// names; pages of history cost the same per candle); 100 symbols × 16 intervals of live
+/// forming updates every 2 s are about 800 events/s, 23 GB a day, so KLINES' byte budget, not
+/// its age, usually decides how long events stay: keep it above what a sink outage may have to
+/// replay.
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// KLINES: the oldest event kept (e.g. 30d).
+    #[arg(long, env = "KLINES_MAX_AGE", default_value = "30d")]
+    pub klines_max_age: humantime::Duration,
+    /// KLINES: the byte budget, oldest events discarded first (bytes, or with a unit: 8GiB,
+    /// 500MB).
+    #[arg(long, env = "KLINES_MAX_BYTES", default_value = "8GiB", value_parser = parse_bytes)]
+    pub klines_max_bytes: i64,
+    /// Window in which a repeated Nats-Msg-Id is dropped as a duplicate (every stream).
+    #[arg(long, env = "NATS_DUPLICATE_WINDOW", default_value = "2m")]
+    pub duplicate_window: humantime::Duration,
+}
+
+/// `8GiB`, `500MB`, `1024` (bytes).
+pub fn parse_bytes(s: &str) -> Result<i64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: i64 = num
+        .parse()
+        .map_err(|_| format!("expected a byte size such as 8GiB or 500MB, got {s:?}"))?;
+    let mul: i64 = match unit.trim() {
+        "" | "B" => 1,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        other => {
+            return Err(format!(
+                "unknown byte unit {other:?} (B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)"
+            ))
+        }
+    };
+    n.checked_mul(mul)
+        .filter(|v| *v > 0)
+        .ok_or_else(|| format!("byte size {s:?} out of range"))
 }
 
 /// `verify` options.

@@ -13,6 +13,7 @@ pub mod prune;
 pub mod repair;
 pub mod replay;
 pub mod status;
+pub mod streams;
 pub mod verify;
 
 use std::time::Duration;
@@ -115,5 +116,13 @@ pub async fn run(cli: Cli) -> Result<Outcome, CtlError> {
         Cmd::Replay(a) => replay::run(&bus_options(&cli.nats)?, a).await,
         Cmd::Prune(a) => prune::run(&db, a).await,
         Cmd::Audit(a) => audit::run(&db, &bus_options(&cli.nats)?, a).await,
+        Cmd::Streams(a) => {
+            streams::run(
+                &bus_options(&cli.nats)?,
+                usize::from(cli.nats.stream_replicas),
+                a,
+            )
+            .await
+        }
     }
 }

@@ -310,3 +310,62 @@ async fn replay_resets_a_consumer_and_status_shows_lag() {
     args.extend_from_slice(&nats_flags);
     assert!(klinectl::run(cli(&db, &args)).await.is_err());
 }
+
+/// The streams are the operator's: `streams apply` sets them and says what changed; a service
+/// starting with its built-in defaults afterwards changes nothing (it only creates what is
+/// missing).
+#[tokio::test]
+async fn streams_apply_sets_the_streams_and_services_leave_them_alone() {
+    use klinebus_schemas::bus;
+    use klinebus_schemas::streams::Retention;
+    let nats = NatsServer::start();
+    let url = nats.url();
+    let apply = |extra: &[&str]| {
+        let mut args = vec!["klinectl", "--nats-url", url.as_str(), "streams", "apply"];
+        args.extend_from_slice(extra);
+        klinectl::run(Cli::try_parse_from(args).unwrap())
+    };
+    let operator = ["--klines-max-age", "40d", "--klines-max-bytes", "1GiB"];
+    let out = apply(&operator).await.unwrap();
+    assert_eq!(out.code, 0);
+    assert!(out.output.contains("KLINES   created"), "{}", out.output);
+    assert!(
+        out.output.contains("max_bytes 1073741824"),
+        "{}",
+        out.output
+    );
+
+    // A service starts with the defaults (30 days, 8 GiB): the operator's settings stay.
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    bus::ensure_streams(&js, &Retention::default())
+        .await
+        .unwrap();
+    let mut klines = js.get_stream("KLINES").await.unwrap();
+    let config = klines.info().await.unwrap().config.clone();
+    assert_eq!(config.max_bytes, 1 << 30);
+    assert_eq!(config.max_age, Duration::from_secs(40 * 86_400));
+
+    let again = apply(&operator).await.unwrap();
+    assert!(
+        again.output.contains("KLINES   unchanged"),
+        "{}",
+        again.output
+    );
+    let bigger = apply(&["--klines-max-bytes", "2GiB"]).await.unwrap();
+    assert!(
+        bigger.output.contains("KLINES   updated"),
+        "{}",
+        bigger.output
+    );
+    assert!(
+        bigger.output.contains("CANDLES  unchanged"),
+        "{}",
+        bigger.output
+    );
+    let mut klines = js.get_stream("KLINES").await.unwrap();
+    assert_eq!(klines.info().await.unwrap().config.max_bytes, 2 << 30);
+
+    assert!(klinectl::cli::parse_bytes("500MB") == Ok(500_000_000));
+    assert!(klinectl::cli::parse_bytes("8 parsecs").is_err());
+}

@@ -7,7 +7,9 @@
 use std::path::PathBuf;
 
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
-use async_nats::jetstream::context::{PublishAckFuture, PublishError, PublishErrorKind};
+use async_nats::jetstream::context::{
+    GetStreamErrorKind, PublishAckFuture, PublishError, PublishErrorKind,
+};
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::publish::PublishAck;
 use async_nats::jetstream::stream::{Config, DiscardPolicy, RetentionPolicy, StorageType};
@@ -55,6 +57,14 @@ pub enum BusError {
         stream: String,
         /// Why.
         source: async_nats::jetstream::context::CreateStreamError,
+    },
+    /// An existing stream cannot serve klinebus as it is configured.
+    #[error("stream {stream}: {reason}")]
+    Incompatible {
+        /// The stream name.
+        stream: String,
+        /// Why.
+        reason: String,
     },
     /// Encoding failed.
     #[error(transparent)]
@@ -230,19 +240,108 @@ pub fn stream_config(spec: &StreamSpec) -> Config {
     }
 }
 
-/// Creates every klinebus stream, or updates it to the current definition. Idempotent, so every
-/// binary calls it at start-up and the first one wins.
+/// What [`apply_streams`] did to one stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// It did not exist.
+    Created,
+    /// It existed with other settings, now the given ones.
+    Updated,
+    /// It already had exactly these settings.
+    Unchanged,
+}
+
+/// Creates the klinebus streams that are missing, with `retention`; streams that exist keep
+/// the settings their operator gave them (retention, replicas, limits): this is what every
+/// service calls at start-up. An existing stream that does not capture the klinebus subjects
+/// is an error (messages would go nowhere). The operator's step that sets the settings is
+/// [`apply_streams`] (`klinectl streams apply`).
 pub async fn ensure_streams(js: &Context, retention: &Retention) -> Result<(), BusError> {
     for spec in all_streams(retention) {
-        js.create_or_update_stream(stream_config(&spec))
+        match js.get_stream(&spec.name).await {
+            Ok(mut stream) => {
+                let info = stream.info().await.map_err(|e| BusError::Incompatible {
+                    stream: spec.name.clone(),
+                    reason: format!("cannot read its configuration: {e}"),
+                })?;
+                for subject in &spec.subjects {
+                    if !info.config.subjects.iter().any(|s| s == subject) {
+                        return Err(BusError::Incompatible {
+                            stream: spec.name.clone(),
+                            reason: format!(
+                                "it does not capture {subject} (subjects {:?}); run `klinectl streams apply`",
+                                info.config.subjects
+                            ),
+                        });
+                    }
+                }
+                tracing::debug!(stream = %spec.name, "stream exists; its settings are the operator's");
+            }
+            Err(e)
+                if matches!(e.kind(), GetStreamErrorKind::JetStream(j)
+                    if j.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+            {
+                create_stream(js, &spec).await?;
+            }
+            Err(e) => {
+                return Err(BusError::Incompatible {
+                    stream: spec.name.clone(),
+                    reason: format!("cannot look it up: {e}"),
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn create_stream(js: &Context, spec: &StreamSpec) -> Result<(), BusError> {
+    // Another instance may create it at the same moment: creating again is then harmless
+    // (the server answers with the existing stream when the configuration is the same).
+    js.get_or_create_stream(stream_config(spec))
+        .await
+        .map_err(|source| BusError::Stream {
+            stream: spec.name.clone(),
+            source,
+        })?;
+    tracing::info!(stream = %spec.name, "stream created");
+    Ok(())
+}
+
+/// Creates or updates every klinebus stream to `retention` (the operator's step:
+/// `klinectl streams apply`); says per stream what it did.
+pub async fn apply_streams(
+    js: &Context,
+    retention: &Retention,
+) -> Result<Vec<(StreamSpec, Applied)>, BusError> {
+    let mut out = Vec::new();
+    for spec in all_streams(retention) {
+        let wanted = stream_config(&spec);
+        let before = match js.get_stream(&spec.name).await {
+            Ok(mut s) => s.info().await.ok().map(|i| i.config.clone()),
+            Err(_) => None,
+        };
+        js.create_or_update_stream(wanted.clone())
             .await
             .map_err(|source| BusError::Stream {
                 stream: spec.name.clone(),
                 source,
             })?;
-        tracing::debug!(stream = %spec.name, "stream ready");
+        let applied = match before {
+            None => Applied::Created,
+            Some(c)
+                if c.subjects == wanted.subjects
+                    && c.max_age == wanted.max_age
+                    && c.max_bytes == wanted.max_bytes
+                    && c.duplicate_window == wanted.duplicate_window
+                    && c.num_replicas == wanted.num_replicas =>
+            {
+                Applied::Unchanged
+            }
+            Some(_) => Applied::Updated,
+        };
+        out.push((spec, applied));
     }
-    Ok(())
+    Ok(out)
 }
 
 /// The server config for a durable pull consumer, delivering from `deliver`.

@@ -1,6 +1,6 @@
 //! JetStream stream and durable-consumer definitions, as plain data. The `nats` feature turns
-//! them into server configs ([`crate::bus`]); whichever binary starts first creates or updates
-//! them, so they are stated once, here.
+//! them into server configs ([`crate::bus`]): the operator applies them (`klinectl streams
+//! apply`), and a binary creates a missing one; they are stated once, here.
 
 use std::time::Duration;
 

@@ -107,7 +107,8 @@ pub struct NatsArgs {
     pub tls_ca: Option<PathBuf>,
 
     /// Replicas of the klinebus streams when this binary creates them (3 on a 3-node
-    /// JetStream cluster). Existing streams are updated to it.
+    /// JetStream cluster). Existing streams keep their settings: `klinectl streams apply`
+    /// changes them.
     #[arg(global = true, long = "stream-replicas", env = "NATS_STREAM_REPLICAS", default_value_t = 1,
           value_parser = clap::value_parser!(u8).range(1..=5))]
     pub stream_replicas: u8,

@@ -389,7 +389,7 @@ async fn a_backfill_waits_for_a_slow_sink_instead_of_outrunning_the_stream() {
         klines_max_bytes: 16 << 20,
         ..Retention::default()
     };
-    bus::ensure_streams(&e.js, &small).await.unwrap();
+    bus::apply_streams(&e.js, &small).await.unwrap();
     let stream = e.js.get_stream(KLINES_STREAM).await.unwrap();
     let consumer = stream
         .create_consumer(pull::Config {
