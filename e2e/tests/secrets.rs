@@ -57,13 +57,26 @@ fn output_of(path: &str, args: &[&str], secs: u64) -> String {
     }
     let _ = child.wait();
     let mut text = String::new();
-    child.stdout.take().unwrap().read_to_string(&mut text).unwrap();
-    child.stderr.take().unwrap().read_to_string(&mut text).unwrap();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut text)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut text)
+        .unwrap();
     text
 }
 
 fn assert_clean(name: &str, text: &str) {
-    assert!(!text.is_empty(), "{name} printed nothing: the test would prove nothing");
+    assert!(
+        !text.is_empty(),
+        "{name} printed nothing: the test would prove nothing"
+    );
     assert!(
         !text.contains(CANARY),
         "{name} printed a secret:\n{}",
