@@ -464,9 +464,20 @@ pub async fn publish_page_as(
     candles: &[KlineEvent],
     msg_id: String,
 ) -> Result<PublishAckFuture, BusError> {
+    publish_candles(js, subject, PAGE_SCHEMA_VERSION, candles, msg_id).await
+}
+
+/// One `{"candles": [...]}` message of schema `version` with its dedup id.
+async fn publish_candles<E: serde::Serialize>(
+    js: &Context,
+    subject: String,
+    version: &str,
+    candles: &[E],
+    msg_id: String,
+) -> Result<PublishAckFuture, BusError> {
     let payload = codec::encode(&ClosedCandlesRef { candles })?;
     let msg = PublishMessage::build()
-        .headers(headers_for(PAGE_SCHEMA_VERSION))
+        .headers(headers_for(version))
         .payload(payload.into())
         .message_id(msg_id);
     js.send_publish(subject.clone(), msg)
@@ -486,15 +497,9 @@ pub async fn publish_closed(
         return Ok(None);
     };
     let subject = subjects::closed(&first.venue, &first.symbol, first.interval);
-    let payload = codec::encode(&ClosedCandlesRef { candles })?;
-    let msg = PublishMessage::build()
-        .headers(headers_for(CLOSED_SCHEMA_VERSION))
-        .payload(payload.into())
-        .message_id(id);
-    js.send_publish(subject.clone(), msg)
+    publish_candles(js, subject, CLOSED_SCHEMA_VERSION, candles, id)
         .await
         .map(Some)
-        .map_err(|source| BusError::Publish { subject, source })
 }
 
 #[cfg(test)]

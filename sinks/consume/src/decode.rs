@@ -4,8 +4,9 @@
 //! weighs in a batch before it is decoded ([`klines_weight`]).
 
 use async_nats::HeaderMap;
+use klinebus_schemas::bus::schema_of;
 use klinebus_schemas::closed::{InvalidClosed, CLOSED_SCHEMA_VERSION};
-use klinebus_schemas::codec::{self, DecodeError, SCHEMA_HEADER};
+use klinebus_schemas::codec::{self, DecodeError};
 use klinebus_schemas::page::{self, KlinesError, MAX_PER_PAGE, PAGE_SCHEMA_VERSION};
 use klinebus_schemas::{subjects, ClosedCandles, KlineEvent};
 use klinebus_svc::error_line;
@@ -43,12 +44,6 @@ impl Poison {
     }
 }
 
-fn schema_version(headers: Option<&HeaderMap>) -> Option<&str> {
-    headers
-        .and_then(|h| h.get(SCHEMA_HEADER))
-        .map(|v| v.as_str())
-}
-
 /// Decodes and validates a message on a producer subject into its candles, oldest first: a
 /// single [`KlineEvent`] (header `kline/1` or none) or a page (`kline-page/1`, up to
 /// [`MAX_PER_PAGE`] closed candles of one series). Checks the schema header, the MessagePack
@@ -60,7 +55,7 @@ pub fn decode_klines(
     headers: Option<&HeaderMap>,
     payload: &[u8],
 ) -> Result<Vec<KlineEvent>, Poison> {
-    let version = schema_version(headers);
+    let version = schema_of(headers);
     let is_page = version == Some(PAGE_SCHEMA_VERSION);
     let candles = page::decode_klines(version, payload).map_err(|e| match &e {
         KlinesError::Decode(DecodeError::Version(_)) => Poison::Version(error_line(&e)),
@@ -101,7 +96,7 @@ pub fn decode_klines(
 /// weighs [`MAX_PER_PAGE`] (it is poison, or another writer's layout), and decoding decides
 /// what the message really is.
 pub fn klines_weight(headers: Option<&HeaderMap>, payload: &[u8]) -> usize {
-    if schema_version(headers) != Some(PAGE_SCHEMA_VERSION) {
+    if schema_of(headers) != Some(PAGE_SCHEMA_VERSION) {
         return 1;
     }
     page_len(payload).unwrap_or(MAX_PER_PAGE).max(1)
@@ -156,7 +151,7 @@ pub fn decode_closed(
     headers: Option<&HeaderMap>,
     payload: &[u8],
 ) -> Result<Vec<KlineEvent>, Poison> {
-    let version = schema_version(headers);
+    let version = schema_of(headers);
     let batch = if version == Some(CLOSED_SCHEMA_VERSION) {
         codec::decode::<ClosedCandles>(payload).map_err(|e| Poison::Undecodable(error_line(&e)))?
     } else {
@@ -189,6 +184,7 @@ mod tests {
     use super::*;
     use klinebus_schemas::bus::schema_headers;
     use klinebus_schemas::closed::ClosedCandlesRef;
+    use klinebus_schemas::codec::SCHEMA_HEADER;
     use klinebus_schemas::{Interval, Source, Venue};
 
     fn sample() -> KlineEvent {
