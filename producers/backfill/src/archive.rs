@@ -158,6 +158,16 @@ pub fn segments(
     out
 }
 
+/// Why a range did not come from the archive.
+enum Lack<'f> {
+    /// The archive cannot hold it yet (today, a day not published yet).
+    NotPublished,
+    /// Its file could not be used.
+    Fault(FileFault),
+    /// Its file has no rows there: a hole of the file, or an exchange gap.
+    Hole(&'f ArchiveFile),
+}
+
 /// The daily files replacing a month's file.
 fn daily_segments(file: &ArchiveFile, lo: i64, hi: i64) -> Vec<Segment> {
     let mut out = Vec::new();
@@ -231,7 +241,7 @@ impl Run<'_> {
                 return Err(Stop::Cancelled);
             }
             match seg {
-                Segment::Rest { lo, hi } => self.not_from_archive(lo, hi, None).await?,
+                Segment::Rest { lo, hi } => self.over_rest(lo, hi, Lack::NotPublished).await?,
                 Segment::File { file, lo, hi } => {
                     let Some(handle) = ahead.pop_front() else {
                         continue; // unreachable: every file segment got a download
@@ -258,7 +268,7 @@ impl Run<'_> {
                                     }
                                 }
                                 Period::Day(_) if age < DAILY_LAG_MS => {
-                                    self.not_from_archive(lo, hi, None).await?;
+                                    self.over_rest(lo, hi, Lack::NotPublished).await?;
                                 }
                                 _ => {
                                     self.file_failed(&file, &ArchiveError::Missing, lo, hi)
@@ -292,37 +302,54 @@ impl Run<'_> {
             detail: klinebus_svc::error_line(e),
             rest_candles: 0,
         };
-        self.not_from_archive(lo, hi, Some(fault)).await
+        self.over_rest(lo, hi, Lack::Fault(fault)).await
     }
 
-    /// `[lo, hi)` did not come from the archive: over REST (`auto`), or counted (`archive`).
-    /// With a fault, the candles REST delivered are counted on it.
-    async fn not_from_archive(
-        &mut self,
-        lo: i64,
-        hi: i64,
-        fault: Option<FileFault>,
-    ) -> Result<(), Stop> {
+    /// `[lo, hi)` did not come from the archive (see [`Lack`]): over REST (`auto`), or counted
+    /// (`archive`, where REST cannot tell a file's hole from an exchange gap).
+    async fn over_rest(&mut self, lo: i64, hi: i64, lack: Lack<'_>) -> Result<(), Stop> {
         if lo >= hi {
             return Ok(());
         }
-        let n = self.plan.interval.count_between(lo, hi).max(0) as u64;
         if matches!(self.fetch, crate::Fetch::Archive(_)) {
-            match fault {
-                Some(f) => {
+            let n = self.plan.interval.count_between(lo, hi).max(0) as u64;
+            match lack {
+                Lack::NotPublished => self.report.not_published += n,
+                Lack::Fault(f) => {
                     self.report.not_in_archive += n;
                     self.report.archive_faults.push(f);
                 }
-                None => self.report.not_published += n,
+                Lack::Hole(_) => self.report.not_in_archive += n,
             }
             self.progress.inc(n);
             return Ok(());
         }
         let before = self.rest_sent;
         self.fetch_range(lo, hi).await?;
-        if let Some(mut f) = fault {
-            f.rest_candles = self.rest_sent - before;
-            self.report.archive_faults.push(f);
+        let filled = self.rest_sent - before;
+        match lack {
+            Lack::NotPublished => {}
+            Lack::Fault(mut f) => {
+                f.rest_candles = filled;
+                self.report.archive_faults.push(f);
+            }
+            // No candles from REST either: an exchange gap, which fetch_range recorded.
+            Lack::Hole(_) if filled == 0 => {}
+            Lack::Hole(file) => {
+                tracing::warn!(file = %file.path(), candles = filled, "archive file lacks candles REST has");
+                metrics::counter!("klinebus_backfill_archive_faults_total", "fault" => "holes")
+                    .increment(1);
+                self.report.archive_faults.push(FileFault {
+                    file: file.name(),
+                    fault: "holes",
+                    detail: format!(
+                        "no rows from {} to {}",
+                        crate::summary::ts(lo),
+                        crate::summary::ts(hi)
+                    ),
+                    rest_candles: filled,
+                });
+            }
         }
         Ok(())
     }
@@ -365,7 +392,8 @@ impl Run<'_> {
                     // A hole: REST says whether the file lacks candles or the exchange has none.
                     let page_now = std::mem::take(&mut page);
                     self.publish(page_now, Origin::Archive).await?;
-                    self.hole(&file, expect, k.open_time).await?;
+                    self.over_rest(expect, k.open_time, Lack::Hole(&file))
+                        .await?;
                 }
                 let open_time = k.open_time;
                 match k.into_event(
@@ -417,42 +445,8 @@ impl Run<'_> {
         };
         match fault {
             Some(e) => self.file_failed(&file, &e, expect, hi).await,
-            None => self.hole(&file, expect, hi).await,
+            None => self.over_rest(expect, hi, Lack::Hole(&file)).await,
         }
-    }
-
-    /// Open times `[lo, hi)` inside `file`'s range without rows: REST fills them or confirms
-    /// an exchange gap; candles it delivers mean the file had a hole (a fault).
-    async fn hole(&mut self, file: &ArchiveFile, lo: i64, hi: i64) -> Result<(), Stop> {
-        if lo >= hi {
-            return Ok(());
-        }
-        if matches!(self.fetch, crate::Fetch::Archive(_)) {
-            // Without REST a hole cannot be told from an exchange gap: counted as not delivered.
-            let n = self.plan.interval.count_between(lo, hi).max(0) as u64;
-            self.report.not_in_archive += n;
-            self.progress.inc(n);
-            return Ok(());
-        }
-        let before = self.rest_sent;
-        self.fetch_range(lo, hi).await?;
-        let filled = self.rest_sent - before;
-        if filled > 0 {
-            tracing::warn!(file = %file.path(), candles = filled, "archive file lacks candles REST has");
-            metrics::counter!("klinebus_backfill_archive_faults_total", "fault" => "holes")
-                .increment(1);
-            self.report.archive_faults.push(FileFault {
-                file: file.name(),
-                fault: "holes",
-                detail: format!(
-                    "no rows from {} to {}",
-                    crate::summary::ts(lo),
-                    crate::summary::ts(hi)
-                ),
-                rest_candles: filled,
-            });
-        }
-        Ok(())
     }
 }
 
