@@ -5,9 +5,16 @@
 //!
 //! 1. `get_last_raw_message_by_subject` gives the newest stored candle. None, or older than the
 //!    window: the whole window is missing (no scan).
-//! 2. Otherwise the stream's messages on that subject are read once (an ordered consumer, up to
-//!    that newest sequence) and every open time in `[from, newest]` is marked present. The
-//!    unmarked runs below the newest, plus everything after it, are what is fetched.
+//! 2. Otherwise the stream's messages on that subject are read once, up to that newest
+//!    sequence, and every open time in `[from, newest]` is marked present. The unmarked runs
+//!    below the newest, plus everything after it, are what is fetched.
+//!
+//! Reading needs no consumer: each message is one `$JS.API.STREAM.MSG.GET.KLINES` request for
+//! the first message on the subject at or after a sequence (`{"seq": N, "next_by_subj": …}`),
+//! the next one asked from the sequence after it. A producer's NATS user may therefore not
+//! create consumers at all (one could deliver into the sinks' subjects). One request is in
+//! flight per series (the series themselves run `--concurrency` at a time); a message is a
+//! page of up to 1000 candles, so a year of 1m is about 525 requests.
 //!
 //! Why not simply "start after the newest": publishes are pipelined (thousands of acks in
 //! flight), so the newest stored message does not prove that everything below it was stored —
@@ -21,21 +28,14 @@
 //! aged out of the stream also count as absent: they are refetched, and Nats-Msg-Id dedup plus
 //! the sinks' idempotent upsert make that harmless.
 
-use std::time::Duration;
-
-use async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
 use async_nats::jetstream::context::GetStreamErrorKind;
-use async_nats::jetstream::stream::LastRawMessageErrorKind;
+use async_nats::jetstream::stream::{LastRawMessageErrorKind, RawMessageErrorKind};
 use async_nats::jetstream::Context;
-use futures::StreamExt;
 use klinebus_schemas::bus;
 use klinebus_schemas::streams::KLINES_STREAM;
 use klinebus_schemas::Interval;
 
 use crate::plan::SeriesPlan;
-
-/// How long the scan waits for the next stored message before giving up.
-const SCAN_IDLE: Duration = Duration::from_secs(30);
 
 /// Why the stream could not be inspected.
 #[derive(Debug, thiserror::Error)]
@@ -93,26 +93,19 @@ pub async fn missing(js: &Context, series: &SeriesPlan) -> Result<Missing, Resum
     }
     let scan_to = to.min(iv.next_open(newest));
     let mut present = Bits::new(iv.count_between(from, scan_to).max(0) as usize);
-    let consumer = stream
-        .create_consumer(OrderedConfig {
-            filter_subject: subject.clone(),
-            deliver_policy: DeliverPolicy::All,
-            ..OrderedConfig::default()
-        })
-        .await
-        .map_err(|e| err(e.to_string()))?;
-    let mut messages = consumer.messages().await.map_err(|e| err(e.to_string()))?;
-    loop {
-        let next = tokio::time::timeout(SCAN_IDLE, messages.next())
-            .await
-            .map_err(|_| err(format!("no message within {SCAN_IDLE:?} while scanning")))?;
-        let Some(msg) = next else { break };
-        let msg = msg.map_err(|e| err(e.to_string()))?;
-        let (seq, pending) = match msg.info() {
-            Ok(i) => (i.stream_sequence, i.pending),
-            Err(e) => return Err(err(format!("message without JetStream info: {e}"))),
+    // Below the stream's first sequence the server starts at its first message.
+    let mut seq = 1;
+    while seq <= last.sequence {
+        let msg = match stream.get_first_raw_message_by_subject(&subject, seq).await {
+            Ok(m) => m,
+            // Nothing from `seq` on: the newest was removed meanwhile (age or byte limit).
+            Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => break,
+            Err(e) => return Err(err(format!("reading from sequence {seq}: {e}"))),
         };
-        for ev in bus::decode_klines(msg.headers.as_ref(), &msg.payload).unwrap_or_default() {
+        if msg.sequence > last.sequence {
+            break;
+        }
+        for ev in bus::decode_klines(Some(&msg.headers), &msg.payload).unwrap_or_default() {
             if ev.closed
                 && ev.open_time >= from
                 && ev.open_time < scan_to
@@ -121,9 +114,7 @@ pub async fn missing(js: &Context, series: &SeriesPlan) -> Result<Missing, Resum
                 present.set(index(iv, from, ev.open_time));
             }
         }
-        if seq >= last.sequence || pending == 0 {
-            break;
-        }
+        seq = msg.sequence + 1;
     }
     let mut ranges = Vec::new();
     let mut run_start: Option<i64> = None;
