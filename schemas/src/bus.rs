@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
 use async_nats::jetstream::context::{
-    GetStreamErrorKind, PublishAckFuture, PublishError, PublishErrorKind,
+    CreateStreamErrorKind, GetStreamErrorKind, PublishAckFuture, PublishError, PublishErrorKind,
 };
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::publish::PublishAck;
@@ -56,6 +56,32 @@ pub enum BusError {
         /// The stream name.
         stream: String,
         /// Why.
+        source: async_nats::jetstream::context::CreateStreamError,
+    },
+    /// A stream is missing and this user could not create it: the server refused or did not
+    /// answer. nats-server drops a request its permissions deny without a reply, so a denied
+    /// create is a timeout; a deployment with least privilege gives only the admin user that
+    /// right.
+    #[error(
+        "stream {stream} does not exist and this NATS user may not create it (refused or not \
+         answered): the streams are the operator's, create them with `klinectl streams apply` \
+         as the admin user"
+    )]
+    Missing {
+        /// The stream name.
+        stream: String,
+        /// What the create request met.
+        source: async_nats::jetstream::context::CreateStreamError,
+    },
+    /// `klinectl streams apply` was refused or not answered (see [`BusError::Missing`]).
+    #[error(
+        "cannot create or update stream {stream} (refused or not answered): `klinectl streams \
+         apply` needs a NATS user allowed the whole JetStream API, the admin user"
+    )]
+    ApplyRefused {
+        /// The stream name.
+        stream: String,
+        /// What the request met.
         source: async_nats::jetstream::context::CreateStreamError,
     },
     /// An existing stream cannot serve klinebus as it is configured.
@@ -255,7 +281,8 @@ pub enum Applied {
 /// the settings their operator gave them (retention, replicas, limits): this is what every
 /// service calls at start-up. An existing stream that does not capture the klinebus subjects
 /// is an error (messages would go nowhere). The operator's step that sets the settings is
-/// [`apply_streams`] (`klinectl streams apply`).
+/// [`apply_streams`] (`klinectl streams apply`). A missing stream this user may not create
+/// (compose's roles may not) is [`BusError::Missing`], which says to run that step.
 pub async fn ensure_streams(js: &Context, retention: &Retention) -> Result<(), BusError> {
     for spec in all_streams(retention) {
         match js.get_stream(&spec.name).await {
@@ -299,12 +326,26 @@ async fn create_stream(js: &Context, spec: &StreamSpec) -> Result<(), BusError> 
     // (the server answers with the existing stream when the configuration is the same).
     js.get_or_create_stream(stream_config(spec))
         .await
-        .map_err(|source| BusError::Stream {
-            stream: spec.name.clone(),
-            source,
+        .map_err(|source| {
+            let stream = spec.name.clone();
+            if refused(&source) {
+                BusError::Missing { stream, source }
+            } else {
+                BusError::Stream { stream, source }
+            }
         })?;
     tracing::info!(stream = %spec.name, "stream created");
     Ok(())
+}
+
+/// Whether a create or update request met what a permission denial looks like: no answer
+/// (nats-server 2.9 and later drop a denied publish and only tell the connection with an
+/// `-ERR`) or no responder.
+fn refused(e: &async_nats::jetstream::context::CreateStreamError) -> bool {
+    matches!(
+        e.kind(),
+        CreateStreamErrorKind::TimedOut | CreateStreamErrorKind::JetStreamUnavailable
+    )
 }
 
 /// Creates or updates every klinebus stream to `retention` (the operator's step:
@@ -322,9 +363,13 @@ pub async fn apply_streams(
         };
         js.create_or_update_stream(wanted.clone())
             .await
-            .map_err(|source| BusError::Stream {
-                stream: spec.name.clone(),
-                source,
+            .map_err(|source| {
+                let stream = spec.name.clone();
+                if refused(&source) {
+                    BusError::ApplyRefused { stream, source }
+                } else {
+                    BusError::Stream { stream, source }
+                }
             })?;
         let applied = match before {
             None => Applied::Created,

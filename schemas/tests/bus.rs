@@ -186,3 +186,66 @@ async fn lost_acks_fail_by_one_deadline() {
     // One by one they would take 15 × 2 s.
     assert!(took < Duration::from_secs(3), "took {took:?}");
 }
+
+/// A user that may read the streams but not create them (compose's services): a missing stream
+/// is an error naming it and the operator's step; `apply_streams` by that user says whom it
+/// needs; a user with the right creates them as before.
+#[tokio::test]
+async fn a_missing_stream_this_user_may_not_create_names_streams_apply() {
+    let config = r#"
+jetstream {
+  store_dir: "/tmp"
+}
+authorization {
+  users = [
+    { user: root, password: r }
+    { user: svc, password: s, permissions: {
+        publish: { allow: ["$JS.API.STREAM.INFO.*"] }
+        subscribe: { allow: ["_INBOX.>"] }
+    } }
+  ]
+}
+"#;
+    let nats = NatsServer::start_with_config(config, &[], &[]);
+    let js = |user: &str, password: &str| {
+        let mut o = BusOptions::new(nats.url(), "test");
+        o.user = Some(user.into());
+        o.password = Some(password.into());
+        async move {
+            // A denied request is never answered: give up quickly.
+            async_nats::jetstream::ContextBuilder::new()
+                .timeout(Duration::from_secs(1))
+                .build(bus::connect(&o).await.unwrap())
+        }
+    };
+    let svc = js("svc", "s").await;
+    match bus::ensure_streams(&svc, &Retention::default()).await {
+        Err(e @ bus::BusError::Missing { .. }) => {
+            let text = e.to_string();
+            assert!(text.contains("stream KLINES does not exist"), "{text}");
+            assert!(text.contains("`klinectl streams apply`"), "{text}");
+        }
+        other => panic!("expected BusError::Missing, got {other:?}"),
+    }
+    match bus::apply_streams(&svc, &Retention::default()).await {
+        Err(e @ bus::BusError::ApplyRefused { .. }) => {
+            assert!(e.to_string().contains("admin user"), "{e}");
+        }
+        other => panic!("expected BusError::ApplyRefused, got {other:?}"),
+    }
+    assert!(
+        nats.output()
+            .contains("Subject \"$JS.API.STREAM.CREATE.KLINES\""),
+        "{}",
+        nats.output()
+    );
+
+    let root = js("root", "r").await;
+    bus::ensure_streams(&root, &Retention::default())
+        .await
+        .unwrap();
+    // Now they exist, the reader starts.
+    bus::ensure_streams(&svc, &Retention::default())
+        .await
+        .unwrap();
+}
