@@ -34,6 +34,10 @@
 //! - Broker restarts: the client reconnects; the pull stream is rebuilt and the consumer
 //!   fetched again when needed.
 //! - [`Stats`] / [`consumer_lag`]: received, acked, dead letters, consumer lag.
+//! - [`consumer_backlog`] / [`RetentionHeadroom`]: how close the durable's oldest unacked
+//!   message is to the stream's `max_age` and `max_bytes` (JetStream discards it there, read or
+//!   not), refreshed with the lag every `lag_interval` and exported as
+//!   `klinebus_sink_retention_headroom_ratio{stream,consumer,limit}` (and `_seconds`, `_bytes`).
 //! - [`db::is_fatal`]: which PostgreSQL errors a handler reports as
 //!   [`HandlerError::Fatal`] rather than retryable.
 //!
@@ -51,6 +55,8 @@ mod pull;
 
 pub use decode::{decode_closed, decode_klines, klines_weight, Poison};
 pub use handler::{BoxError, Confirmation, Delivered, Handler, HandlerError};
-pub use lag::{consumer_lag, ConsumerLag, Stats};
+pub use lag::{
+    consumer_backlog, consumer_lag, Backlog, ConsumerLag, ProbeError, RetentionHeadroom, Stats,
+};
 pub use options::{ConsumeOptions, Retry, StartFrom};
 pub use pull::{flush_acks, ConsumeError, Consumer};

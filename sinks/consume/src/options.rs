@@ -90,7 +90,8 @@ pub struct ConsumeOptions {
     pub backoff_max: Duration,
     /// Where to start.
     pub start: StartFrom,
-    /// How often the consumer lag is refreshed from the server while running.
+    /// How often the consumer lag and the retention headroom are refreshed from the server
+    /// while running.
     pub lag_interval: Duration,
     /// On [`StartFrom::Resume`], update an existing durable whose ack wait differs from
     /// `spec.ack_wait` to it (nats-server 2.9 lets a durable's ack wait change in place;

@@ -20,7 +20,7 @@ use crate::batch::{collect, is_terminal, Collected, Limits};
 use crate::decode::Poison;
 use crate::dlq::dead_letter;
 use crate::handler::{BoxError, Confirmation, Delivered, Handler, HandlerError};
-use crate::lag::{consumer_lag, Stats};
+use crate::lag::{look, RetentionHeadroom, Stats};
 use crate::options::{ConsumeOptions, Retry, StartFrom};
 use crate::progress::{self, InFlight, Tracked};
 
@@ -56,6 +56,8 @@ const MAX_STREAM_ERRORS: u32 = 5;
 const MAX_CONFIRMING: usize = 64;
 /// Longest wait at shutdown for the confirmations still running (each has its own deadline).
 const CONFIRM_AT_SHUTDOWN: Duration = Duration::from_secs(15);
+/// Longest pause before the retention headroom is read again after failing.
+const HEADROOM_RETRY_MAX: Duration = Duration::from_secs(300);
 
 /// A collected batch and its progress-ack registration.
 type Batch = (Vec<jetstream::Message>, Tracked);
@@ -630,25 +632,80 @@ async fn pause(d: Duration, shutdown: &CancellationToken) -> bool {
     }
 }
 
-/// Refreshes the lag from the server now and then (messages only report it while flowing).
+/// Refreshes the lag and the retention headroom from the server now and then (messages only
+/// report the lag while flowing, and nothing reports the headroom). The headroom needs one more
+/// request (`$JS.API.STREAM.MSG.GET.<stream>`); when that fails, the lag is exported all the
+/// same and the headroom tried again with a growing pause (a denied request is logged by the
+/// server each time).
 async fn refresh_lag(
     js: Context,
     opts: ConsumeOptions,
     stats: Arc<Stats>,
     stop: CancellationToken,
 ) {
+    let (stream, durable) = (&opts.spec.stream, &opts.spec.durable);
+    let mut cache = None;
+    let mut retry = Backoff::new(opts.lag_interval, HEADROOM_RETRY_MAX);
+    let mut headroom_at = Instant::now();
+    let mut failing = false;
     loop {
-        match consumer_lag(&js, &opts.spec.stream, &opts.spec.durable).await {
+        let failed = match look(&js, stream, durable).await {
             Ok(l) => {
-                stats.lag.store(l.pending, Ordering::Relaxed);
-                metrics::gauge!("klinebus_sink_consumer_lag", "consumer" => opts.spec.durable.clone())
-                    .set(l.pending as f64);
+                let lag = l.lag();
+                stats.lag.store(lag.pending, Ordering::Relaxed);
+                metrics::gauge!("klinebus_sink_consumer_lag", "consumer" => durable.clone())
+                    .set(lag.pending as f64);
+                if Instant::now() < headroom_at {
+                    None
+                } else {
+                    match l.headroom(&mut cache).await {
+                        Ok(h) => {
+                            export_headroom(stream, durable, &h);
+                            retry.reset();
+                            failing = false;
+                            None
+                        }
+                        Err(e) => {
+                            headroom_at = Instant::now() + retry.fail();
+                            Some(e)
+                        }
+                    }
+                }
             }
-            Err(e) => tracing::debug!(error = %e, "cannot read consumer lag"),
+            Err(e) => Some(e),
+        };
+        if let Some(e) = failed {
+            count_error(durable, "probe");
+            // Once per run of failures: the gauges keep their last values meanwhile.
+            if !std::mem::replace(&mut failing, true) {
+                tracing::warn!(consumer = %durable, error = %klinebus_svc::error_line(&e),
+                    "cannot read consumer lag or retention headroom; retrying");
+            }
         }
         if !pause(opts.lag_interval, &stop).await {
             return;
         }
+    }
+}
+
+/// `klinebus_sink_retention_headroom_ratio{stream,consumer,limit}` (both limits, 1 when
+/// unlimited), `_seconds` and `_bytes` (only for a limit the stream has).
+fn export_headroom(stream: &str, durable: &str, h: &RetentionHeadroom) {
+    let labels = [
+        ("stream", stream.to_owned()),
+        ("consumer", durable.to_owned()),
+    ];
+    for (limit, ratio) in [("age", h.age_ratio()), ("bytes", h.bytes_ratio())] {
+        let mut l = labels.to_vec();
+        l.push(("limit", limit.to_owned()));
+        metrics::gauge!("klinebus_sink_retention_headroom_ratio", &l).set(ratio);
+    }
+    if let Some(left) = h.age_left() {
+        metrics::gauge!("klinebus_sink_retention_headroom_seconds", &labels)
+            .set(left.as_secs_f64());
+    }
+    if let Some(left) = h.bytes_left() {
+        metrics::gauge!("klinebus_sink_retention_headroom_bytes", &labels).set(left as f64);
     }
 }
 
