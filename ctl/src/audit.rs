@@ -14,7 +14,10 @@
 //! `klinebus_audit_missing_candles` (found by the last run), `klinebus_audit_unrepaired_candles`
 //! and `klinebus_audit_oldest_unrepaired_candle_seconds` (open time of the oldest candle the last
 //! run could not repair, 0 when none), `klinebus_audit_last_run_timestamp_seconds`,
-//! `klinebus_audit_last_run_duration_seconds`, `klinebus_audit_rest_requests_total`.
+//! `klinebus_audit_last_run_duration_seconds`, `klinebus_audit_rest_requests_total`; and per
+//! series, read from the database at each run and every minute between ([`freshness`]), the
+//! newest closed candle's close time, the freshness limit, the last ingestion, consecutive
+//! ingestion errors and whether the symbol is halted.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -33,12 +36,14 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::AuditArgs;
-use crate::{repair, CtlError, Outcome};
+use crate::{freshness, repair, CtlError, Outcome};
 
 /// Series repaired at the same time (they share the weight limiter).
 const CONCURRENCY: usize = 4;
 /// Fewest candles of each timeframe a check covers, whatever `--window` says.
 const MIN_CANDLES: i64 = 3;
+/// How often the series' freshness metrics are read between runs.
+const SERIES_EVERY: Duration = Duration::from_secs(60);
 
 /// What one audit run found and did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -246,6 +251,16 @@ fn record(run: &AuditRun) {
     );
 }
 
+/// Reads the series' freshness and ingestion health and sets their gauges ([`freshness`]); on
+/// failure they keep their last values, and `klinebus_audit_series_refreshed_timestamp_seconds`
+/// says since when.
+async fn refresh_series(pool: &PgPool, symbols: &[Symbol], intervals: &[Interval]) {
+    if let Err(e) = freshness::refresh(pool, symbols, intervals).await {
+        tracing::warn!(error = %klinebus_svc::error_line(&e),
+            "cannot read the series' freshness from the database; trying again in a minute");
+    }
+}
+
 /// `klinectl audit`: one run with `--once` (exit code 1 when something stayed unrepaired),
 /// otherwise a run every `--every` until SIGINT/SIGTERM.
 pub async fn run(db: &str, bus: &BusOptions, a: &AuditArgs) -> Result<Outcome, CtlError> {
@@ -276,7 +291,8 @@ pub async fn run(db: &str, bus: &BusOptions, a: &AuditArgs) -> Result<Outcome, C
     }
     tracing::info!(series = symbols.len() * intervals.len(), every = %a.every, "auditor started");
     let every: Duration = a.every.into();
-    loop {
+    'runs: loop {
+        refresh_series(&pool, &symbols, &intervals).await;
         match audit_once(&pool, &js, &rest, &symbols, &intervals, a, &shutdown).await {
             Ok(r) if r.missing > 0 || r.unrepaired() > 0 => tracing::warn!("{}", r.line()),
             Ok(r) => tracing::info!("{}", r.line()),
@@ -285,9 +301,21 @@ pub async fn run(db: &str, bus: &BusOptions, a: &AuditArgs) -> Result<Outcome, C
                 tracing::warn!(error = %klinebus_svc::error_line(&e), "audit run failed; trying again at the next one");
             }
         }
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep(every) => {}
+        // Between runs too: alerts take ages from these timestamps, which are only as recent
+        // as their last read.
+        let next_run = Instant::now() + every;
+        loop {
+            let wait = next_run
+                .saturating_duration_since(Instant::now())
+                .min(SERIES_EVERY);
+            tokio::select! {
+                _ = shutdown.cancelled() => break 'runs,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            if Instant::now() >= next_run {
+                break;
+            }
+            refresh_series(&pool, &symbols, &intervals).await;
         }
     }
     Ok(Outcome {

@@ -1,6 +1,6 @@
 //! `klinectl`: the operators' tool. One file per command:
 //! [`verify`] (with [`repair`] for `--repair`), [`status`], [`alerts`], [`replay`], [`prune`],
-//! [`audit`] (the continuous completeness auditor);
+//! [`audit`] (the continuous completeness auditor, with [`freshness`], its per-series metrics);
 //! [`cli`] holds the flags.
 //! Each command returns its output as text (or JSON) plus an exit code, so tests drive the same
 //! code the binary runs.
@@ -9,6 +9,7 @@ pub mod alerts;
 pub mod audit;
 pub mod cli;
 pub mod deep;
+pub mod freshness;
 pub mod prune;
 pub mod repair;
 pub mod replay;
