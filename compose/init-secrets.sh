@@ -22,7 +22,7 @@ write() { # name value
   fi
 }
 
-for role in producer pg_sink signals ops; do
+for role in producer pg_sink signals ops admin; do
   write "nats_${role}_password" "$(rand)"
 done
 write grafana_admin_password "$(rand)"

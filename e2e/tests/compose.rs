@@ -10,12 +10,17 @@
 //! - every environment variable compose sets for a klinebus binary is one that binary's `--help`
 //!   documents (read from the binaries' own clap definitions), and every `*_FILE` points at a
 //!   secret the service mounts;
-//! - NATS: each service's user exists in compose/nats/auth.conf and gets its own password secret,
-//!   and the cluster override points every binary at the three nodes with 3 stream replicas;
+//! - NATS: each service's user exists in compose/nats/auth.conf and gets its own password secret;
+//!   only the migrate job sets the streams: after the migrations it runs `klinectl streams apply`
+//!   as `admin` with klinectl's retention defaults, and everything using NATS or PostgreSQL
+//!   starts after it succeeded; the cluster override points every binary at the three nodes and
+//!   the job at 3 replicas once every node is in contact with the meta leader;
+//! - the migrate job's command, run as written by /bin/sh with the real binaries, migrates and
+//!   applies the streams (and applies nothing when the migrations fail);
 //! - Prometheus scrapes exactly the services that serve /metrics, on their METRICS_ADDR port;
 //! - every metric the Grafana dashboard queries is one the code registers;
-//! - the cluster configs, run on this machine, form a JetStream cluster that holds the klinebus
-//!   streams at 3 replicas.
+//! - the cluster configs, run on this machine, are not healthy for compose before a meta leader
+//!   exists, and then hold the streams the migrate job applies at 3 replicas.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -99,11 +104,30 @@ fn merged() -> Value {
     base
 }
 
-fn entrypoint(svc: &Value) -> Option<String> {
-    match &svc["entrypoint"] {
-        Value::Array(a) => a.first().and_then(Value::as_str).map(str::to_owned),
-        Value::String(s) => s.split_whitespace().next().map(str::to_owned),
-        _ => None,
+fn string_array(v: &Value) -> Vec<String> {
+    match v {
+        Value::Array(a) => a
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect(),
+        Value::String(s) => s.split_whitespace().map(str::to_owned).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The klinebus binaries a service runs, in order: its entry point, or those a `/bin/sh -c`
+/// script entry point names.
+fn binaries(svc: &Value) -> Vec<String> {
+    let entry = string_array(&svc["entrypoint"]);
+    match entry.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+        [bin, ..] if BINARIES.contains(&bin) => vec![bin.to_owned()],
+        ["/bin/sh", "-c", script, ..] => script
+            .split(|c: char| c.is_whitespace() || c == ';' || c == '&' || c == '|')
+            .filter(|w| BINARIES.contains(w))
+            .map(str::to_owned)
+            .collect(),
+        _ => Vec::new(),
     }
 }
 
@@ -275,21 +299,23 @@ fn every_service_has_an_image_health_check_and_restart_policy() {
     let mut started = BTreeSet::new();
     for (name, svc) in services(&doc) {
         let image = svc["image"].as_str().unwrap_or_default();
-        match entrypoint(svc).filter(|e| BINARIES.contains(&e.as_str())) {
-            Some(bin) => {
+        match binaries(svc) {
+            bins if !bins.is_empty() => {
                 // Ours: the image built from the repository's Dockerfile, which builds `bin`.
                 assert_eq!(image, "${KLINEBUS_IMAGE:-klinebus:latest}", "{name}");
                 assert_eq!(svc["build"]["context"], "..", "{name}");
                 let dockerfile_name = svc["build"]["dockerfile"].as_str().unwrap_or("Dockerfile");
                 assert!(repo().join(dockerfile_name).is_file(), "{name}");
-                assert!(
-                    dockerfile.contains(&format!("--bin {bin}"))
-                        && dockerfile.contains(&format!("target/release/{bin}")),
-                    "the Dockerfile does not build {bin} ({name})"
-                );
-                started.insert(bin);
+                for bin in bins {
+                    assert!(
+                        dockerfile.contains(&format!("--bin {bin}"))
+                            && dockerfile.contains(&format!("target/release/{bin}")),
+                        "the Dockerfile does not build {bin} ({name})"
+                    );
+                    started.insert(bin);
+                }
             }
-            None => {
+            _ => {
                 // Third-party images pinned to a release line, never `latest`.
                 let (repo_name, tag) = image
                     .rsplit_once(':')
@@ -365,17 +391,21 @@ fn every_variable_set_for_a_binary_is_one_it_documents() {
     let mut cache: BTreeMap<String, Documented> = BTreeMap::new();
     let mut checked = 0;
     for (name, svc) in services(&doc) {
-        let Some(bin) = entrypoint(svc).filter(|e| BINARIES.contains(&e.as_str())) else {
+        let bins = binaries(svc);
+        if bins.is_empty() {
             continue;
-        };
-        let documented = cache
-            .entry(bin.clone())
-            .or_insert_with(|| Documented::of(&bin));
+        }
+        for bin in &bins {
+            cache
+                .entry(bin.clone())
+                .or_insert_with(|| Documented::of(bin));
+        }
         let mounted = secrets_of(svc);
         for (var, value) in env_map(svc) {
+            // A job running several binaries sets what one of them reads.
             assert!(
-                documented.documents(&var),
-                "{name}: {bin} does not document {var} in its --help"
+                bins.iter().any(|b| cache[b].documents(&var)),
+                "{name}: none of {bins:?} documents {var} in its --help"
             );
             checked += 1;
             if var.ends_with("_FILE") {
@@ -457,7 +487,7 @@ fn every_service_connects_to_nats_as_its_own_role() {
     let users = nats_users();
     assert_eq!(
         users.keys().map(String::as_str).collect::<Vec<_>>(),
-        ["ops", "pg-sink", "producer", "signals"]
+        ["admin", "ops", "pg-sink", "producer", "signals"]
     );
     let doc = yaml(&compose_dir().join(COMPOSE));
     // The nats service mounts every password secret; its entry point turns
@@ -478,12 +508,24 @@ fn every_service_connects_to_nats_as_its_own_role() {
         );
     }
     let expected_role = [
+        ("migrate", "admin"),
         ("kline-backfill", "producer"),
         ("kline-live", "producer"),
         ("kline-pg-sink", "pg-sink"),
         ("kline-signals", "signals"),
+        ("kline-audit", "ops"),
         ("klinectl", "ops"),
     ];
+    // Every service talking to NATS is listed, so none runs as an unchecked user.
+    let with_nats: BTreeSet<&str> = services(&doc)
+        .iter()
+        .filter(|(_, svc)| env_map(svc).contains_key("NATS_URL"))
+        .map(|(name, _)| name.as_str())
+        .collect();
+    assert_eq!(
+        with_nats,
+        expected_role.iter().map(|(name, _)| *name).collect()
+    );
     for (name, role) in expected_role {
         let env = env_map(&services(&doc)[name]);
         assert_eq!(
@@ -496,8 +538,217 @@ fn every_service_connects_to_nats_as_its_own_role() {
             Some(format!("/run/secrets/nats_{}_password", role.replace('-', "_")).as_str()),
             "{name}"
         );
-        assert!(env.contains_key("NATS_STREAM_REPLICAS"), "{name}");
+        // Only the migrate job sets the streams (replicas on its command line); the services
+        // may not create them, so a replica count would be a setting that does nothing.
+        assert!(!env.contains_key("NATS_STREAM_REPLICAS"), "{name}");
     }
+}
+
+/// The value a `${VAR:-default}` (or literal) setting has when `.env` does not set `VAR`; `$$`
+/// is a literal `$`.
+fn with_defaults(text: &str) -> String {
+    let re = regex::Regex::new(r"\$\{[A-Z0-9_]+:-([^}]*)\}").unwrap();
+    re.replace_all(text, "$1").replace("$$", "$")
+}
+
+/// The default of the klinectl `streams apply` argument read from `env`.
+fn streams_apply_default(env: &str) -> String {
+    let mut cmd = klinectl::cli::Cli::command();
+    cmd.build();
+    let apply = cmd
+        .find_subcommand("streams")
+        .and_then(|s| s.find_subcommand("apply"))
+        .unwrap();
+    let arg = apply
+        .get_arguments()
+        .find(|a| a.get_env().is_some_and(|e| e == env))
+        .unwrap_or_else(|| panic!("klinectl streams apply reads no {env}"));
+    let defaults = arg.get_default_values();
+    assert_eq!(defaults.len(), 1, "{env}");
+    defaults[0].to_string_lossy().into_owned()
+}
+
+#[test]
+fn the_migrate_job_applies_the_streams_before_every_service() {
+    let doc = yaml(&compose_dir().join(COMPOSE));
+    let migrate = &services(&doc)["migrate"];
+    // The schema first, then the streams; klinectl only if the migrations succeeded, and its
+    // exit code is the job's.
+    let entry = string_array(&migrate["entrypoint"]);
+    assert_eq!(binaries(migrate), ["klinebus-migrate", "klinectl"]);
+    assert_eq!(entry.len(), 4, "{entry:?}");
+    assert_eq!(
+        entry[2], "klinebus-migrate && exec klinectl streams apply \"$$@\"",
+        "{entry:?}"
+    );
+    assert_eq!(
+        string_array(&migrate["command"]),
+        ["--stream-replicas", "${NATS_STREAM_REPLICAS:-1}"]
+    );
+    let env = env_map(migrate);
+    assert_eq!(env["NATS_USER"], "admin");
+    assert_eq!(
+        env["NATS_PASSWORD_FILE"],
+        "/run/secrets/nats_admin_password"
+    );
+    // Retention from the environment, defaulting to what klinectl documents.
+    for var in [
+        "KLINES_MAX_AGE",
+        "KLINES_MAX_BYTES",
+        "NATS_DUPLICATE_WINDOW",
+    ] {
+        let set = env
+            .get(var)
+            .unwrap_or_else(|| panic!("migrate does not set {var}"));
+        assert_eq!(with_defaults(set), streams_apply_default(var), "{var}");
+    }
+    for dep in ["postgres", "nats"] {
+        assert_eq!(
+            migrate["depends_on"][dep]["condition"], "service_healthy",
+            "migrate on {dep}"
+        );
+    }
+    assert_eq!(migrate["restart"], "no");
+    // Everything that uses NATS or PostgreSQL starts after it succeeded.
+    let mut after = Vec::new();
+    for (name, svc) in services(&doc) {
+        let env = env_map(svc);
+        let uses = ["NATS_URL", "DATABASE_URL_FILE"]
+            .iter()
+            .any(|v| env.contains_key(*v));
+        if name == "migrate" || !uses {
+            continue;
+        }
+        assert_eq!(
+            svc["depends_on"]["migrate"]["condition"], "service_completed_successfully",
+            "{name} does not wait for the migrate job"
+        );
+        after.push(name.as_str());
+    }
+    after.sort_unstable();
+    assert_eq!(
+        after,
+        [
+            "kline-audit",
+            "kline-backfill",
+            "kline-live",
+            "kline-pg-sink",
+            "kline-signals",
+            "klinectl"
+        ]
+    );
+}
+
+/// Compose's migrate job as written: its entry point and command run by /bin/sh with the real
+/// binaries on PATH and the service's environment (compose's defaults), only the NATS address
+/// and the secret files pointed at this machine's; NATS from the real nats.conf + auth.conf.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_migrate_job_runs_as_written() {
+    let admin_password = "admin-test-password";
+    let nats = klinebus_testkit::NatsServer::start_with_config(
+        &read(&compose_dir().join("nats/nats.conf")),
+        &[("auth.conf", &read(&compose_dir().join("nats/auth.conf")))],
+        &[
+            ("KLINEBUS_NATS_PRODUCER_PASSWORD", "p"),
+            ("KLINEBUS_NATS_PG_SINK_PASSWORD", "s"),
+            ("KLINEBUS_NATS_SIGNALS_PASSWORD", "g"),
+            ("KLINEBUS_NATS_OPS_PASSWORD", "o"),
+            ("KLINEBUS_NATS_ADMIN_PASSWORD", admin_password),
+        ],
+    );
+    let db = klinebus_testkit::TestDb::fresh().await;
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::os::unix::fs::symlink(
+        env!("CARGO_BIN_EXE_e2e-klinebus-migrate"),
+        bin.join("klinebus-migrate"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_e2e-klinectl"), bin.join("klinectl")).unwrap();
+    let secret = |name: &str, value: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, format!("{value}\n")).unwrap();
+        p.to_str().unwrap().to_owned()
+    };
+    let admin_file = secret("nats_admin_password", admin_password);
+    let db_file = secret("database_url", &db.url);
+    let no_db_file = secret(
+        "no_database_url",
+        &format!(
+            "postgres://postgres@127.0.0.1:5432/kb_none_{}",
+            std::process::id()
+        ),
+    );
+
+    let doc = yaml(&compose_dir().join(COMPOSE));
+    let svc = &services(&doc)["migrate"];
+    let argv: Vec<String> = string_array(&svc["entrypoint"])
+        .into_iter()
+        .chain(string_array(&svc["command"]))
+        .map(|a| with_defaults(&a))
+        .collect();
+    let mut env: BTreeMap<String, String> = env_map(svc)
+        .into_iter()
+        .map(|(k, v)| (k, with_defaults(&v)))
+        .collect();
+    for (var, value) in [
+        ("NATS_URL", nats.url()),
+        ("NATS_PASSWORD_FILE", admin_file),
+        ("DATABASE_URL_FILE", db_file),
+    ] {
+        assert!(
+            env.insert(var.into(), value).is_some(),
+            "migrate sets no {var}"
+        );
+    }
+    let path = format!("{}:/usr/bin:/bin", bin.display());
+    let run = |env: &BTreeMap<String, String>| {
+        let out = std::process::Command::new(&argv[0])
+            .args(&argv[1..])
+            .env_clear()
+            .env("PATH", &path)
+            .envs(env)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            text,
+        )
+    };
+    let mut opts = klinebus_schemas::bus::BusOptions::new(nats.url(), "compose-test");
+    opts.user = Some("admin".into());
+    opts.password = Some(admin_password.into());
+    let js = async_nats::jetstream::new(klinebus_schemas::bus::connect(&opts).await.unwrap());
+
+    // Migrations that fail stop the job before the streams: its exit code says so.
+    let mut unreachable = env.clone();
+    unreachable.insert("DATABASE_URL_FILE".into(), no_db_file);
+    let (status, _, text) = run(&unreachable);
+    assert!(!status.success(), "{text}");
+    assert!(js.get_stream("KLINES").await.is_err(), "{text}");
+
+    let (status, stdout, text) = run(&env);
+    assert!(status.success(), "{text}\n{}", nats.output());
+    assert!(text.contains("schema up to date"), "{text}");
+    assert_eq!(stdout.matches(" created ").count(), 4, "{stdout}");
+    let mut klines = js.get_stream("KLINES").await.unwrap();
+    let config = &klines.info().await.unwrap().config;
+    assert_eq!(config.max_age, Duration::from_secs(30 * 86_400));
+    assert_eq!(config.max_bytes, 8 << 30);
+    assert_eq!(config.duplicate_window, Duration::from_secs(120));
+    assert_eq!(config.num_replicas, 1);
+    // Every `up` runs it again: nothing changes.
+    let (status, stdout, text) = run(&env);
+    assert!(status.success(), "{text}");
+    assert_eq!(stdout.matches(" unchanged ").count(), 4, "{stdout}");
 }
 
 #[test]
@@ -529,8 +780,27 @@ fn the_cluster_override_uses_three_nodes_and_three_replicas() {
                 env["NATS_URL"], "nats://nats-1:4222,nats://nats-2:4222,nats://nats-3:4222",
                 "{name}"
             );
-            assert_eq!(env["NATS_STREAM_REPLICAS"], "3", "{name}");
         }
+        assert!(!env.contains_key("NATS_STREAM_REPLICAS"), "{name}");
+    }
+    // The streams get three replicas from the migrate job, once every node is healthy: in
+    // contact with the JetStream meta leader (`js-server-only`; `js-enabled-only` is healthy
+    // before a leader is elected, and a stream of 3 replicas cannot be placed then).
+    let migrate = &services(&doc)["migrate"];
+    assert_eq!(
+        string_array(&migrate["command"]),
+        ["--stream-replicas", "3"]
+    );
+    for node in nodes {
+        let health = services(&doc)[node]["healthcheck"]["test"].to_string();
+        assert!(
+            health.contains("/healthz?js-server-only=true"),
+            "{node}: {health}"
+        );
+        assert_eq!(
+            migrate["depends_on"][node]["condition"], "service_healthy",
+            "migrate on {node}"
+        );
     }
     // Every binary that talks to NATS is pointed at the cluster.
     for (name, svc) in services(&yaml(&compose_dir().join(COMPOSE))) {
@@ -744,60 +1014,97 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// The HTTP status of `GET url` (plain HTTP, e.g. a nats-server monitoring endpoint).
+fn http_status(url: &str) -> u16 {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_once('/').unwrap();
+    let mut conn = std::net::TcpStream::connect(host).unwrap();
+    write!(conn, "GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).unwrap();
+    let status = answer.split_whitespace().nth(1).unwrap_or_default();
+    status
+        .parse()
+        .unwrap_or_else(|_| panic!("not an HTTP answer: {answer}"))
+}
+
+/// The compose health check of a cluster node, on this machine's node.
+fn node_health(node: &klinebus_testkit::NatsServer) -> u16 {
+    http_status(&format!(
+        "{}/healthz?js-server-only=true",
+        node.monitor_url().unwrap()
+    ))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cluster_configs_hold_the_streams_at_three_replicas() {
-    use klinebus_schemas::bus::{self, BusOptions};
-    use klinebus_schemas::streams::Retention;
+    use clap::Parser;
 
     let auth = read(&compose_dir().join("nats/auth.conf"));
     let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let password = "ops-test-password";
+    let password = "admin-test-password";
     let env = [
         ("KLINEBUS_NATS_PRODUCER_PASSWORD", "p"),
         ("KLINEBUS_NATS_PG_SINK_PASSWORD", "s"),
         ("KLINEBUS_NATS_SIGNALS_PASSWORD", "g"),
-        ("KLINEBUS_NATS_OPS_PASSWORD", password),
+        ("KLINEBUS_NATS_OPS_PASSWORD", "o"),
+        ("KLINEBUS_NATS_ADMIN_PASSWORD", password),
     ];
     // The real files; only the cluster addresses are rewritten to this machine's ports.
-    let nodes: Vec<_> = (1..=3)
-        .map(|i| {
-            let mut text = read(&compose_dir().join(format!("nats/cluster-{i}.conf")));
+    let start = |i: usize| {
+        let mut text = read(&compose_dir().join(format!("nats/cluster-{i}.conf")));
+        text = text.replace(
+            "listen: 0.0.0.0:6222",
+            &format!("listen: 127.0.0.1:{}", routes[i - 1]),
+        );
+        for (j, port) in routes.iter().enumerate() {
             text = text.replace(
-                "listen: 0.0.0.0:6222",
-                &format!("listen: 127.0.0.1:{}", routes[i - 1]),
+                &format!("nats://nats-{}:6222", j + 1),
+                &format!("nats://127.0.0.1:{port}"),
             );
-            for (j, port) in routes.iter().enumerate() {
-                text = text.replace(
-                    &format!("nats://nats-{}:6222", j + 1),
-                    &format!("nats://127.0.0.1:{port}"),
-                );
-            }
-            klinebus_testkit::NatsServer::start_with_config(&text, &[("auth.conf", &auth)], &env)
-        })
-        .collect();
-    // One node's URL: the others are reached through the cluster.
-    let mut opts = BusOptions::new(nodes[0].url(), "cluster-test");
-    opts.user = Some("ops".into());
-    opts.password = Some(password.into());
-    let client = bus::connect(&opts).await.unwrap();
-    let js = async_nats::jetstream::new(client);
-    let retention = Retention {
-        replicas: 3,
-        ..Retention::default()
-    };
-    // The meta leader is elected within seconds of the routes connecting.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        match bus::ensure_streams(&js, &retention).await {
-            Ok(()) => break,
-            Err(e) => assert!(
-                tokio::time::Instant::now() < deadline,
-                "{e}\n{}",
-                nodes[0].output()
-            ),
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        klinebus_testkit::NatsServer::start_with_config(&text, &[("auth.conf", &auth)], &env)
+    };
+    let mut nodes = vec![start(1)];
+    // Alone, a node has no meta leader: not healthy for compose, so the migrate job waits.
+    assert_eq!(node_health(&nodes[0]), 503, "{}", nodes[0].output());
+    nodes.extend([start(2), start(3)]);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !nodes.iter().all(|n| node_health(n) == 200) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the nodes never became healthy\n{}",
+            nodes[0].output()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // Then the merged files' migrate job applies the streams (klinectl's part, its command
+    // line as written), once: no retry is needed after the health checks.
+    let url = nodes[0].url();
+    let mut args = vec![
+        "klinectl".to_owned(),
+        "--nats-url".into(),
+        url.clone(),
+        "--nats-user".into(),
+        "admin".into(),
+        "--nats-password".into(),
+        password.into(),
+        "streams".into(),
+        "apply".into(),
+    ];
+    args.extend(string_array(&services(&merged())["migrate"]["command"]));
+    let out = klinectl::run(klinectl::cli::Cli::parse_from(args))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", nodes[0].output()));
+    assert_eq!(out.code, 0, "{}", out.output);
+    assert_eq!(out.output.matches(" created ").count(), 4, "{}", out.output);
+
+    // One node's URL: the others are reached through the cluster.
+    let mut opts = klinebus_schemas::bus::BusOptions::new(url, "cluster-test");
+    opts.user = Some("admin".into());
+    opts.password = Some(password.into());
+    let js = async_nats::jetstream::new(klinebus_schemas::bus::connect(&opts).await.unwrap());
     for name in ["KLINES", "CANDLES", "SIGNALS", "DLQ"] {
         let mut s = js.get_stream(name).await.unwrap();
         let info = s.info().await.unwrap();

@@ -3,24 +3,40 @@
 //! and its listen/monitoring ports overridden on the command line; the passwords come from the
 //! environment exactly as in compose.
 //!
+//! A denied request is dropped by the server, which logs a `Publish Violation` of that user and
+//! subject and answers nothing: every refusal below is asserted by both, the client's timeout and
+//! the server's violation line.
+//!
 //! - a client without (or with wrong) credentials is refused;
-//! - each role may do its part and nothing else: the producer publishes `klines.>` and creates
-//!   or updates the streams, but cannot publish the sinks' subjects, delete streams, or pull from
-//!   (or reset) the sinks' durable consumers; the sinks cannot publish `klines.>`; nobody can
-//!   snoop on the event subjects with a plain subscription;
-//! - the real binaries work with only their own role's permissions: kline-backfill (publishing,
-//!   resuming and `--verify`) and kline-live as `producer`, kline-pg-sink as `pg-sink` (password
-//!   from a file), kline-signals as `signals`, `klinectl status` as `ops`, with no permission
-//!   violation logged by the server, and the candles land in PostgreSQL.
+//! - the streams are `admin`'s: it applies them (`klinectl streams apply`, a process); producer,
+//!   pg-sink, signals and ops may not update, seal, purge or delete any of the four, delete a
+//!   message or create a stream (nor ops restore one), and the streams stay as applied;
+//! - consumers: the producer may create none on KLINES (push into `candles.closed.…`, pull,
+//!   ephemeral, the legacy durable subject), the sinks only their own durable; nobody reads
+//!   (`MSG.NEXT`) or deletes another role's durable; ops may manage consumers (replay);
+//! - each role publishes only its own subjects (producer `klines.>`, pg-sink `candles.closed.>`
+//!   and `dlq.pg-sink`, signals `signals.>` and `dlq.signals`), and nobody snoops on the event
+//!   subjects with a plain subscription;
+//! - before the streams exist, kline-backfill, kline-live, kline-pg-sink and kline-signals (as
+//!   processes, each with its role) exit non-zero saying to run `klinectl streams apply`, which
+//!   ops may not run and admin may;
+//! - after admin applied them, the real binaries work with only their own role's permissions:
+//!   kline-backfill (publishing, resuming and `--verify`) and kline-live as `producer`,
+//!   kline-pg-sink as `pg-sink` (password from a file), kline-signals as `signals`, `klinectl
+//!   status` and `replay` as `ops`, with no permission violation logged by the server, and the
+//!   candles land in PostgreSQL.
 #![allow(clippy::unwrap_used)]
 
+use std::future::Future;
+use std::pin::Pin;
+use std::process::ExitStatus;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer::pull, consumer::DeliverPolicy};
+use async_nats::jetstream::{self, consumer::pull, consumer::push, consumer::DeliverPolicy};
 use clap::Parser;
 use futures::StreamExt;
 use klinebus_schemas::bus::{self, BusOptions};
-use klinebus_schemas::streams::{ConsumerSpec, Retention};
+use klinebus_schemas::streams::{ConsumerSpec, CANDLES_STREAM};
 use klinebus_testkit::{NatsServer, TestDb};
 use tokio_util::sync::CancellationToken;
 
@@ -32,6 +48,9 @@ const PRODUCER: (&str, &str) = ("producer", "producer-test-password");
 const PG_SINK: (&str, &str) = ("pg-sink", "pg-sink-test-password");
 const SIGNALS: (&str, &str) = ("signals", "signals-test-password");
 const OPS: (&str, &str) = ("ops", "ops-test-password");
+const ADMIN: (&str, &str) = ("admin", "admin-test-password");
+
+const STREAMS: [&str; 4] = ["KLINES", "CANDLES", "SIGNALS", "DLQ"];
 
 /// 2025-06-04T12:00:00Z
 const T0: i64 = 1_749_038_400_000;
@@ -45,6 +64,7 @@ fn start_authorized_nats() -> NatsServer {
             ("KLINEBUS_NATS_PG_SINK_PASSWORD", PG_SINK.1),
             ("KLINEBUS_NATS_SIGNALS_PASSWORD", SIGNALS.1),
             ("KLINEBUS_NATS_OPS_PASSWORD", OPS.1),
+            ("KLINEBUS_NATS_ADMIN_PASSWORD", ADMIN.1),
         ],
     )
 }
@@ -102,6 +122,147 @@ fn violations(nats: &NatsServer) -> Vec<String> {
         .collect()
 }
 
+/// A binary of this package run to its end (at most 90 s) in an empty directory (no `.env`),
+/// with none of the developer's connection variables: its exit status and everything it printed.
+async fn run_process(name: &str, path: &str, args: &[&str]) -> (ExitStatus, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = tokio::process::Command::new(path);
+    cmd.args(args)
+        .current_dir(dir.path())
+        .env("RUST_LOG", "warn")
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    for var in [
+        "LOG_FORMAT",
+        "NATS_URL",
+        "NATS_USER",
+        "NATS_PASSWORD",
+        "NATS_PASSWORD_FILE",
+        "NATS_TOKEN",
+        "NATS_TOKEN_FILE",
+        "NATS_CREDS",
+        "NATS_STREAM_REPLICAS",
+        "DATABASE_URL",
+        "DATABASE_URL_FILE",
+    ] {
+        cmd.env_remove(var);
+    }
+    let out = tokio::time::timeout(Duration::from_secs(90), cmd.output())
+        .await
+        .unwrap_or_else(|_| panic!("{name} still running after 90 s"))
+        .unwrap_or_else(|e| panic!("cannot run {name} ({path}): {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status, text)
+}
+
+/// `klinectl streams apply` as a process with `role`'s credentials.
+async fn streams_apply(nats: &NatsServer, role: (&str, &str)) -> (ExitStatus, String) {
+    let url = nats.url();
+    run_process(
+        "klinectl",
+        env!("CARGO_BIN_EXE_e2e-klinectl"),
+        &[
+            "--nats-url",
+            &url,
+            "--nats-user",
+            role.0,
+            "--nats-password",
+            role.1,
+            "streams",
+            "apply",
+        ],
+    )
+    .await
+}
+
+/// A private server whose streams admin applied (`klinectl streams apply`, as compose's
+/// migrate job does).
+async fn applied_nats() -> NatsServer {
+    let nats = start_authorized_nats();
+    let (status, out) = streams_apply(&nats, ADMIN).await;
+    assert!(status.success(), "{out}\n{}", nats.output());
+    assert_eq!(out.matches(" created ").count(), 4, "{out}");
+    nats
+}
+
+/// A request that must be refused: who, what, the API subject it goes to, and the request.
+struct Attempt {
+    user: &'static str,
+    what: String,
+    subject: String,
+    request: Pin<Box<dyn Future<Output = Result<(), String>> + Send>>,
+}
+
+fn attempt<T, E, F>(
+    user: &'static str,
+    what: impl Into<String>,
+    subject: impl Into<String>,
+    f: F,
+) -> Attempt
+where
+    F: Future<Output = Result<T, E>> + Send + 'static,
+    E: std::error::Error + 'static,
+{
+    Attempt {
+        user,
+        what: what.into(),
+        subject: subject.into(),
+        request: Box::pin(async move {
+            f.await
+                .map(|_| ())
+                .map_err(|e| klinebus_svc::error_line(&e))
+        }),
+    }
+}
+
+/// Runs the attempts at once and asserts each was refused by the server: no answer (the client
+/// timed out) and a publish violation of that user and subject in the server's log.
+async fn assert_all_refused(nats: &NatsServer, attempts: Vec<Attempt>) {
+    assert!(!attempts.is_empty());
+    let (meta, requests): (Vec<_>, Vec<_>) = attempts
+        .into_iter()
+        .map(|a| ((a.user, a.what, a.subject), a.request))
+        .unzip();
+    let results = futures::future::join_all(requests).await;
+    // The server writes its log asynchronously.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    for ((user, what, subject), result) in meta.into_iter().zip(results) {
+        match result {
+            Ok(()) => panic!("{user} may {what}"),
+            Err(e) => assert!(
+                e.contains("timed out"),
+                "{user} {what}: expected no answer (a timeout), got: {e}"
+            ),
+        }
+        let line = format!("Publish Violation - User \"{user}\", Subject \"{subject}\"");
+        while !nats.output().contains(&line) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{user} {what}: the server logged no `{line}`\n{}",
+                nats.output()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// A raw JetStream API request that gives up after a second.
+async fn api_request(
+    client: async_nats::Client,
+    subject: String,
+    body: serde_json::Value,
+) -> Result<async_nats::Message, async_nats::RequestError> {
+    let request = async_nats::Request::new()
+        .payload(body.to_string().into())
+        .timeout(Some(Duration::from_secs(1)));
+    client.send_request(subject, request).await
+}
+
 #[tokio::test]
 async fn clients_without_valid_credentials_are_refused() {
     let nats = start_authorized_nats();
@@ -118,13 +279,376 @@ async fn clients_without_valid_credentials_are_refused() {
     assert!(bus::connect(&options(&nats, Some(("nobody", PRODUCER.1))))
         .await
         .is_err());
+    assert!(bus::connect(&options(&nats, Some(("admin", OPS.1))))
+        .await
+        .is_err());
     // A valid user gets in.
     connect_as(&nats, OPS).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn each_role_may_do_only_its_part() {
-    let nats = start_authorized_nats();
+async fn only_admin_may_change_a_stream() {
+    let nats = applied_nats().await;
+    let ops = js(connect_as(&nats, OPS).await);
+    // Something in every stream, published by its own role.
+    let producer = js(connect_as(&nats, PRODUCER).await);
+    let sink = js(connect_as(&nats, PG_SINK).await);
+    let signals = js(connect_as(&nats, SIGNALS).await);
+    assert!(js_publish_ok(&producer, "klines.backfill.binance.BTCUSDT.1m").await);
+    assert!(js_publish_ok(&sink, "candles.closed.binance.BTCUSDT.1m").await);
+    assert!(js_publish_ok(&sink, "dlq.pg-sink").await);
+    assert!(js_publish_ok(&signals, "signals.binance.BTCUSDT.1m").await);
+    let mut before = Vec::new();
+    for name in STREAMS {
+        before.push(
+            ops.get_stream(name)
+                .await
+                .unwrap()
+                .get_info()
+                .await
+                .unwrap(),
+        );
+    }
+
+    let mut attempts = Vec::new();
+    for (user, ctx) in [
+        ("producer", producer.clone()),
+        ("pg-sink", sink.clone()),
+        ("signals", signals.clone()),
+        ("ops", ops.clone()),
+    ] {
+        for (name, info) in STREAMS.iter().zip(&before) {
+            // Every role may look a stream up (bus::ensure_streams does at start-up).
+            let stream = ctx.get_stream(*name).await.unwrap();
+            let mut shrunk = info.config.clone();
+            shrunk.max_messages = 1;
+            let c = ctx.clone();
+            attempts.push(attempt(
+                user,
+                format!("update {name} (max_msgs 1)"),
+                format!("$JS.API.STREAM.UPDATE.{name}"),
+                async move { c.update_stream(shrunk).await },
+            ));
+            let mut sealed = info.config.clone();
+            sealed.sealed = true;
+            let c = ctx.clone();
+            attempts.push(attempt(
+                user,
+                format!("seal {name}"),
+                format!("$JS.API.STREAM.UPDATE.{name}"),
+                async move { c.update_stream(sealed).await },
+            ));
+            let s = stream.clone();
+            attempts.push(attempt(
+                user,
+                format!("purge {name}"),
+                format!("$JS.API.STREAM.PURGE.{name}"),
+                async move { s.purge().await },
+            ));
+            let s = stream.clone();
+            attempts.push(attempt(
+                user,
+                format!("delete a message of {name}"),
+                format!("$JS.API.STREAM.MSG.DELETE.{name}"),
+                async move { s.delete_message(1).await },
+            ));
+            let c = ctx.clone();
+            let n = name.to_string();
+            attempts.push(attempt(
+                user,
+                format!("delete {name}"),
+                format!("$JS.API.STREAM.DELETE.{name}"),
+                async move { c.delete_stream(n).await },
+            ));
+        }
+        let c = ctx.clone();
+        attempts.push(attempt(
+            user,
+            "create a stream",
+            "$JS.API.STREAM.CREATE.ROGUE",
+            async move {
+                c.create_stream(jetstream::stream::Config {
+                    name: "ROGUE".into(),
+                    subjects: vec!["rogue.>".into()],
+                    ..Default::default()
+                })
+                .await
+            },
+        ));
+    }
+    // Nor may ops create one from a snapshot.
+    attempts.push(attempt(
+        "ops",
+        "restore a stream",
+        "$JS.API.STREAM.RESTORE.ROGUE",
+        api_request(
+            connect_as(&nats, OPS).await,
+            "$JS.API.STREAM.RESTORE.ROGUE".into(),
+            serde_json::json!({"config": {"name": "ROGUE", "subjects": ["rogue.>"]}}),
+        ),
+    ));
+    assert_all_refused(&nats, attempts).await;
+
+    // The streams are as admin applied them, with what was stored.
+    for (name, was) in STREAMS.iter().zip(&before) {
+        let now = ops
+            .get_stream(*name)
+            .await
+            .unwrap()
+            .get_info()
+            .await
+            .unwrap();
+        assert_eq!(now.config, was.config, "{name}");
+        assert_eq!(now.state.messages, 1, "{name}");
+    }
+    assert!(ops.get_stream("ROGUE").await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn producers_create_no_consumer_and_sinks_only_their_own() {
+    let nats = applied_nats().await;
+    let ops = js(connect_as(&nats, OPS).await);
+    let producer_client = connect_as(&nats, PRODUCER).await;
+    let producer = js(producer_client.clone());
+    let sink_client = connect_as(&nats, PG_SINK).await;
+    let sink = js(sink_client.clone());
+    let signals_client = connect_as(&nats, SIGNALS).await;
+    let signals = js(signals_client.clone());
+    assert!(js_publish_ok(&producer, "klines.backfill.binance.BTCUSDT.1m").await);
+    assert!(js_publish_ok(&sink, "candles.closed.binance.BTCUSDT.1m").await);
+
+    // The sinks create their own durables, as kline-pg-sink and kline-signals do.
+    let spec = ConsumerSpec::klines("pg-sink", String::new());
+    if let Err(e) = sink
+        .get_stream("KLINES")
+        .await
+        .unwrap()
+        .create_consumer(bus::consumer_config(&spec, DeliverPolicy::All))
+        .await
+    {
+        panic!("pg-sink cannot create its consumer: {e}\n{}", nats.output());
+    }
+    let spec = ConsumerSpec {
+        stream: CANDLES_STREAM.into(),
+        filter_subject: "candles.closed.>".into(),
+        ..ConsumerSpec::klines("signals", String::new())
+    };
+    if let Err(e) = signals
+        .get_stream(CANDLES_STREAM)
+        .await
+        .unwrap()
+        .create_consumer(bus::consumer_config(&spec, DeliverPolicy::All))
+        .await
+    {
+        panic!("signals cannot create its consumer: {e}\n{}", nats.output());
+    }
+
+    let klines_as = |ctx: &jetstream::Context| {
+        let ctx = ctx.clone();
+        async move { ctx.get_stream("KLINES").await.unwrap() }
+    };
+    let candles_as = |ctx: &jetstream::Context| {
+        let ctx = ctx.clone();
+        async move { ctx.get_stream("CANDLES").await.unwrap() }
+    };
+    let pull_durable = |name: &str, filter: &str| pull::Config {
+        durable_name: Some(name.into()),
+        filter_subject: filter.into(),
+        ..Default::default()
+    };
+    let mut attempts = Vec::new();
+
+    // The producer: no consumer at all on KLINES. A push consumer delivering into
+    // candles.closed.… would have the server publish KLINES' messages into CANDLES, past the
+    // producer's deny of candles.>.
+    let k = klines_as(&producer).await;
+    attempts.push(attempt(
+        "producer",
+        "create a push consumer delivering into candles.closed.binance.BTCUSDT.1m",
+        "$JS.API.CONSUMER.CREATE.KLINES.evil",
+        async move {
+            k.create_consumer(push::Config {
+                durable_name: Some("evil".into()),
+                deliver_subject: "candles.closed.binance.BTCUSDT.1m".into(),
+                ..Default::default()
+            })
+            .await
+        },
+    ));
+    let k = klines_as(&producer).await;
+    attempts.push(attempt(
+        "producer",
+        "create an ephemeral push consumer delivering into candles.closed.…",
+        "$JS.API.CONSUMER.CREATE.KLINES",
+        async move {
+            k.create_consumer(push::Config {
+                deliver_subject: "candles.closed.binance.ETHUSDT.1m".into(),
+                ..Default::default()
+            })
+            .await
+        },
+    ));
+    let k = klines_as(&producer).await;
+    let c = pull_durable("scan", "klines.backfill.binance.BTCUSDT.1m");
+    attempts.push(attempt(
+        "producer",
+        "create a pull consumer over one subject",
+        "$JS.API.CONSUMER.CREATE.KLINES.scan.klines.backfill.binance.BTCUSDT.1m",
+        async move { k.create_consumer(c).await },
+    ));
+    let k = klines_as(&producer).await;
+    let c = pull_durable("pg-sink", "");
+    attempts.push(attempt(
+        "producer",
+        "recreate pg-sink's durable",
+        "$JS.API.CONSUMER.CREATE.KLINES.pg-sink",
+        async move { k.create_consumer(c).await },
+    ));
+    attempts.push(attempt(
+        "producer",
+        "create a durable through the legacy subject",
+        "$JS.API.CONSUMER.DURABLE.CREATE.KLINES.evil",
+        api_request(
+            producer_client.clone(),
+            "$JS.API.CONSUMER.DURABLE.CREATE.KLINES.evil".into(),
+            serde_json::json!({"stream_name": "KLINES", "config": {
+                "durable_name": "evil", "deliver_subject": "candles.closed.binance.BTCUSDT.1m",
+                "ack_policy": "none"}}),
+        ),
+    ));
+
+    // The sinks: their own durable only.
+    for (user, ctx, stream, name) in [
+        ("pg-sink", &sink, "KLINES", "other"),
+        ("pg-sink", &sink, "CANDLES", "signals"),
+        ("pg-sink", &sink, "CANDLES", "pg-sink"),
+        ("signals", &signals, "CANDLES", "other"),
+        ("signals", &signals, "KLINES", "pg-sink"),
+        ("signals", &signals, "KLINES", "signals"),
+    ] {
+        let s = if stream == "KLINES" {
+            klines_as(ctx).await
+        } else {
+            candles_as(ctx).await
+        };
+        let c = pull_durable(name, "");
+        attempts.push(attempt(
+            user,
+            format!("create consumer {name} on {stream}"),
+            format!("$JS.API.CONSUMER.CREATE.{stream}.{name}"),
+            async move { s.create_consumer(c).await },
+        ));
+    }
+
+    // Nobody reads or deletes another role's durable.
+    for (user, client, stream, durable) in [
+        ("producer", &producer_client, "KLINES", "pg-sink"),
+        ("signals", &signals_client, "KLINES", "pg-sink"),
+        ("pg-sink", &sink_client, "CANDLES", "signals"),
+        ("producer", &producer_client, "CANDLES", "signals"),
+    ] {
+        let subject = format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}");
+        attempts.push(attempt(
+            user,
+            format!("pull from {durable}'s consumer on {stream}"),
+            subject.clone(),
+            api_request(
+                client.clone(),
+                subject,
+                serde_json::json!({"batch": 10, "expires": 500_000_000}),
+            ),
+        ));
+        let s = if stream == "KLINES" {
+            klines_as(&js(client.clone())).await
+        } else {
+            candles_as(&js(client.clone())).await
+        };
+        let d = durable.to_owned();
+        attempts.push(attempt(
+            user,
+            format!("delete {durable}'s consumer on {stream}"),
+            format!("$JS.API.CONSUMER.DELETE.{stream}.{durable}"),
+            async move { s.delete_consumer(&d).await },
+        ));
+    }
+    assert_all_refused(&nats, attempts).await;
+
+    // Nothing was created or delivered: the sinks' durables alone, untouched, and nothing was
+    // pushed into CANDLES.
+    for (stream, durable) in [("KLINES", "pg-sink"), ("CANDLES", "signals")] {
+        let s = ops.get_stream(stream).await.unwrap();
+        let names: Vec<String> = s
+            .consumer_names()
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(names, [durable], "{stream}");
+        let info = s.consumer_info(durable).await.unwrap();
+        assert_eq!(info.delivered.stream_sequence, 0, "{stream}.{durable}");
+        assert_eq!(info.num_pending, 1, "{stream}.{durable}");
+    }
+    assert_eq!(messages_in(&ops, "CANDLES").await, 1);
+
+    // Each sink reads and acks through its own durable.
+    for (ctx, stream, durable, subject) in [
+        (
+            &sink,
+            "KLINES",
+            "pg-sink",
+            "klines.backfill.binance.BTCUSDT.1m",
+        ),
+        (
+            &signals,
+            "CANDLES",
+            "signals",
+            "candles.closed.binance.BTCUSDT.1m",
+        ),
+    ] {
+        let c = ctx
+            .get_stream(stream)
+            .await
+            .unwrap()
+            .get_consumer::<pull::Config>(durable)
+            .await
+            .unwrap();
+        let mut batch = c
+            .fetch()
+            .max_messages(10)
+            .expires(Duration::from_secs(1))
+            .messages()
+            .await
+            .unwrap();
+        let m = batch.next().await.unwrap().unwrap();
+        assert_eq!(m.subject.as_str(), subject);
+        m.double_ack().await.unwrap();
+        let info = ops
+            .get_stream(stream)
+            .await
+            .unwrap()
+            .consumer_info(durable)
+            .await
+            .unwrap();
+        assert_eq!(
+            (info.num_pending, info.num_ack_pending),
+            (0, 0),
+            "{durable}"
+        );
+    }
+
+    // Ops manages consumers (klinectl replay deletes and recreates a durable).
+    let klines = ops.get_stream("KLINES").await.unwrap();
+    klines
+        .create_consumer(pull_durable("ops-probe", ""))
+        .await
+        .unwrap();
+    assert!(klines.delete_consumer("ops-probe").await.unwrap().success);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_role_publishes_only_its_own_subjects() {
+    let nats = applied_nats().await;
     let ops = js(connect_as(&nats, OPS).await);
     let producer_client = connect_as(&nats, PRODUCER).await;
     let producer = js(producer_client.clone());
@@ -133,155 +657,80 @@ async fn each_role_may_do_only_its_part() {
     let signals_client = connect_as(&nats, SIGNALS).await;
     let signals = js(signals_client.clone());
 
-    // Every binary creates or updates the streams at start-up: each role may.
-    for (who, ctx) in [
-        ("producer", &producer),
-        ("pg-sink", &sink),
-        ("signals", &signals),
-        ("ops", &ops),
-    ] {
-        for round in ["create", "update"] {
-            if let Err(e) = bus::ensure_streams(ctx, &Retention::default()).await {
-                panic!("{who} cannot {round} the streams: {e}\n{}", nats.output());
-            }
-        }
-    }
-
-    // Producer: klines.> yes; the sinks' subjects no.
-    assert!(js_publish_ok(&producer, "klines.backfill.binance.BTCUSDT.1m").await);
-    for subject in [
-        "candles.closed.binance.BTCUSDT.1m",
-        "signals.binance.BTCUSDT.1m",
-        "dlq.pg-sink",
+    // Their own subjects, yes.
+    for (ctx, subject) in [
+        (&producer, "klines.backfill.binance.BTCUSDT.1m"),
+        (&producer, "klines.ws.binance.BTCUSDT.1m"),
+        (&sink, "candles.closed.binance.BTCUSDT.1m"),
+        (&sink, "dlq.pg-sink"),
+        (&signals, "signals.binance.BTCUSDT.1m"),
+        (&signals, "dlq.signals"),
     ] {
         assert!(
-            !js_publish_ok(&producer, subject).await,
-            "producer published {subject}"
+            js_publish_ok(ctx, subject).await,
+            "{subject}\n{}",
+            nats.output()
         );
-        core_publish(&producer_client, subject).await;
     }
-    // Nor delete or purge a stream.
-    assert!(producer.delete_stream("KLINES").await.is_err());
-    let klines = producer.get_stream("KLINES").await.unwrap();
-    assert!(klines.purge().await.is_err());
-
-    // The sink's durable consumer (created by the sink user, as kline-pg-sink does).
-    let spec = ConsumerSpec::klines("pg-sink", String::new());
-    let created = sink
-        .get_stream("KLINES")
-        .await
-        .unwrap()
-        .create_consumer(bus::consumer_config(&spec, DeliverPolicy::All))
-        .await;
-    if let Err(e) = created {
-        panic!("pg-sink cannot create its consumer: {e}\n{}", nats.output());
-    }
-
-    // The producer cannot steal, reset or delete it.
-    let stolen = producer
-        .get_stream("KLINES")
-        .await
-        .unwrap()
-        .get_consumer::<pull::Config>("pg-sink")
-        .await;
-    if let Ok(c) = stolen {
-        let got = tokio::time::timeout(Duration::from_secs(3), async {
-            let mut n = 0;
-            if let Ok(mut batch) = c
-                .fetch()
-                .max_messages(10)
-                .expires(Duration::from_secs(1))
-                .messages()
-                .await
-            {
-                while let Some(Ok(_)) = batch.next().await {
-                    n += 1;
-                }
-            }
-            n
-        })
-        .await
-        .unwrap_or(0);
-        assert_eq!(got, 0, "the producer pulled from pg-sink's consumer");
-    }
-    let klines_ops = ops.get_stream("KLINES").await.unwrap();
-    let info = klines_ops.consumer_info("pg-sink").await.unwrap();
-    assert_eq!(info.delivered.stream_sequence, 0, "nothing was delivered");
-    assert_eq!(info.num_pending, 1);
-    assert!(producer
-        .get_stream("KLINES")
-        .await
-        .unwrap()
-        .delete_consumer("pg-sink")
-        .await
-        .is_err());
-    assert!(producer
-        .get_stream("KLINES")
-        .await
-        .unwrap()
-        .create_consumer(pull::Config {
-            durable_name: Some("pg-sink".into()),
-            deliver_policy: DeliverPolicy::New,
-            ..Default::default()
-        })
-        .await
-        .is_err());
-
-    // The sink consumes and acks through its durable consumer.
-    let c = sink
-        .get_stream("KLINES")
-        .await
-        .unwrap()
-        .get_consumer::<pull::Config>("pg-sink")
-        .await
-        .unwrap();
-    let mut batch = c
-        .fetch()
-        .max_messages(10)
-        .expires(Duration::from_secs(1))
-        .messages()
-        .await
-        .unwrap();
-    let m = batch.next().await.unwrap().unwrap();
-    assert_eq!(m.subject.as_str(), "klines.backfill.binance.BTCUSDT.1m");
-    m.double_ack().await.unwrap();
-    let info = klines_ops.consumer_info("pg-sink").await.unwrap();
-    assert_eq!((info.num_pending, info.num_ack_pending), (0, 0));
-
-    // The sinks cannot publish producer events, nor each other's outputs.
-    for (who, ctx, client) in [
-        ("pg-sink", &sink, &sink_client),
-        ("signals", &signals, &signals_client),
-    ] {
-        for subject in [
+    // Another role's, no: neither acknowledged nor stored, with or without an ack asked.
+    let mut attempts = Vec::new();
+    let mut denied = Vec::new();
+    for (user, ctx, client, subject) in [
+        (
+            "producer",
+            &producer,
+            &producer_client,
+            "candles.closed.binance.BTCUSDT.1m",
+        ),
+        (
+            "producer",
+            &producer,
+            &producer_client,
+            "signals.binance.BTCUSDT.1m",
+        ),
+        ("producer", &producer, &producer_client, "dlq.pg-sink"),
+        (
+            "pg-sink",
+            &sink,
+            &sink_client,
             "klines.ws.binance.BTCUSDT.1m",
+        ),
+        (
+            "pg-sink",
+            &sink,
+            &sink_client,
             "klines.backfill.binance.BTCUSDT.1m",
-        ] {
-            assert!(
-                !js_publish_ok(ctx, subject).await,
-                "{who} published {subject}"
-            );
-            core_publish(client, subject).await;
-        }
+        ),
+        ("pg-sink", &sink, &sink_client, "signals.binance.BTCUSDT.1m"),
+        ("pg-sink", &sink, &sink_client, "dlq.signals"),
+        (
+            "signals",
+            &signals,
+            &signals_client,
+            "klines.ws.binance.BTCUSDT.1m",
+        ),
+        (
+            "signals",
+            &signals,
+            &signals_client,
+            "candles.closed.binance.BTCUSDT.1m",
+        ),
+        ("signals", &signals, &signals_client, "dlq.pg-sink"),
+    ] {
+        let c = ctx.clone();
+        let s = subject.to_owned();
+        attempts.push(attempt(
+            user,
+            format!("publish {subject}"),
+            subject,
+            async move { c.publish(s, "x".into()).await?.await },
+        ));
+        denied.push((client.clone(), subject));
     }
-    assert!(!js_publish_ok(&sink, "signals.binance.BTCUSDT.1m").await);
-    assert!(!js_publish_ok(&signals, "candles.closed.binance.BTCUSDT.1m").await);
-    // …but their own outputs, yes.
-    assert!(js_publish_ok(&sink, "candles.closed.binance.BTCUSDT.1m").await);
-    assert!(js_publish_ok(&sink, "dlq.pg-sink").await);
-    assert!(js_publish_ok(&signals, "signals.binance.BTCUSDT.1m").await);
-    assert!(js_publish_ok(&signals, "dlq.signals").await);
-    // The signals user reads CANDLES, not KLINES.
-    assert!(signals
-        .get_stream("KLINES")
-        .await
-        .unwrap()
-        .create_consumer(pull::Config {
-            durable_name: Some("signals".into()),
-            ..Default::default()
-        })
-        .await
-        .is_err());
+    assert_all_refused(&nats, attempts).await;
+    for (client, subject) in denied {
+        core_publish(&client, subject).await;
+    }
 
     // Nobody but the server's own JetStream reads the event subjects with a plain subscription.
     let mut snoop_sink = sink_client.subscribe("klines.>").await.unwrap();
@@ -301,19 +750,138 @@ async fn each_role_may_do_only_its_part() {
         matches!(snooped, Err(_) | Ok(None)),
         "a plain subscription received {snooped:?}"
     );
+    assert!(nats
+        .output()
+        .contains("Subscription Violation - User \"pg-sink\", Subject \"klines.>\""));
 
     // What was denied never reached a stream: exactly the allowed messages are there.
-    assert_eq!(messages_in(&ops, "KLINES").await, 2);
+    assert_eq!(messages_in(&ops, "KLINES").await, 3);
     assert_eq!(messages_in(&ops, "CANDLES").await, 2);
     assert_eq!(messages_in(&ops, "SIGNALS").await, 1);
     assert_eq!(messages_in(&ops, "DLQ").await, 2);
-    // And the server logged the violations.
-    assert!(!violations(&nats).is_empty(), "{}", nats.output());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_stop_clearly_until_admin_applies_the_streams() {
+    let nats = start_authorized_nats();
+    let sim = binance_sim::spawn(binance_sim::Config::parse_from([
+        "binance-sim",
+        "--start-time",
+        &T0.to_string(),
+        "--symbols",
+        "BTCUSDT",
+    ]))
+    .await
+    .unwrap();
+    let db = TestDb::fresh().await;
+    let (url, rest, ws) = (nats.url(), sim.base_url(), sim.ws_url());
+    let nats_flags = |role: (&'static str, &'static str)| {
+        [
+            "--nats-url".to_owned(),
+            url.clone(),
+            "--nats-user".into(),
+            role.0.into(),
+            "--nats-password".into(),
+            role.1.into(),
+        ]
+    };
+    let services = [
+        (
+            "kline-backfill",
+            env!("CARGO_BIN_EXE_e2e-kline-backfill"),
+            PRODUCER,
+            vec![
+                "--symbols",
+                "BTCUSDT",
+                "--timeframes",
+                "1h",
+                "--days",
+                "1",
+                "--rest-url",
+                &rest,
+                "--archive-url",
+                &rest,
+                "--progress",
+                "quiet",
+            ],
+        ),
+        (
+            "kline-live",
+            env!("CARGO_BIN_EXE_e2e-kline-live"),
+            PRODUCER,
+            vec![
+                "--symbols",
+                "BTCUSDT",
+                "--timeframes",
+                "1m",
+                "--rest-url",
+                &rest,
+                "--ws-url",
+                &ws,
+                "--metrics-addr",
+                "127.0.0.1:0",
+            ],
+        ),
+        (
+            "kline-pg-sink",
+            env!("CARGO_BIN_EXE_e2e-kline-pg-sink"),
+            PG_SINK,
+            vec!["--database-url", &db.url, "--metrics-addr", "off"],
+        ),
+        (
+            "kline-signals",
+            env!("CARGO_BIN_EXE_e2e-kline-signals"),
+            SIGNALS,
+            vec!["--database-url", &db.url, "--metrics-addr", "off"],
+        ),
+    ];
+    let runs = services.iter().map(|(name, path, role, args)| {
+        let mut all: Vec<String> = nats_flags(*role).into();
+        all.extend(args.iter().map(|a| (*a).to_owned()));
+        async move {
+            let all: Vec<&str> = all.iter().map(String::as_str).collect();
+            (*name, role.0, run_process(name, path, &all).await)
+        }
+    });
+    for (name, user, (status, out)) in futures::future::join_all(runs).await {
+        assert!(
+            !status.success(),
+            "{name} started without the streams:\n{out}"
+        );
+        assert!(
+            out.contains("does not exist") && out.contains("`klinectl streams apply`"),
+            "{name} did not say what to do:\n{out}"
+        );
+        let line = format!("Publish Violation - User \"{user}\", Subject \"$JS.API.STREAM.CREATE.");
+        assert!(
+            nats.output().contains(&line),
+            "{name}: no `{line}`\n{}",
+            nats.output()
+        );
+    }
+    let ops = js(connect_as(&nats, OPS).await);
+    for name in STREAMS {
+        assert!(ops.get_stream(name).await.is_err(), "{name} was created");
+    }
+
+    // The operators' role may not apply them either; admin may.
+    let (status, out) = streams_apply(&nats, OPS).await;
+    assert!(!status.success(), "{out}");
+    assert!(out.contains("the admin user"), "{out}");
+    assert!(nats
+        .output()
+        .contains("Publish Violation - User \"ops\", Subject \"$JS.API.STREAM.UPDATE.KLINES\""));
+    let (status, out) = streams_apply(&nats, ADMIN).await;
+    assert!(status.success(), "{out}");
+    assert_eq!(out.matches(" created ").count(), 4, "{out}");
+    for name in STREAMS {
+        assert!(ops.get_stream(name).await.is_ok(), "{name}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_binaries_run_with_their_own_role_only() {
-    let nats = start_authorized_nats();
+    let nats = applied_nats().await;
     let sim = binance_sim::spawn(binance_sim::Config::parse_from([
         "binance-sim",
         "--start-time",
@@ -402,7 +970,7 @@ async fn the_binaries_run_with_their_own_role_only() {
     let report = first.verification.as_ref().unwrap().as_ref().unwrap();
     assert!(report.is_ok(), "{}", report.render_text());
     assert_eq!(first.exit_code(), 0, "{}", nats.output());
-    // Second run resumes from the stream (last message by subject, ordered consumer).
+    // Second run resumes from the stream (message gets, no consumer).
     let second = kline_backfill::run(backfill(false), CancellationToken::new())
         .await
         .unwrap();
@@ -496,6 +1064,26 @@ async fn the_binaries_run_with_their_own_role_only() {
     .await
     .unwrap();
     assert!(status.output.contains("pg-sink"), "{}", status.output);
+    // … and resets a sink's durable (replay: consumer delete and create).
+    let replay = klinectl::run(klinectl::cli::Cli::parse_from([
+        "klinectl",
+        "--nats-url",
+        &url,
+        "--nats-user",
+        OPS.0,
+        "--nats-password",
+        OPS.1,
+        "--database-url",
+        &db.url,
+        "replay",
+        "--consumer",
+        "pg-sink",
+        "--from",
+        "all",
+    ]))
+    .await
+    .unwrap();
+    assert!(replay.output.contains("reset"), "{}", replay.output);
 
     let tls: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
