@@ -26,6 +26,8 @@ for role in producer pg_sink signals ops admin; do
   write "nats_${role}_password" "$(rand)"
 done
 write grafana_admin_password "$(rand)"
+# Grafana's read-only PostgreSQL role (the grafana-db-role job sets it on every start).
+write postgres_grafana_password "$(rand)"
 if [ ! -e "$dir/postgres_password" ]; then
   pg="$(rand)"
   write postgres_password "$pg"

@@ -18,7 +18,9 @@
 //! - the migrate job's command, run as written by /bin/sh with the real binaries, migrates and
 //!   applies the streams (and applies nothing when the migrations fail);
 //! - Prometheus scrapes exactly the services that serve /metrics, on their METRICS_ADDR port;
-//! - every metric the Grafana dashboard queries is one the code registers;
+//! - every metric the Grafana dashboard queries is one the code registers; Grafana reads
+//!   PostgreSQL as the read-only role of postgres/grafana-reader.sql, granted every table its
+//!   panels query;
 //! - the cluster configs, run on this machine, are not healthy for compose before a meta leader
 //!   exists, and then hold the streams the migrate job applies at 3 replicas.
 #![allow(clippy::unwrap_used)]
@@ -613,7 +615,7 @@ fn the_migrate_job_applies_the_streams_before_every_service() {
     let mut after = Vec::new();
     for (name, svc) in services(&doc) {
         let env = env_map(svc);
-        let uses = ["NATS_URL", "DATABASE_URL_FILE"]
+        let uses = ["NATS_URL", "DATABASE_URL_FILE", "PGHOST"]
             .iter()
             .any(|v| env.contains_key(*v));
         if name == "migrate" || !uses {
@@ -629,6 +631,7 @@ fn the_migrate_job_applies_the_streams_before_every_service() {
     assert_eq!(
         after,
         [
+            "grafana-db-role",
             "kline-audit",
             "kline-backfill",
             "kline-live",
@@ -749,6 +752,88 @@ async fn the_migrate_job_runs_as_written() {
     let (status, stdout, text) = run(&env);
     assert!(status.success(), "{text}");
     assert_eq!(stdout.matches(" unchanged ").count(), 4, "{stdout}");
+}
+
+#[test]
+fn grafana_reads_postgres_as_the_read_only_role() {
+    let doc = yaml(&compose_dir().join(COMPOSE));
+    let sql = read(&compose_dir().join("postgres/grafana-reader.sql"));
+    let role = regex::Regex::new(r"\\set role ([a-z_]+)")
+        .unwrap()
+        .captures(&sql)
+        .unwrap()[1]
+        .to_owned();
+    assert_eq!(role, "klinebus_grafana");
+    let ds = yaml(&compose_dir().join("grafana/provisioning/datasources/datasources.yml"));
+    let pg = ds["datasources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["type"] == "grafana-postgresql-datasource")
+        .unwrap();
+    assert_eq!(pg["user"], role.as_str());
+    assert_eq!(
+        pg["secureJsonData"]["password"],
+        "$__file{/run/secrets/postgres_grafana_password}"
+    );
+    let grafana = &services(&doc)["grafana"];
+    assert_eq!(
+        secrets_of(grafana),
+        ["grafana_admin_password", "postgres_grafana_password"],
+        "Grafana holds no other database password"
+    );
+    assert_eq!(
+        grafana["depends_on"]["grafana-db-role"]["condition"],
+        "service_completed_successfully"
+    );
+
+    // The job runs the script as the database owner, with the reader's password file.
+    let job = &services(&doc)["grafana-db-role"];
+    let postgres = env_map(&services(&doc)["postgres"]);
+    let env = env_map(job);
+    assert_eq!(env["PGHOST"], "postgres");
+    assert_eq!(env["PGUSER"], postgres["POSTGRES_USER"]);
+    assert_eq!(env["PGDATABASE"], postgres["POSTGRES_DB"]);
+    assert_eq!(
+        env["GRAFANA_DB_PASSWORD_FILE"],
+        "/run/secrets/postgres_grafana_password"
+    );
+    assert_eq!(
+        secrets_of(job),
+        ["postgres_password", "postgres_grafana_password"]
+    );
+    assert!(string_list(&job["volumes"])
+        .contains(&"./postgres/grafana-reader.sql:/klinebus/grafana-reader.sql:ro".to_owned()));
+    let script = string_array(&job["entrypoint"]).join(" ");
+    assert!(
+        script.contains("cat /run/secrets/postgres_password")
+            && script.contains("psql -q -f /klinebus/grafana-reader.sql"),
+        "{script}"
+    );
+    assert_eq!(job["profiles"], grafana["profiles"]);
+
+    // Every table a dashboard panel queries is granted to the role.
+    let granted: BTreeSet<String> = regex::Regex::new(r"GRANT SELECT ON ([a-z_, ]+) TO")
+        .unwrap()
+        .captures(&sql)
+        .unwrap()[1]
+        .split(',')
+        .map(|t| t.trim().to_owned())
+        .collect();
+    let dash: Value = serde_json::from_str(&read(
+        &compose_dir().join("grafana/dashboards/klinebus.json"),
+    ))
+    .unwrap();
+    let mut queries = Vec::new();
+    collect_strings(&dash, "rawSql", &mut queries);
+    let from = regex::Regex::new(r"(?i)\b(?:FROM|JOIN)\s+([a-z_]+)").unwrap();
+    let queried: BTreeSet<String> = queries
+        .iter()
+        .flat_map(|q| from.captures_iter(q).map(|c| c[1].to_owned()))
+        .collect();
+    assert!(!queried.is_empty());
+    let missing: Vec<_> = queried.difference(&granted).collect();
+    assert!(missing.is_empty(), "not granted to {role}: {missing:?}");
 }
 
 #[test]
