@@ -11,6 +11,8 @@
 //! - `POST /_sim/symbols` ← `{"action": "list"|"halt"|"resume"|"delist", "symbol": "NEWUSDT"}`
 //!   (`list` also takes `"listed_ms"`, default the next minute boundary) → that symbol's state;
 //!   400 for a bad name, 404 for an unknown symbol, 409 for a change its state does not allow.
+//! - `GET  /_sim/usage` → REST weight per minute (with 429s and 418s) and WebSocket connection
+//!   attempts per client IP ([`UsageReport`]).
 //! - `GET  /_sim/archive` → the kline archive's lags, cache and build counters, faults
 //!   ([`ArchiveStats`]).
 //! - `POST /_sim/archive/prewarm` ← a [`PrewarmRequest`] (`{"symbols": ["BTCUSDT"],
@@ -30,6 +32,7 @@ use crate::archive::{ArchiveStats, PrewarmReport, PrewarmRequest};
 use crate::faults::{FaultPatch, FaultSnapshot};
 use crate::market::{LifecycleError, SymbolState};
 use crate::server::Shared;
+use crate::usage::UsageReport;
 
 /// Default wall time between a `serverShutdown` announcement and the close.
 const SHUTDOWN_GRACE_MS: u64 = 5_000;
@@ -40,8 +43,16 @@ pub(crate) fn router() -> Router<Shared> {
         .route("/_sim/ws/drop", post(drop_ws))
         .route("/_sim/ws/shutdown", post(shutdown_ws))
         .route("/_sim/symbols", get(symbols).post(change_symbol))
+        .route("/_sim/usage", get(usage))
         .route("/_sim/archive", get(archive_stats))
         .route("/_sim/archive/prewarm", post(prewarm))
+}
+
+async fn usage(State(app): State<Shared>) -> Json<UsageReport> {
+    Json(
+        app.usage
+            .report(app.config.weight_limit, app.config.ws_connect_limit),
+    )
 }
 
 async fn archive_stats(State(app): State<Shared>) -> Json<ArchiveStats> {

@@ -93,6 +93,7 @@ mod rest;
 mod server;
 mod split;
 pub mod symbols;
+pub mod usage;
 mod weights;
 mod ws;
 
@@ -109,3 +110,4 @@ pub use interval::Interval;
 pub use market::{Gap, Halt, LifecycleError, Market, MarketError, SymbolState, SymbolStatus};
 pub use server::{run, serve, spawn, SimHandle};
 pub use symbols::SymbolSpec;
+pub use usage::{IpUsage, MinuteUsage, UsageReport};

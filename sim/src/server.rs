@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::error::SimError;
 use crate::faults::Faults;
 use crate::market::Market;
+use crate::usage::{Usage, UsageReport};
 use crate::weights::Limiter;
 use crate::ws::Attempts;
 
@@ -25,6 +26,7 @@ pub(crate) struct AppState {
     pub archive: Archive,
     pub limiter: Limiter,
     pub ws_attempts: Attempts,
+    pub usage: Usage,
     /// Flips to true when the server shuts down, so WS connections close.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -75,6 +77,7 @@ fn build(config: Config) -> Result<(Shared, watch::Sender<bool>), SimError> {
         archive,
         limiter,
         ws_attempts: Attempts::default(),
+        usage: Usage::default(),
         shutdown: rx,
     };
     Ok((Arc::new(state), tx))
@@ -148,6 +151,8 @@ pub async fn spawn(config: Config) -> Result<SimHandle, SimError> {
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let (market, clock, faults) = (app.market.clone(), app.clock.clone(), app.faults.clone());
     let archive = app.archive.clone();
+    let usage = app.usage.clone();
+    let limits = (app.config.weight_limit, app.config.ws_connect_limit);
     let stopped = async move {
         let _ = stop_rx.await;
     };
@@ -158,6 +163,8 @@ pub async fn spawn(config: Config) -> Result<SimHandle, SimError> {
         clock,
         faults,
         archive,
+        usage,
+        limits,
         stop: Some(stop_tx),
         task: Some(task),
     })
@@ -170,6 +177,9 @@ pub struct SimHandle {
     clock: SimClock,
     faults: Faults,
     archive: Archive,
+    usage: Usage,
+    /// (weight per minute, WebSocket attempts per 5 minutes), per IP.
+    limits: (u32, u32),
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), SimError>>>,
 }
@@ -208,6 +218,11 @@ impl SimHandle {
     /// The kline archive: lags, prewarm, stats, files in-process.
     pub fn archive(&self) -> Archive {
         self.archive.clone()
+    }
+
+    /// What each client IP spent so far (as `GET /_sim/usage`).
+    pub fn usage(&self) -> UsageReport {
+        self.usage.report(self.limits.0, self.limits.1)
     }
 
     /// Stops the server and waits for it to finish.

@@ -140,7 +140,9 @@ pub(crate) async fn gate(app: &Shared, ip: IpAddr, weight: u32) -> Result<u32, R
         }
         None => {}
     }
-    match app.limiter.charge(ip, weight, now) {
+    let verdict = app.limiter.charge(ip, weight, now);
+    app.usage.rest(ip, now, verdict);
+    match verdict {
         Verdict::Ok { used } => Ok(used),
         Verdict::Limited {
             used,

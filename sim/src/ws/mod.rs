@@ -57,6 +57,9 @@ fn upgrade(
     streams: Vec<String>,
     combined: bool,
 ) -> Response {
+    // Every attempt counts against the IP, whatever the answer (as on Binance).
+    let admitted = app.ws_attempts.admit(ip, app.config.ws_connect_limit);
+    app.usage.ws_attempt(ip, !admitted);
     if app.faults.ws_refused() {
         tracing::debug!(%ip, "refusing WebSocket connection (fault)");
         let e = ApiError {
@@ -66,7 +69,7 @@ fn upgrade(
         };
         return respond(e.status, e.body(), 0);
     }
-    if !app.ws_attempts.admit(ip, app.config.ws_connect_limit) {
+    if !admitted {
         let e = ApiError {
             status: StatusCode::TOO_MANY_REQUESTS,
             code: -1003,
