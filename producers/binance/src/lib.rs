@@ -3,6 +3,8 @@
 //! - [`rest`]: [`RestClient`] — `time`, `exchangeInfo`, `klines`, with retries by error kind.
 //! - [`limiter`]: [`WeightLimiter`] — one REQUEST_WEIGHT budget shared (`Arc`) by every
 //!   concurrent request of a process, synced with `X-MBX-USED-WEIGHT-1M`, honouring 429/418.
+//! - [`connect`]: [`ConnectBudget`] — WebSocket connection attempts per 5 minutes, shared by
+//!   every connection of a process, under Binance's 300 per IP.
 //! - [`kline`]: [`RestKline`] — strict parsing of the 12-entry REST rows and conversion to
 //!   [`klinebus_schemas::KlineEvent`].
 //! - [`ws`]: [`KlineSocket`] — combined kline streams, stream names, sharding (≤ 1024 per
@@ -32,6 +34,7 @@
 //! ```
 
 pub mod archive;
+pub mod connect;
 pub mod error;
 pub mod kline;
 pub mod limiter;
@@ -40,6 +43,7 @@ pub mod ws;
 pub mod ws_event;
 
 pub use archive::{ArchiveClient, ArchiveError, ArchiveFile, Period};
+pub use connect::{ConnectBudget, BINANCE_CONNECT_LIMIT, DEFAULT_CONNECT_BUDGET};
 pub use error::BinanceError;
 pub use kline::{parse_klines, RestKline};
 pub use limiter::{WeightLimiter, BINANCE_WEIGHT_LIMIT, DEFAULT_BUDGET};

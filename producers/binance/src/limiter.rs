@@ -65,6 +65,8 @@ struct State {
     inflight: u32,
     paused_until_ms: i64,
     history: VecDeque<MinuteUsage>,
+    /// Start of the newest minute [`WeightLimiter::take_finished_minute`] handed out.
+    reported_ms: i64,
     stats: LimiterStats,
 }
 
@@ -218,6 +220,24 @@ impl WeightLimiter {
         self.state.lock().history.iter().copied().collect()
     }
 
+    /// The usage of the last minute that ended before `now_ms`, once: the caller reports it
+    /// (a log line a minute, while requests are made).
+    pub fn take_finished_minute(&self, now_ms: i64) -> Option<MinuteUsage> {
+        let mut st = self.state.lock();
+        let current = now_ms.div_euclid(MINUTE_MS) * MINUTE_MS;
+        let done = st
+            .history
+            .iter()
+            .rev()
+            .find(|u| u.minute_start_ms < current)
+            .copied()?;
+        if done.minute_start_ms <= st.reported_ms {
+            return None;
+        }
+        st.reported_ms = done.minute_start_ms;
+        Some(done)
+    }
+
     /// Counters so far.
     pub fn stats(&self) -> LimiterStats {
         self.state.lock().stats
@@ -308,6 +328,27 @@ mod tests {
         let l = WeightLimiter::new(10);
         assert!(l.try_reserve(20, T0).is_ok());
         assert!(l.try_reserve(1, T0).is_err());
+    }
+
+    #[test]
+    fn each_finished_minute_is_handed_out_once() {
+        let l = WeightLimiter::new(100);
+        let p = l.try_reserve(2, T0).unwrap();
+        l.on_response(p, Some(40), T0 + 10);
+        assert_eq!(l.take_finished_minute(T0 + 20), None, "still running");
+        let next = T0 + 60_000;
+        let p = l.try_reserve(2, next).unwrap();
+        let done = l.take_finished_minute(next).unwrap();
+        assert_eq!((done.reserved, done.server_used), (2, 40));
+        assert_eq!(done.minute_start_ms, 1_749_038_400_000);
+        assert_eq!(l.take_finished_minute(next + 5), None);
+        l.on_response(p, Some(2), next + 10);
+        assert_eq!(
+            l.take_finished_minute(next + 60_000)
+                .unwrap()
+                .minute_start_ms,
+            1_749_038_460_000
+        );
     }
 
     #[tokio::test]

@@ -162,6 +162,19 @@ impl RestClient {
         })
     }
 
+    /// One line per minute in which requests were made: this process's weight and the IP's
+    /// (the server's count, every process on the IP together) against the budget.
+    fn report_finished_minute(&self) {
+        let Some(m) = self.limiter.take_finished_minute(wall_now_ms()) else {
+            return;
+        };
+        let minute = chrono::DateTime::from_timestamp_millis(m.minute_start_ms)
+            .map(|t| t.format("%Y-%m-%dT%H:%MZ").to_string())
+            .unwrap_or_default();
+        tracing::info!(%minute, weight = m.reserved, ip_weight = m.server_used,
+            budget = self.limiter.budget(), "REST weight used in the minute");
+    }
+
     /// The shared limiter.
     pub fn limiter(&self) -> &Arc<WeightLimiter> {
         &self.limiter
@@ -255,6 +268,7 @@ impl RestClient {
         let mut first_failure: Option<std::time::Instant> = None;
         loop {
             let permit = self.limiter.acquire(weight).await;
+            self.report_finished_minute();
             self.counters.requests.fetch_add(1, Relaxed);
             let result = self.http.get(&url).send().await;
             let outcome: Result<std::convert::Infallible, BinanceError> = match result {
