@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use klinebus_binance::{
-    DEFAULT_BUDGET, DEFAULT_REST_URL, DEFAULT_WS_URL, MAX_STREAMS_PER_CONNECTION,
+    DEFAULT_BUDGET, DEFAULT_CONNECT_BUDGET, DEFAULT_REST_URL, DEFAULT_WS_URL,
+    MAX_STREAMS_PER_CONNECTION,
 };
 use klinebus_schemas::bus::BusOptions;
 use klinebus_schemas::{Interval, Symbol};
@@ -67,9 +68,16 @@ pub struct Config {
     pub watchdog: Duration,
 
     /// Replace each connection after this long, opening the new one before closing the old
-    /// (Binance closes connections at 24 h).
+    /// (Binance closes connections at 24 h). Connections rotate staggered: the shard numbered
+    /// i of n first rotates i/n of a twelfth of this earlier, so rotations never coincide.
     #[arg(long, env = "LIVE_ROTATE_AFTER", default_value = "23h", value_parser = humantime::parse_duration)]
     pub rotate_after: Duration,
+
+    /// WebSocket connection attempts (connects, reconnects, rotations) this process makes per
+    /// 5 minutes, over all its connections. Binance allows 300 per IP: processes sharing an IP
+    /// split that (the default leaves half for restarts and others).
+    #[arg(long, env = "LIVE_WS_CONNECT_BUDGET", default_value_t = DEFAULT_CONNECT_BUDGET)]
+    pub ws_connect_budget: u32,
 
     /// Consecutive WebSocket failures (refused connects, connections lost before any data)
     /// after which a connection's series are polled over REST until the WebSocket holds again.
@@ -155,6 +163,8 @@ pub struct Settings {
     pub watchdog: Duration,
     /// Proactive connection replacement.
     pub rotate_after: Duration,
+    /// Connection attempts per 5 minutes (see `--ws-connect-budget`).
+    pub ws_connect_budget: u32,
     /// Consecutive failures before polling takes over.
     pub fallback_after: u32,
     /// Reconnect backoff bounds.
@@ -189,6 +199,7 @@ impl Settings {
             connect_timeout: Duration::from_secs(10),
             watchdog: Duration::from_secs(30),
             rotate_after: Duration::from_secs(23 * 3600),
+            ws_connect_budget: DEFAULT_CONNECT_BUDGET,
             fallback_after: 5,
             backoff_min: Duration::from_millis(500),
             backoff_max: Duration::from_secs(30),
@@ -247,6 +258,7 @@ impl Config {
         s.connect_timeout = self.request_timeout;
         s.watchdog = self.watchdog;
         s.rotate_after = self.rotate_after;
+        s.ws_connect_budget = self.ws_connect_budget.max(1);
         s.fallback_after = self.fallback_after.max(1);
         s.backoff_min = self.backoff_min;
         s.backoff_max = self.backoff_max.max(self.backoff_min);

@@ -5,7 +5,8 @@
 //! |---|---|
 //! | connection lost or refused | reconnect after jittered exponential backoff |
 //! | no kline for `watchdog` | the connection is treated as dead and replaced |
-//! | `rotate_after` reached | a new connection is opened, then the old one closed (overlap is deduplicated by msg id) |
+//! | `rotate_after` reached (staggered by shard, see [`first_rotation`]) | a new connection is opened, then the old one closed (overlap is deduplicated by msg id) |
+//! | connect-attempt budget used up | connects wait for a slot; a rotation is put off until one frees up |
 //! | first kline on a connection | REST gap repair of the shard's series from the last closed candle seen |
 //! | `fallback_after` failures in a row | `Falling back to polling`; WebSocket retried in the background; back when a connection delivers data |
 //! | malformed frame | logged and counted, never published |
@@ -26,12 +27,29 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::poll::run_poller;
-use crate::repair::{repair_all, repair_from, RepairFrom};
+use crate::repair::{repair_from, RepairFrom};
 use crate::Ctx;
 
 /// Jittered exponential backoff after `failures` (≥ 1) failures in a row.
 pub(crate) fn backoff(s: &Settings, failures: u32) -> Duration {
     Backoff::jittered(s.backoff_min, s.backoff_max).delay(failures)
+}
+
+/// A shard's number among the process's shards, for staggering.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Place {
+    pub id: usize,
+    pub of: usize,
+}
+
+/// When a new connection of the shard at `place` first rotates: `rotate_after`, less the
+/// shard's share of a twelfth of it (23 h: from 23 h down to about 21 h). Shards that connected
+/// together (start-up, a mass reconnect) thus rotate apart, each rotation a short burst of
+/// connects and repairs of its own.
+pub(crate) fn first_rotation(rotate_after: Duration, place: Place) -> Duration {
+    let spread = rotate_after / 12;
+    let share = spread.mul_f64(place.id as f64 / place.of.max(1) as f64);
+    rotate_after.saturating_sub(share)
 }
 
 /// How a connection ended.
@@ -45,6 +63,7 @@ enum Ended {
 
 struct Shard {
     id: usize,
+    place: Place,
     series: Vec<(Symbol, Interval)>,
     known: HashSet<(Symbol, Interval)>,
     url: String,
@@ -55,13 +74,15 @@ struct Shard {
 /// Runs one shard until `shutdown`.
 pub(crate) async fn run_shard(
     ctx: Arc<Ctx>,
-    id: usize,
+    place: Place,
     series: Vec<(Symbol, Interval)>,
     shutdown: CancellationToken,
 ) {
     let names: Vec<String> = series.iter().map(|(s, i)| stream_name(s, *i)).collect();
+    let id = place.id;
     let mut shard = Shard {
         id,
+        place,
         known: series.iter().cloned().collect(),
         series,
         url: combined_url(&ctx.settings.ws_url, &names),
@@ -69,6 +90,20 @@ pub(crate) async fn run_shard(
     };
     let mut failures = 0u32;
     loop {
+        if ctx.connects.try_take().is_err() {
+            ctx.stats.connect_waits.fetch_add(1, Relaxed);
+            metrics::counter!("klinebus_live_connect_budget_waits_total").increment(1);
+            tracing::info!(
+                shard = id,
+                budget = ctx.connects.budget(),
+                "WebSocket connect budget (attempts per 5 minutes) used up; waiting"
+            );
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = ctx.connects.take() => {}
+            }
+        }
+        ctx.stats.connect_attempts.fetch_add(1, Relaxed);
         let connected = tokio::select! {
             _ = shutdown.cancelled() => break,
             r = KlineSocket::connect(&shard.url, ctx.settings.connect_timeout) => r,
@@ -135,9 +170,8 @@ async fn stop_fallback(ctx: &Ctx, shard: &mut Shard) {
     }
 }
 
-fn spawn_repair(ctx: &Arc<Ctx>, from: RepairFrom) {
-    let ctx = ctx.clone();
-    tokio::spawn(async move { repair_all(&ctx, &from).await });
+fn queue_repair(ctx: &Arc<Ctx>, from: RepairFrom) {
+    ctx.repairs.submit(ctx, from);
 }
 
 /// Reads one connection until it is lost, rotated away for good, or shutdown.
@@ -150,7 +184,7 @@ async fn session(
     let s = &ctx.settings;
     let mut got_data = false;
     let mut last_data = Instant::now();
-    let mut rotate_at = Instant::now() + s.rotate_after;
+    let mut rotate_at = Instant::now() + first_rotation(s.rotate_after, shard.place);
     let mut rotate_failures = 0u32;
     // Repair starts where things stood before this connection delivered anything (and so
     // covers any repair requested before now).
@@ -165,7 +199,7 @@ async fn session(
         let requests = ctx.stats.repair_requests.load(Relaxed);
         if requests != repairs_seen {
             repairs_seen = requests;
-            spawn_repair(ctx, repair_from(ctx, &shard.series));
+            queue_repair(ctx, repair_from(ctx, &shard.series));
         }
         tokio::select! {
             _ = shutdown.cancelled() => {
@@ -178,6 +212,15 @@ async fn session(
                 return Ended::Lost { reason: "watchdog", got_data };
             }
             _ = sleep_until(rotate_at) => {
+                if let Err(free) = ctx.connects.try_take() {
+                    // Never wait here: the old connection must keep being read meanwhile.
+                    ctx.stats.connect_waits.fetch_add(1, Relaxed);
+                    metrics::counter!("klinebus_live_connect_budget_waits_total").increment(1);
+                    tracing::info!(shard = shard.id, "rotation put off: WebSocket connect budget used up");
+                    rotate_at = Instant::now() + free.saturating_duration_since(std::time::Instant::now());
+                    continue;
+                }
+                ctx.stats.connect_attempts.fetch_add(1, Relaxed);
                 // The new connection is open before the old one closes: no moment without one.
                 match KlineSocket::connect(&shard.url, s.connect_timeout).await {
                     Ok(new) => {
@@ -190,7 +233,7 @@ async fn session(
                         rotate_failures = 0;
                         rotate_at = Instant::now() + s.rotate_after;
                         last_data = Instant::now();
-                        spawn_repair(ctx, before);
+                        queue_repair(ctx, before);
                     }
                     Err(e) => {
                         rotate_failures += 1;
@@ -217,7 +260,7 @@ async fn session(
                                 stop_fallback(ctx, shard).await;
                             }
                             if let Some(from) = from.take() {
-                                spawn_repair(ctx, from);
+                                queue_repair(ctx, from);
                             }
                         }
                     }
@@ -256,7 +299,7 @@ fn handle_frame(
                 if let Some(l) = prev.filter(|l| event.interval.next_open(*l) < event.open_time) {
                     tracing::warn!(shard = shard.id, symbol = %event.symbol,
                         interval = %event.interval, "the stream skipped closed candles; repairing");
-                    spawn_repair(ctx, vec![(event.symbol.clone(), event.interval, Some(l))]);
+                    queue_repair(ctx, vec![(event.symbol.clone(), event.interval, Some(l))]);
                 }
                 if prev.is_none_or(|l| event.open_time > l) {
                     seen.insert(key, event.open_time);
@@ -277,5 +320,25 @@ fn handle_frame(
             tracing::warn!(shard = shard.id, error = %e, "malformed WebSocket frame ignored");
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotations_of_shards_are_spread_over_a_twelfth() {
+        let day = Duration::from_secs(23 * 3600);
+        let at: Vec<_> = (0..4)
+            .map(|id| first_rotation(day, Place { id, of: 4 }))
+            .collect();
+        assert_eq!(at[0], day);
+        // 23 h / 12 / 4 apart: 28 min 45 s.
+        for w in at.windows(2) {
+            assert_eq!(w[0] - w[1], Duration::from_secs(1725));
+        }
+        assert!(at[3] > day - day / 12);
+        assert_eq!(first_rotation(day, Place { id: 0, of: 1 }), day);
     }
 }

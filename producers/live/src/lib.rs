@@ -3,8 +3,9 @@
 //! - [`config`]: flags and environment ([`Config`]) and the library's [`Settings`].
 //! - `feed`: WebSocket connections (sharded, watchdog, rotation, backoff, polling fallback).
 //! - `poll`: REST polling just after candle closes (or every `POLLING_INTERVAL_<tf>`).
-//! - `repair`: REST fetch of closed candles after the last one seen (gap repair and polling),
-//!   retried until it succeeds.
+//! - `repair`: REST fetch of closed candles after the last one seen, newest page first (gap
+//!   repair and polling); the process' repair queue, newest missing candles first, retried until
+//!   it succeeds.
 //! - `resume`: where each series left off, read from the `KLINES` stream at start-up.
 //! - [`publish`]: the bounded buffer in front of JetStream ([`Publisher`]).
 //! - [`series`]: the last closed candle seen per series ([`Tracker`]).
@@ -34,7 +35,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::sync::Arc;
 
 use async_nats::jetstream::Context;
-use klinebus_binance::{RestClient, RestConfig, RetryPolicy, WeightLimiter};
+use klinebus_binance::{ConnectBudget, RestClient, RestConfig, RetryPolicy, WeightLimiter};
 use klinebus_schemas::bus;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
@@ -63,6 +64,10 @@ pub struct LiveStats {
     pub malformed: AtomicU64,
     /// Connections lost, refused or replaced by the watchdog.
     pub reconnects: AtomicU64,
+    /// WebSocket connection attempts (connects, reconnects, rotations).
+    pub connect_attempts: AtomicU64,
+    /// Attempts that had to wait for (or, rotating, were put off by) the connect budget.
+    pub connect_waits: AtomicU64,
     /// Watchdog replacements.
     pub watchdog_trips: AtomicU64,
     /// Proactive rotations.
@@ -95,6 +100,10 @@ pub(crate) struct Ctx {
     pub publisher: Publisher,
     pub tracker: Arc<Tracker>,
     pub stats: Arc<LiveStats>,
+    /// WebSocket connection attempts, shared by every shard.
+    pub connects: ConnectBudget,
+    /// Gap repairs of every connection, newest candles first.
+    pub repairs: repair::Repairs,
     /// Ends repairs that are still retrying.
     pub shutdown: CancellationToken,
 }
@@ -195,23 +204,31 @@ pub async fn run_live(
     let publishing = tokio::spawn(publisher.clone().run(js));
     let mode = settings.mode;
     let per_conn = settings.streams_per_connection;
+    let connects = ConnectBudget::new(settings.ws_connect_budget);
     let ctx = Arc::new(Ctx {
         settings,
+        connects,
+        repairs: repair::Repairs::default(),
         rest,
         publisher: publisher.clone(),
         tracker,
         stats,
         shutdown: shutdown.clone(),
     });
+    // Detached: a worker may be waiting for room in the buffer while NATS is away, and shutdown
+    // must not wait for that.
+    for _ in 0..repair::REPAIR_WORKERS {
+        tokio::spawn(repair::repair_worker(ctx.clone()));
+    }
     let mut tasks = JoinSet::new();
     match mode {
         Mode::Websocket => {
             metrics::gauge!("klinebus_live_mode").set(0.0);
-            for (id, shard) in klinebus_binance::ws::shard(&series, per_conn)
-                .into_iter()
-                .enumerate()
-            {
-                tasks.spawn(feed::run_shard(ctx.clone(), id, shard, shutdown.clone()));
+            let shards = klinebus_binance::ws::shard(&series, per_conn);
+            let n = shards.len();
+            for (id, shard) in shards.into_iter().enumerate() {
+                let place = feed::Place { id, of: n };
+                tasks.spawn(feed::run_shard(ctx.clone(), place, shard, shutdown.clone()));
             }
         }
         Mode::Polling => {
