@@ -93,40 +93,62 @@ pub enum Frame {
 
 // Unknown extra fields are tolerated: Binance adds fields over time; types are strict.
 #[derive(Deserialize)]
-struct RawEvent {
-    e: String,
+struct RawEvent<'a> {
+    e: &'a str,
     #[serde(rename = "E")]
     event_time: i64,
-    s: String,
-    k: RawK,
+    s: &'a str,
+    #[serde(borrow)]
+    k: RawK<'a>,
+}
+
+/// The combined-stream envelope, exactly its two keys.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Combined<'a> {
+    stream: &'a str,
+    #[serde(borrow)]
+    data: RawEvent<'a>,
 }
 
 // Field names follow Binance's one-letter keys; `f`, `L` and `B` are read for their type only.
 #[derive(Deserialize)]
 #[allow(non_snake_case)]
-struct RawK {
+struct RawK<'a> {
     t: i64,
     T: i64,
-    s: String,
-    i: String,
+    s: &'a str,
+    i: &'a str,
     f: i64,
     L: i64,
-    o: String,
-    c: String,
-    h: String,
-    l: String,
-    v: String,
+    o: &'a str,
+    c: &'a str,
+    h: &'a str,
+    l: &'a str,
+    v: &'a str,
     n: u64,
     x: bool,
-    q: String,
-    V: String,
-    Q: String,
+    q: &'a str,
+    V: &'a str,
+    Q: &'a str,
     #[serde(default)]
     B: Option<IgnoredAny>,
 }
 
 /// Parses one text frame (raw or combined).
 pub fn parse_frame(text: &str) -> Result<Frame, FrameError> {
+    // Fast path, the frames that matter: a kline event, combined or raw, read straight into
+    // borrowed fields. Anything else (control replies, serverShutdown, escapes in strings,
+    // malformed frames) takes the general path below, which gives the exact error.
+    if let Ok(c) = serde_json::from_str::<Combined<'_>>(text) {
+        if c.data.e == "kline" {
+            return kline_frame(c.data, Some(c.stream));
+        }
+    } else if let Ok(raw) = serde_json::from_str::<RawEvent<'_>>(text) {
+        if raw.e == "kline" {
+            return kline_frame(raw, None);
+        }
+    }
     let v: Value = serde_json::from_str(text).map_err(|e| FrameError::NotJson(e.to_string()))?;
     let Value::Object(obj) = &v else {
         return Err(FrameError::Shape("frame is not a JSON object".into()));
@@ -152,8 +174,13 @@ pub fn parse_frame(text: &str) -> Result<Frame, FrameError> {
         None => return Err(FrameError::UnknownEvent(String::new())),
     }
     let raw = RawEvent::deserialize(data).map_err(|e| FrameError::Shape(e.to_string()))?;
+    kline_frame(raw, stream)
+}
+
+/// The checks every kline frame passes, whichever path read it.
+fn kline_frame(raw: RawEvent<'_>, stream: Option<&str>) -> Result<Frame, FrameError> {
     let k = raw.k;
-    let _ = (raw.e, k.f, k.L, k.B);
+    let _ = (k.f, k.L, k.B);
     if k.s != raw.s {
         return Err(FrameError::Inconsistent(format!(
             "event symbol {} but kline symbol {}",
@@ -168,10 +195,10 @@ pub fn parse_frame(text: &str) -> Result<Frame, FrameError> {
         k.i.parse()
             .map_err(|e| FrameError::Shape(format!("interval: {e}")))?;
     if let Some(name) = stream {
-        let expected = crate::ws::stream_name(&symbol, interval);
-        if name != expected {
+        if !is_stream_of(name, &symbol, interval) {
             return Err(FrameError::Inconsistent(format!(
-                "stream {name} carries {expected}"
+                "stream {name} carries {}",
+                crate::ws::stream_name(&symbol, interval)
             )));
         }
     }
@@ -181,36 +208,58 @@ pub fn parse_frame(text: &str) -> Result<Frame, FrameError> {
         interval,
         open_time: k.t,
         close_time: k.T,
-        open: k.o,
-        high: k.h,
-        low: k.l,
-        close: k.c,
-        volume: k.v,
-        quote_volume: k.q,
-        taker_buy_base: k.V,
-        taker_buy_quote: k.Q,
+        open: k.o.to_owned(),
+        high: k.h.to_owned(),
+        low: k.l.to_owned(),
+        close: k.c.to_owned(),
+        volume: k.v.to_owned(),
+        quote_volume: k.q.to_owned(),
+        taker_buy_base: k.V.to_owned(),
+        taker_buy_quote: k.Q.to_owned(),
         trades: k.n,
         closed: k.x,
     })))
 }
 
+/// `name == ws::stream_name(symbol, interval)` without building the name for every frame.
+fn is_stream_of(name: &str, symbol: &Symbol, interval: Interval) -> bool {
+    let (n, sym, iv) = (
+        name.as_bytes(),
+        symbol.as_str().as_bytes(),
+        interval.as_str(),
+    );
+    const MID: &[u8] = b"@kline_";
+    n.len() == sym.len() + MID.len() + iv.len()
+        && n[..sym.len()]
+            .iter()
+            .zip(sym)
+            .all(|(a, b)| *a == b.to_ascii_lowercase())
+        && &n[sym.len()..sym.len() + MID.len()] == MID
+        && &n[sym.len() + MID.len()..] == iv.as_bytes()
+}
+
 impl WsKline {
-    /// The validated event (source [`Source::Ws`]) received at `received_at_ms`.
+    /// The validated event, received at `received_at_ms` (wall clock).
     pub fn to_event(&self, received_at_ms: i64) -> Result<KlineEvent, FrameError> {
+        self.clone().into_event(received_at_ms)
+    }
+
+    /// [`WsKline::to_event`], moving the decimal strings instead of copying them.
+    pub fn into_event(self, received_at_ms: i64) -> Result<KlineEvent, FrameError> {
         let event = KlineEvent {
             venue: Venue::binance(),
-            symbol: self.symbol.clone(),
+            symbol: self.symbol,
             interval: self.interval,
             open_time: self.open_time,
             close_time: self.close_time,
-            open: self.open.clone(),
-            high: self.high.clone(),
-            low: self.low.clone(),
-            close: self.close.clone(),
-            volume: self.volume.clone(),
-            quote_volume: self.quote_volume.clone(),
-            taker_buy_base: self.taker_buy_base.clone(),
-            taker_buy_quote: self.taker_buy_quote.clone(),
+            open: self.open,
+            high: self.high,
+            low: self.low,
+            close: self.close,
+            volume: self.volume,
+            quote_volume: self.quote_volume,
+            taker_buy_base: self.taker_buy_base,
+            taker_buy_quote: self.taker_buy_quote,
             trades: self.trades,
             closed: self.closed,
             event_time: self.event_time,
@@ -224,7 +273,6 @@ impl WsKline {
     }
 }
 
-/// Parses a frame down to a validated event; control replies and notices are `Ok(None)`.
 #[cfg(test)]
 fn parse_event(text: &str, received_at_ms: i64) -> Result<Option<KlineEvent>, FrameError> {
     match parse_frame(text)? {
