@@ -103,6 +103,14 @@ pub enum BusError {
         /// Why.
         source: PublishError,
     },
+    /// A core-NATS publish (no JetStream ack) was not accepted for sending.
+    #[error("publish to {subject}")]
+    CorePublish {
+        /// The subject.
+        subject: String,
+        /// Why.
+        source: async_nats::PublishError,
+    },
 }
 
 /// How to reach NATS. Secrets are never printed by `Debug`.
@@ -479,6 +487,20 @@ pub async fn publish_event_to(
     js.send_publish(subject.clone(), msg)
         .await
         .map_err(|source| BusError::Publish { subject, source })
+}
+
+/// Publishes a forming update (no `Nats-Msg-Id`) on its `klines.…` subject without asking for
+/// JetStream's ack: the stream stores it all the same. A forming update is superseded by the
+/// next one seconds later, so one lost in a reconnect costs nothing, while not tracking acks
+/// saves the producer and the server a reply per update (live forming updates are most of the
+/// traffic). Closed candles always go through [`publish_event`] and its ack.
+pub async fn publish_forming(client: &Client, event: &KlineEvent) -> Result<(), BusError> {
+    let subject = subjects::for_event(event);
+    let payload = codec::encode(event)?;
+    client
+        .publish_with_headers(subject.clone(), schema_headers(), payload.into())
+        .await
+        .map_err(|source| BusError::CorePublish { subject, source })
 }
 
 /// Publishes a producer event on its `klines.…` subject (see [`publish_event_to`]).

@@ -31,7 +31,10 @@ pub enum DecodeError {
 
 /// Encodes a value as a MessagePack map with field names.
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, EncodeError> {
-    Ok(rmp_serde::to_vec_named(value)?)
+    // A kline event is about 330 bytes: one allocation instead of a chain of regrowths.
+    let mut buf = Vec::with_capacity(384);
+    value.serialize(&mut rmp_serde::Serializer::new(&mut buf).with_struct_map())?;
+    Ok(buf)
 }
 
 /// Decodes a MessagePack payload.

