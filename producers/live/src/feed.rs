@@ -11,7 +11,7 @@
 //! | `fallback_after` failures in a row | `Falling back to polling`; WebSocket retried in the background; back when a connection delivers data |
 //! | malformed frame | logged and counted, never published |
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +29,13 @@ use crate::config::Settings;
 use crate::poll::run_poller;
 use crate::repair::{repair_from, RepairFrom};
 use crate::Ctx;
+
+fn interval_bit(interval: Interval) -> u32 {
+    Interval::ALL
+        .iter()
+        .position(|i| *i == interval)
+        .map_or(0, |p| 1 << p)
+}
 
 /// Jittered exponential backoff after `failures` (≥ 1) failures in a row.
 pub(crate) fn backoff(s: &Settings, failures: u32) -> Duration {
@@ -65,7 +72,9 @@ struct Shard {
     id: usize,
     place: Place,
     series: Vec<(Symbol, Interval)>,
-    known: HashSet<(Symbol, Interval)>,
+    /// The intervals subscribed per symbol (bit i: `Interval::ALL[i]`), looked up without
+    /// building a key for every frame.
+    known: HashMap<Symbol, u32>,
     url: String,
     /// The polling fallback, while active.
     fallback: Option<(CancellationToken, JoinHandle<()>)>,
@@ -83,7 +92,10 @@ pub(crate) async fn run_shard(
     let mut shard = Shard {
         id,
         place,
-        known: series.iter().cloned().collect(),
+        known: series.iter().fold(HashMap::new(), |mut m, (s, i)| {
+            *m.entry(s.clone()).or_insert(0) |= interval_bit(*i);
+            m
+        }),
         series,
         url: combined_url(&ctx.settings.ws_url, &names),
         fallback: None,
@@ -280,13 +292,17 @@ fn handle_frame(
     let result = frame.and_then(|f| match f {
         Frame::Control(_) | Frame::ServerShutdown { .. } => Ok(None),
         Frame::Kline(k) => {
-            if !shard.known.contains(&(k.symbol.clone(), k.interval)) {
+            let subscribed = shard
+                .known
+                .get(&k.symbol)
+                .is_some_and(|bits| bits & interval_bit(k.interval) != 0);
+            if !subscribed {
                 return Err(FrameError::Inconsistent(format!(
                     "{} {} was not subscribed on this connection",
                     k.symbol, k.interval
                 )));
             }
-            k.to_event(wall_now_ms()).map(Some)
+            k.into_event(wall_now_ms()).map(Some)
         }
     });
     match result {
@@ -308,7 +324,7 @@ fn handle_frame(
                     .observe(&event.symbol, event.interval, event.open_time);
             }
             ctx.stats.ws_events.fetch_add(1, Relaxed);
-            metrics::counter!("klinebus_live_ws_messages_total").increment(1);
+            ctx.ws_messages.increment(1);
             ctx.publisher.push(event);
             true
         }

@@ -104,6 +104,8 @@ pub(crate) struct Ctx {
     pub connects: ConnectBudget,
     /// Gap repairs of every connection, newest candles first.
     pub repairs: repair::Repairs,
+    /// `klinebus_live_ws_messages_total`, taken once (it counts every frame).
+    pub ws_messages: metrics::Counter,
     /// Ends repairs that are still retrying.
     pub shutdown: CancellationToken,
 }
@@ -209,6 +211,7 @@ pub async fn run_live(
         settings,
         connects,
         repairs: repair::Repairs::default(),
+        ws_messages: metrics::counter!("klinebus_live_ws_messages_total"),
         rest,
         publisher: publisher.clone(),
         tracker,

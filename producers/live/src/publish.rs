@@ -1,9 +1,11 @@
 //! The bounded publish buffer between the feeds and JetStream.
 //!
 //! Feeds never wait for NATS: [`Publisher::push`] queues an event and returns. One task sends
-//! queued events in batches and awaits their acks; events whose publish or ack fails go back to
-//! the front of the queue and are retried after a pause (closed candles carry `Nats-Msg-Id`, so
-//! a retry of something the server did store is a server-side duplicate).
+//! queued events in batches and awaits the acks of the closed candles; events whose publish or
+//! ack fails go back to the front of the queue and are retried after a pause (closed candles
+//! carry `Nats-Msg-Id`, so a retry of something the server did store is a server-side
+//! duplicate). Forming updates are sent without an ack ([`bus::publish_forming`]): superseded
+//! seconds later, they are not worth a reply each.
 //!
 //! When the queue holds `max` events (NATS away for long), the oldest forming update is dropped
 //! to make room — forming updates are superseded by later ones anyway. Only when no forming
@@ -17,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::Context;
-use klinebus_schemas::{bus, KlineEvent};
+use klinebus_schemas::{bus, KlineEvent, Source};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -27,6 +29,8 @@ use crate::LiveStats;
 
 /// Most events sent before their acks are awaited.
 const BATCH: usize = 512;
+/// How long an idle publisher lets events gather after the first one arrives.
+const COALESCE: Duration = Duration::from_millis(1);
 
 struct Queue {
     events: VecDeque<(KlineEvent, Instant)>,
@@ -46,6 +50,20 @@ struct Inner {
     ack_timeout: Duration,
     stats: Arc<LiveStats>,
     tracker: Arc<Tracker>,
+    /// `klinebus_live_published_total` per source (by [`slot`]) and the publish latency:
+    /// handles taken once, not looked up for every event.
+    published: [metrics::Counter; 4],
+    latency: metrics::Histogram,
+}
+
+/// Index of `source` in [`Source::ALL`].
+fn slot(source: Source) -> usize {
+    match source {
+        Source::Ws => 0,
+        Source::Poll => 1,
+        Source::Backfill => 2,
+        Source::Repair => 3,
+    }
 }
 
 /// Handle to the buffer; clones share it.
@@ -82,6 +100,10 @@ impl Publisher {
             ack_timeout,
             stats,
             tracker,
+            published: Source::ALL.map(
+                |s| metrics::counter!("klinebus_live_published_total", "source" => s.as_str()),
+            ),
+            latency: metrics::histogram!("klinebus_live_publish_latency_seconds"),
         }))
     }
 
@@ -90,7 +112,6 @@ impl Publisher {
         {
             let mut q = self.0.queue.lock();
             self.insert(&mut q, event, Instant::now(), false);
-            metrics::gauge!("klinebus_live_buffered_events").set(q.events.len() as f64);
         }
         self.0.wake.notify_one();
     }
@@ -187,6 +208,9 @@ impl Publisher {
             };
             if batch.is_empty() {
                 self.0.wake.notified().await;
+                // Let a few events gather: one wake-up and one burst of publishes for a batch
+                // instead of for every event (thousands a second with many streams).
+                tokio::time::sleep(COALESCE).await;
                 continue;
             }
             let failed = self.send(&js, batch).await;
@@ -229,6 +253,8 @@ impl Publisher {
             if n == 0 && q.closed {
                 return None;
             }
+            // Set per batch, not per event: what waits behind this batch.
+            metrics::gauge!("klinebus_live_buffered_events").set((q.events.len() - n) as f64);
             q.events.drain(..n).collect()
         };
         if !batch.is_empty() {
@@ -237,16 +263,32 @@ impl Publisher {
         Some(batch)
     }
 
-    /// Sends a batch and awaits its acks; returns what was not stored.
+    /// Sends a batch and awaits the acks of its closed candles; returns what was not stored.
+    /// Forming updates go without an ack (see [`bus::publish_forming`]).
     async fn send(
         &self,
         js: &Context,
         batch: Vec<(KlineEvent, Instant)>,
     ) -> Vec<(KlineEvent, Instant)> {
+        let client = js.client();
         let mut failed = Vec::new();
         let mut pending = Vec::with_capacity(batch.len());
         let mut acks = Vec::with_capacity(batch.len());
+        let mut forming = 0u64;
         for (e, at) in batch {
+            if !e.closed {
+                match bus::publish_forming(&client, &e).await {
+                    Ok(()) => {
+                        forming += 1;
+                        self.0.latency.record(at.elapsed().as_secs_f64());
+                    }
+                    Err(err) => {
+                        tracing::debug!(error = %klinebus_svc::error_line(&err), "publish failed");
+                        failed.push((e, at));
+                    }
+                }
+                continue;
+            }
             match bus::publish_event(js, &e).await {
                 Ok(ack) => {
                     pending.push((e, at));
@@ -258,6 +300,8 @@ impl Publisher {
                 }
             }
         }
+        self.0.stats.published.fetch_add(forming, Relaxed);
+        self.0.published[slot(Source::Ws)].increment(forming);
         let deadline = tokio::time::Instant::now() + self.0.ack_timeout;
         for ((e, at), r) in pending
             .into_iter()
@@ -266,10 +310,8 @@ impl Publisher {
             match r {
                 Ok(_) => {
                     self.0.stats.published.fetch_add(1, Relaxed);
-                    metrics::counter!("klinebus_live_published_total", "source" => e.source.as_str())
-                        .increment(1);
-                    metrics::histogram!("klinebus_live_publish_latency_seconds")
-                        .record(at.elapsed().as_secs_f64());
+                    self.0.published[slot(e.source)].increment(1);
+                    self.0.latency.record(at.elapsed().as_secs_f64());
                 }
                 Err(err) => {
                     tracing::debug!(error = %err, "publish not acknowledged");
@@ -285,7 +327,7 @@ impl Publisher {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use klinebus_schemas::{Interval, Source, Venue};
+    use klinebus_schemas::{Interval, Venue};
 
     fn ev(open: i64, closed: bool) -> KlineEvent {
         let open_time = 1_749_038_400_000 + open * 60_000;

@@ -15,6 +15,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use klinebus_binance::limiter::wall_now_ms;
 use klinebus_binance::{BinanceError, MAX_KLINES_LIMIT};
@@ -26,6 +27,8 @@ use crate::Ctx;
 
 /// Repair requests in flight at once, whatever the number of connections.
 pub(crate) const REPAIR_WORKERS: usize = 4;
+/// Longest a read of the exchange's clock is reused for other spans.
+const SERVER_TIME_REUSE: Duration = Duration::from_secs(5);
 
 type Key = (Symbol, Interval);
 
@@ -36,6 +39,8 @@ type Key = (Symbol, Interval);
 struct Span {
     lo: Option<i64>,
     hi: Option<i64>,
+    /// When it was asked for: an exchange time read after this covers it.
+    since: Instant,
 }
 
 impl Span {
@@ -159,6 +164,7 @@ pub(crate) async fn fetch_closed(
     let span = Span {
         lo: after.map(|a| interval.next_open(a)),
         hi: None,
+        since: Instant::now(),
     };
     let Some((lo, mut hi)) = resolve(ctx, &key, span, server_now) else {
         return Ok(0);
@@ -200,6 +206,8 @@ struct Queue {
     spans: HashMap<Key, Vec<(Span, i64)>>,
     /// One entry per series with spans: its newest span's end, newest first.
     order: BTreeSet<(Reverse<i64>, Interval, Symbol)>,
+    /// The exchange's time as last read, and when.
+    server_time: Option<(i64, Instant)>,
 }
 
 impl Queue {
@@ -239,6 +247,7 @@ impl Repairs {
                 let span = Span {
                     lo: after.map(|a| interval.next_open(a)),
                     hi: None,
+                    since: Instant::now(),
                 };
                 added += self.put_locked(ctx, &mut q, (symbol, interval), span);
             }
@@ -264,6 +273,7 @@ impl Repairs {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
                 };
+                open.since = open.since.max(span.since);
                 let merged = estimate_open(ctx, &key, open.lo);
                 delta = merged - *counted;
                 *counted = merged;
@@ -323,6 +333,21 @@ impl Repairs {
         }
     }
 
+    /// The exchange's time for a span asked for at `since`: the last read if it was made after
+    /// that (and is at most [`SERVER_TIME_REUSE`] old), else a new one. Not advanced locally: an
+    /// older time only ends the span earlier, and everything after `since` is the live
+    /// connection's. One read thus serves the thousands of spans a mass reconnect asks for.
+    async fn server_now(&self, ctx: &Ctx, since: Instant) -> Result<i64, BinanceError> {
+        if let Some((t, at)) = self.queue.lock().server_time {
+            if at >= since && at.elapsed() < SERVER_TIME_REUSE {
+                return Ok(t);
+            }
+        }
+        let t = ctx.rest.server_time().await?;
+        self.queue.lock().server_time = Some((t, Instant::now()));
+        Ok(t)
+    }
+
     /// Forgets what is queued (shutdown): nothing is awaited any more.
     fn clear(&self, ctx: &Ctx) {
         let counted: i64 = {
@@ -369,7 +394,7 @@ pub(crate) async fn repair_worker(ctx: Arc<Ctx>) {
             // A known end needs no clock: every candle before it is closed.
             let now = match span.hi {
                 Some(hi) => hi,
-                None => ctx.rest.server_time().await?,
+                None => ctx.repairs.server_now(&ctx, span.since).await?,
             };
             let Some(range) = resolve(&ctx, &key, span, now) else {
                 return Ok(None);
@@ -381,6 +406,7 @@ pub(crate) async fn repair_worker(ctx: Arc<Ctx>) {
             Ok::<_, BinanceError>((range.0 < start).then_some(Span {
                 lo: Some(range.0),
                 hi: Some(start),
+                since: span.since,
             }))
         };
         match step.await {
