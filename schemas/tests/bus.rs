@@ -249,3 +249,51 @@ authorization {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn forming_updates_without_acks_are_stored_in_order_with_the_schema_header() {
+    let nats = NatsServer::start();
+    let client = bus::connect(&BusOptions::new(nats.url(), "test"))
+        .await
+        .unwrap();
+    let js = bus::jetstream(client.clone(), 5_000);
+    bus::ensure_streams(&js, &Retention::default())
+        .await
+        .unwrap();
+    let t = 1_749_038_400_000;
+    for i in 0..3 {
+        let mut e = event(t, false, Source::Ws);
+        e.event_time = t + i;
+        bus::publish_forming(&client, &e).await.unwrap();
+    }
+    // A closed candle after them, with its ack: everything before it is stored too.
+    bus::publish_event(&js, &event(t, true, Source::Ws))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let mut stream = js.get_stream(KLINES_STREAM).await.unwrap();
+    assert_eq!(stream.info().await.unwrap().state.messages, 4);
+    let subject = "klines.ws.binance.BTCUSDT.1m";
+    let mut seen = Vec::new();
+    for seq in 1..=4 {
+        let m = stream.get_raw_message(seq).await.unwrap();
+        assert_eq!(m.subject.as_str(), subject);
+        let h = m.headers.clone();
+        assert_eq!(
+            h.get(codec::SCHEMA_HEADER).map(|v| v.as_str()),
+            Some(codec::SCHEMA_VERSION)
+        );
+        let ev: KlineEvent = codec::decode(&m.payload).unwrap();
+        seen.push((ev.closed, ev.event_time));
+    }
+    assert_eq!(
+        seen,
+        vec![
+            (false, t),
+            (false, t + 1),
+            (false, t + 2),
+            (true, t + 60_000)
+        ]
+    );
+}
