@@ -25,6 +25,8 @@
 //!   exists, and then hold the streams the migrate job applies at 3 replicas.
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -961,30 +963,6 @@ fn prometheus_scrapes_every_service_with_metrics() {
         .any(|m| m.starts_with("./prometheus/prometheus.yml:")));
 }
 
-/// Metric names the code registers (`counter!`/`gauge!`/`histogram!`), with their kind.
-fn registered_metrics() -> BTreeMap<String, String> {
-    let re =
-        regex::Regex::new(r#"(counter|gauge|histogram)!\(\s*"(klinebus_[a-z0-9_]+)""#).unwrap();
-    let mut out = BTreeMap::new();
-    let mut stack = vec![repo()];
-    while let Some(dir) = stack.pop() {
-        for e in std::fs::read_dir(&dir).unwrap().flatten() {
-            let p = e.path();
-            let name = e.file_name().to_string_lossy().into_owned();
-            if p.is_dir() {
-                if !["target", ".git", "tests", "compose", "e2e"].contains(&name.as_str()) {
-                    stack.push(p);
-                }
-            } else if name.ends_with(".rs") && p.components().any(|c| c.as_os_str() == "src") {
-                for c in re.captures_iter(&read(&p)) {
-                    out.insert(c[2].to_owned(), c[1].to_owned());
-                }
-            }
-        }
-    }
-    out
-}
-
 fn collect_strings(v: &Value, key: &str, out: &mut Vec<String>) {
     match v {
         Value::Object(m) => {
@@ -1004,7 +982,7 @@ fn collect_strings(v: &Value, key: &str, out: &mut Vec<String>) {
 
 #[test]
 fn the_dashboard_queries_only_metrics_the_code_exports() {
-    let registered = registered_metrics();
+    let registered = support::registered_metrics();
     assert!(registered.len() > 20, "{registered:?}");
     let path = compose_dir().join("grafana/dashboards/klinebus.json");
     let dash: Value = serde_json::from_str(&read(&path)).unwrap();
@@ -1049,7 +1027,7 @@ fn the_dashboard_queries_only_metrics_the_code_exports() {
     ] {
         assert!(used.contains(m), "the dashboard does not show {m}");
     }
-    // Freshness comes from PostgreSQL (no binary exports it as a metric).
+    // The dashboard reads freshness from PostgreSQL (the auditor exports it for the alerts).
     let mut sql = Vec::new();
     collect_strings(&dash, "rawSql", &mut sql);
     assert!(

@@ -12,6 +12,8 @@
 //! - compose's Prometheus service mounts the rule file where the config looks for it.
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -159,31 +161,9 @@ fn every_rule_waits_has_a_severity_and_says_what_to_do() {
     }
 }
 
-/// Metric names the code registers (`counter!`/`gauge!`/`histogram!` in any crate's src/).
-fn registered_metrics() -> BTreeSet<String> {
-    let re =
-        regex::Regex::new(r#"(counter|gauge|histogram)!\(\s*"(klinebus_[a-z0-9_]+)""#).unwrap();
-    let mut out = BTreeSet::new();
-    let mut stack = vec![repo()];
-    while let Some(dir) = stack.pop() {
-        for e in std::fs::read_dir(&dir).unwrap().flatten() {
-            let p = e.path();
-            let name = e.file_name().to_string_lossy().into_owned();
-            if p.is_dir() {
-                if !["target", ".git", "tests", "compose", "e2e"].contains(&name.as_str()) {
-                    stack.push(p);
-                }
-            } else if name.ends_with(".rs") && p.components().any(|c| c.as_os_str() == "src") {
-                out.extend(re.captures_iter(&read(&p)).map(|c| c[2].to_owned()));
-            }
-        }
-    }
-    out
-}
-
 #[test]
 fn the_rules_use_only_metrics_the_binaries_export() {
-    let registered = registered_metrics();
+    let registered: BTreeSet<String> = support::registered_metrics().into_keys().collect();
     assert!(registered.len() > 20, "{registered:?}");
     let re = regex::Regex::new(r"klinebus_[a-z0-9_]+").unwrap();
     let mut used = BTreeSet::new();

@@ -239,3 +239,32 @@ pub async fn assert_table_equals_exchange(
     }
     rows.len()
 }
+
+/// Metric names the code registers (`counter!`/`gauge!`/`histogram!` in any crate's `src/`),
+/// with their kind: what compose's dashboards and alert rules may use.
+pub fn registered_metrics() -> std::collections::BTreeMap<String, String> {
+    let re =
+        regex::Regex::new(r#"(counter|gauge|histogram)!\(\s*"(klinebus_[a-z0-9_]+)""#).unwrap();
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap().flatten() {
+            let p = e.path();
+            let name = e.file_name().to_string_lossy().into_owned();
+            if p.is_dir() {
+                if !["target", ".git", "tests", "compose", "e2e"].contains(&name.as_str()) {
+                    stack.push(p);
+                }
+            } else if name.ends_with(".rs") && p.components().any(|c| c.as_os_str() == "src") {
+                let text = std::fs::read_to_string(&p).unwrap();
+                for c in re.captures_iter(&text) {
+                    out.insert(c[2].to_owned(), c[1].to_owned());
+                }
+            }
+        }
+    }
+    out
+}
