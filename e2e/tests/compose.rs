@@ -33,23 +33,10 @@ use std::time::Duration;
 
 use clap::{Args, CommandFactory};
 use serde_json::Value;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_owned()
-}
+use support::{read, repo};
 
 fn compose_dir() -> PathBuf {
     repo().join("compose")
-}
-
-fn read(path: &Path) -> String {
-    match std::fs::read_to_string(path) {
-        Ok(s) => s,
-        Err(e) => panic!("cannot read {}: {e}", path.display()),
-    }
 }
 
 /// A YAML file as JSON (merge keys `<<` applied, as Compose does).

@@ -19,23 +19,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_yaml::Value;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_owned()
-}
+use support::{read, repo};
 
 fn prometheus_dir() -> PathBuf {
     repo().join("compose/prometheus")
-}
-
-fn read(path: &Path) -> String {
-    match std::fs::read_to_string(path) {
-        Ok(s) => s,
-        Err(e) => panic!("cannot read {}: {e}", path.display()),
-    }
 }
 
 fn yaml(path: &Path) -> Value {

@@ -240,16 +240,29 @@ pub async fn assert_table_equals_exchange(
     rows.len()
 }
 
+/// The repository's root.
+pub fn repo() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+/// A file of the repository as text; panics naming it.
+pub fn read(path: &std::path::Path) -> String {
+    match std::fs::read_to_string(path) {
+        Ok(s) => s,
+        Err(e) => panic!("cannot read {}: {e}", path.display()),
+    }
+}
+
 /// Metric names the code registers (`counter!`/`gauge!`/`histogram!` in any crate's `src/`),
 /// with their kind: what compose's dashboards and alert rules may use.
 pub fn registered_metrics() -> std::collections::BTreeMap<String, String> {
     let re =
         regex::Regex::new(r#"(counter|gauge|histogram)!\(\s*"(klinebus_[a-z0-9_]+)""#).unwrap();
     let mut out = std::collections::BTreeMap::new();
-    let mut stack = vec![std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_owned()];
+    let mut stack = vec![repo()];
     while let Some(dir) = stack.pop() {
         for e in std::fs::read_dir(&dir).unwrap().flatten() {
             let p = e.path();
@@ -259,8 +272,7 @@ pub fn registered_metrics() -> std::collections::BTreeMap<String, String> {
                     stack.push(p);
                 }
             } else if name.ends_with(".rs") && p.components().any(|c| c.as_os_str() == "src") {
-                let text = std::fs::read_to_string(&p).unwrap();
-                for c in re.captures_iter(&text) {
+                for c in re.captures_iter(&read(&p)) {
                     out.insert(c[2].to_owned(), c[1].to_owned());
                 }
             }
