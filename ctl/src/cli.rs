@@ -165,7 +165,8 @@ pub struct RepairArgs {
         default_value = klinebus_binance::DEFAULT_REST_URL
     )]
     pub rest_url: String,
-    /// REQUEST_WEIGHT the repair may spend per minute (Binance allows 6000 per IP).
+    /// REQUEST_WEIGHT per minute: the repair waits once the IP has used this much in the minute,
+    /// as Binance counts it for every process on the IP (it allows 6000).
     #[arg(long, env = "BINANCE_WEIGHT_BUDGET", default_value_t = klinebus_binance::DEFAULT_BUDGET)]
     pub weight_budget: u32,
     /// After publishing, wait up to this long for the sink's durable consumer to drain before
@@ -259,7 +260,9 @@ pub struct AuditArgs {
         default_value = klinebus_binance::DEFAULT_REST_URL
     )]
     pub rest_url: String,
-    /// REQUEST_WEIGHT the auditor may spend per minute (Binance allows 6000 per IP).
+    /// REQUEST_WEIGHT per minute: the auditor's repairs wait once the IP has used this much in
+    /// the minute, as Binance counts it for every process on the IP; below the producers' budget,
+    /// so the auditor yields first (Binance allows 6000).
     #[arg(long, env = "AUDIT_WEIGHT_BUDGET", default_value_t = 1200)]
     pub weight_budget: u32,
     /// Address of /metrics (Prometheus) and /health; `off` disables it.

@@ -49,7 +49,8 @@ pub struct Config {
     #[arg(long, env = "BINANCE_REST_URL", default_value = DEFAULT_REST_URL)]
     pub rest_url: String,
 
-    /// REQUEST_WEIGHT this process may spend per minute (Binance allows 6000 per IP).
+    /// REQUEST_WEIGHT per minute: requests wait once the IP has used this much in the minute, as
+    /// Binance counts it for every process on the IP (it allows 6000).
     #[arg(long, env = "BINANCE_WEIGHT_BUDGET", default_value_t = DEFAULT_BUDGET)]
     pub weight_budget: u32,
 
