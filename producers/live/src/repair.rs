@@ -284,19 +284,27 @@ impl Repairs {
         delta
     }
 
-    /// Gives back what remains of a span a worker took.
-    fn put(&self, ctx: &Ctx, key: Key, span: Span) {
-        let added = {
-            let mut q = self.queue.lock();
-            self.put_locked(ctx, &mut q, key, span)
+    /// Gives back what remains (if anything) of a span a worker took, counted as `counted`
+    /// candles when it was taken: the gauge keeps counting a span while a worker holds it.
+    fn put(&self, ctx: &Ctx, key: Key, rest: Option<Span>, counted: i64) {
+        let added = match rest {
+            Some(span) => {
+                let mut q = self.queue.lock();
+                self.put_locked(ctx, &mut q, key, span)
+            }
+            None => 0,
         };
-        ctx.stats.add_repair_pending(added);
+        ctx.stats.add_repair_pending(added - counted);
         self.work.notify_waiters();
     }
 
-    /// The span whose newest missing candle is newest, once there is one.
-    async fn take(&self, ctx: &Ctx) -> Option<(Key, Span)> {
+    /// The span whose newest missing candle is newest, once there is one, with the candles it
+    /// was counted as (hand them to [`Repairs::put`]).
+    async fn take(&self, ctx: &Ctx) -> Option<(Key, Span, i64)> {
         loop {
+            if ctx.shutdown.is_cancelled() {
+                return None;
+            }
             let notified = self.work.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
@@ -322,9 +330,8 @@ impl Repairs {
                     }
                 }
             };
-            if let Some((key, span, counted)) = taken {
-                ctx.stats.add_repair_pending(-counted);
-                return Some((key, span));
+            if taken.is_some() {
+                return taken;
             }
             tokio::select! {
                 _ = ctx.shutdown.cancelled() => return None,
@@ -389,7 +396,7 @@ fn estimate(ctx: &Ctx, key: &Key, span: Span) -> i64 {
 /// on a failure gives the span back whole and waits (jittered backoff) before taking again.
 pub(crate) async fn repair_worker(ctx: Arc<Ctx>) {
     let mut failures = 0u32;
-    while let Some((key, span)) = ctx.repairs.take(&ctx).await {
+    while let Some((key, span, counted)) = ctx.repairs.take(&ctx).await {
         let step = async {
             // A known end needs no clock: every candle before it is closed.
             let now = match span.hi {
@@ -412,14 +419,12 @@ pub(crate) async fn repair_worker(ctx: Arc<Ctx>) {
         match step.await {
             Ok(rest) => {
                 failures = 0;
-                if let Some(rest) = rest {
-                    ctx.repairs.put(&ctx, key, rest);
-                }
+                ctx.repairs.put(&ctx, key, rest, counted);
             }
             Err(e) => {
                 tracing::warn!(symbol = %key.0, interval = %key.1, error = %e,
                     "gap repair failed; it will be retried");
-                ctx.repairs.put(&ctx, key, span);
+                ctx.repairs.put(&ctx, key, Some(span), counted);
                 failures += 1;
                 let wait = crate::feed::backoff(&ctx.settings, failures);
                 tokio::select! {

@@ -387,8 +387,9 @@ async fn a_repair_that_meets_a_rest_outage_is_retried_until_it_succeeds() {
     faults.fail_next_rest(u64::MAX, 503);
     faults.set_ws_refuse(false);
     // Once the connection is back (later on a loaded machine), the gauge shows the candles the
-    // failing repair still awaits.
-    let deadline = Instant::now() + Duration::from_secs(15);
+    // failing repair still awaits, for as long as REST fails (at least 1.5 s here).
+    let failing_since = Instant::now();
+    let deadline = failing_since + Duration::from_secs(15);
     while live.stats.repair_pending.load(Relaxed) <= 0 {
         assert!(
             Instant::now() < deadline,
@@ -397,7 +398,7 @@ async fn a_repair_that_meets_a_rest_outage_is_retried_until_it_succeeds() {
         );
         sleep_ms(50).await;
     }
-    sleep_ms(500).await;
+    tokio::time::sleep_until((failing_since + Duration::from_millis(1_500)).into()).await;
     assert!(
         live.stats.repair_pending.load(Relaxed) > 0,
         "still awaited while REST fails"
