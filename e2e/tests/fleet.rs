@@ -27,11 +27,16 @@ const LOG: (&str, &str) = ("RUST_LOG", "warn,klinebus_binance=info");
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backfill_live_and_audit_on_one_ip_stay_under_the_weight_limit_together() {
     let limit = LIMIT.to_string();
-    let sim = support::sim(
-        chrono_now_ms(),
-        &["--symbols", SYMBOLS, "--weight-limit", &limit],
-    )
-    .await;
+    // The simulator's clock starts at the wall clock's now: kline-live streams the present.
+    let sim = binance_sim::spawn(<binance_sim::Config as clap::Parser>::parse_from([
+        "binance-sim",
+        "--symbols",
+        SYMBOLS,
+        "--weight-limit",
+        &limit,
+    ]))
+    .await
+    .unwrap();
     let nats = NatsServer::start();
     let db = TestDb::fresh().await;
     let (sim_url, ws_url, nats_url) = (sim.base_url(), sim.ws_url(), nats.url());
@@ -147,11 +152,4 @@ async fn backfill_live_and_audit_on_one_ip_stay_under_the_weight_limit_together(
         let n = assert_table_equals_exchange(&db.pool, &sim, symbol, Interval::M1, from, end).await;
         assert!(n >= (DAYS * 1440) as usize, "{symbol}: {n} rows");
     }
-}
-
-fn chrono_now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
 }

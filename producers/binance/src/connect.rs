@@ -85,7 +85,8 @@ impl ConnectBudget {
     }
 
     /// Attempts taken within the window ending at `now`.
-    pub fn used_at(&self, now: Instant) -> u32 {
+    #[cfg(test)]
+    fn used_at(&self, now: Instant) -> u32 {
         let a = self.attempts.lock();
         a.iter()
             .filter(|t| now.saturating_duration_since(**t) < self.window)

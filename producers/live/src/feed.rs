@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::poll::run_poller;
-use crate::repair::{repair_from, RepairFrom};
+use crate::repair::repair_from;
 use crate::Ctx;
 
 fn interval_bit(interval: Interval) -> u32 {
@@ -182,10 +182,6 @@ async fn stop_fallback(ctx: &Ctx, shard: &mut Shard) {
     }
 }
 
-fn queue_repair(ctx: &Arc<Ctx>, from: RepairFrom) {
-    ctx.repairs.submit(ctx, from);
-}
-
 /// Reads one connection until it is lost, rotated away for good, or shutdown.
 async fn session(
     ctx: &Arc<Ctx>,
@@ -211,7 +207,7 @@ async fn session(
         let requests = ctx.stats.repair_requests.load(Relaxed);
         if requests != repairs_seen {
             repairs_seen = requests;
-            queue_repair(ctx, repair_from(ctx, &shard.series));
+            ctx.repairs.submit(ctx, repair_from(ctx, &shard.series));
         }
         tokio::select! {
             _ = shutdown.cancelled() => {
@@ -245,7 +241,7 @@ async fn session(
                         rotate_failures = 0;
                         rotate_at = Instant::now() + s.rotate_after;
                         last_data = Instant::now();
-                        queue_repair(ctx, before);
+                        ctx.repairs.submit(ctx, before);
                     }
                     Err(e) => {
                         rotate_failures += 1;
@@ -272,7 +268,7 @@ async fn session(
                                 stop_fallback(ctx, shard).await;
                             }
                             if let Some(from) = from.take() {
-                                queue_repair(ctx, from);
+                                ctx.repairs.submit(ctx, from);
                             }
                         }
                     }
@@ -315,7 +311,8 @@ fn handle_frame(
                 if let Some(l) = prev.filter(|l| event.interval.next_open(*l) < event.open_time) {
                     tracing::warn!(shard = shard.id, symbol = %event.symbol,
                         interval = %event.interval, "the stream skipped closed candles; repairing");
-                    queue_repair(ctx, vec![(event.symbol.clone(), event.interval, Some(l))]);
+                    ctx.repairs
+                        .submit(ctx, vec![(event.symbol.clone(), event.interval, Some(l))]);
                 }
                 if prev.is_none_or(|l| event.open_time > l) {
                     seen.insert(key, event.open_time);

@@ -58,12 +58,7 @@ struct Inner {
 
 /// Index of `source` in [`Source::ALL`].
 fn slot(source: Source) -> usize {
-    match source {
-        Source::Ws => 0,
-        Source::Poll => 1,
-        Source::Backfill => 2,
-        Source::Repair => 3,
-    }
+    Source::ALL.iter().position(|s| *s == source).unwrap_or(0)
 }
 
 /// Handle to the buffer; clones share it.
