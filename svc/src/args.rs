@@ -3,11 +3,16 @@
 //! e.g. Docker/Compose secrets); `--help` never shows their values and `Debug` redacts them.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 pub use klinebus_schemas::bus::redact_url;
 use klinebus_schemas::bus::BusOptions;
 use klinebus_schemas::secret::{ConnUrl, Secret};
 use klinebus_schemas::streams::Retention;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+
+use crate::db::DbError;
 
 /// A secret that could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -152,7 +157,10 @@ pub struct DbArgs {
     /// PostgreSQL connection URL; credentials and TLS (`sslmode=require`, `verify-full` with
     /// `sslrootcert=`) as URL parameters. Without `sslmode` TLS is used when the server offers
     /// it (`prefer`): on loopback that halves the sink's throughput, hence the default's
-    /// `sslmode=disable`.
+    /// `sslmode=disable`. For failover, several hosts in libpq's form
+    /// (`postgres://user:pw@host1:5432,host2:5433/db?…`) or several comma-separated URLs: the
+    /// first read-write host is used, and the next read-write one when it fails or turns
+    /// read-only (checked every --database-check-interval), without a restart.
     #[arg(
         global = true,
         long = "database-url",
@@ -165,6 +173,21 @@ pub struct DbArgs {
     /// File holding the PostgreSQL URL (wins over DATABASE_URL; for secrets).
     #[arg(global = true, long = "database-url-file", env = "DATABASE_URL_FILE")]
     pub database_url_file: Option<PathBuf>,
+
+    /// With several database hosts: how often the one in use is checked (reachable and
+    /// read-write), i.e. about how soon a failover is noticed. Ignored with one host.
+    #[arg(global = true, long = "database-check-interval", env = "DATABASE_CHECK_INTERVAL",
+          default_value = "1s", value_parser = parse_check_interval)]
+    pub check_interval: Duration,
+}
+
+/// A check interval: a humantime duration from 100 ms to 1 h.
+fn parse_check_interval(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d < Duration::from_millis(100) || d > Duration::from_secs(3600) {
+        return Err("between 100ms and 1h".into());
+    }
+    Ok(d)
 }
 
 impl DbArgs {
@@ -174,6 +197,13 @@ impl DbArgs {
             Some(p) => read_secret("database URL", p),
             None => Ok(self.database_url.expose().to_owned()),
         }
+    }
+
+    /// A pool built from `options` on the URL, following the read-write host when it names
+    /// several (see [`crate::db`]). One attempt: retry as for any connection error.
+    pub async fn connect(&self, options: PgPoolOptions) -> Result<PgPool, DbError> {
+        let url = self.url()?;
+        crate::db::connect(&url, options, self.check_interval).await
     }
 }
 

@@ -3,11 +3,13 @@
 //! - [`init_tracing`]: structured logs (`RUST_LOG`, `LOG_FORMAT=json`).
 //! - [`shutdown_token`]: a cancellation token fired by SIGINT or SIGTERM.
 //! - [`serve_telemetry`]: `/metrics` (Prometheus text) and `/health` on a configurable address.
-//! - [`NatsArgs`] and [`DbArgs`]: the connection flags, with secrets from env or files.
+//! - [`NatsArgs`] and [`DbArgs`]: the connection flags, with secrets from env or files;
+//!   [`db`]: PostgreSQL pools that follow a failover among several hosts.
 //! - [`exit_with`]: a binary's last words: its error on one line, and the exit code.
 //! - [`Backoff`] and [`until_ok`]: waiting out failures (reconnects, retries, start-up).
 
 mod args;
+pub mod db;
 mod retry;
 pub use args::{redact_url, DbArgs, NatsArgs, SecretError};
 pub use retry::{until_ok, Backoff};
