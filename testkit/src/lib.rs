@@ -6,7 +6,8 @@
 //! - [`TestDb`]: a fresh, migrated PostgreSQL database on the machine's server, dropped afterwards.
 //! - [`fixture_candles`] ([`signals`]): the signal tests' committed candle fixture.
 //! - [`PgServer`]: a private PostgreSQL cluster (initdb in a temporary directory, on a free
-//!   port) that a test may stop and restart without disturbing the machine's shared server.
+//!   port) that a test may stop and restart without disturbing the machine's shared server,
+//!   or SIGKILL after making a streaming standby of it to promote.
 //!
 //! A missing service is a loud failure that says what to start — never a silent skip: a panic
 //! in tests, a [`SetupError`] from the `try_` constructors the benchmark programs use.
@@ -102,6 +103,43 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
         assert_eq!(n, 1);
+    }
+
+    #[tokio::test]
+    async fn a_synchronous_standby_takes_over_every_commit() {
+        let mut primary = PgServer::start();
+        let mut standby = primary.standby(true);
+        assert!(standby.in_recovery() && !primary.in_recovery());
+        let pool = sqlx::PgPool::connect(&primary.admin_url()).await.unwrap();
+        sqlx::query("CREATE TABLE t (n int PRIMARY KEY)")
+            .execute(&pool)
+            .await
+            .unwrap();
+        for n in 0..50 {
+            sqlx::query("INSERT INTO t VALUES ($1)")
+                .bind(n)
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+        pool.close().await;
+        primary.kill();
+        use sqlx::Connection as _;
+        assert!(sqlx::PgConnection::connect(&primary.admin_url())
+            .await
+            .is_err());
+        standby.promote();
+        assert!(!standby.in_recovery());
+        let pool = sqlx::PgPool::connect(&standby.admin_url()).await.unwrap();
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM t")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(n, 50, "every confirmed commit is on the new primary");
+        sqlx::query("INSERT INTO t VALUES (50)")
+            .execute(&pool)
+            .await
+            .unwrap();
     }
 
     #[tokio::test]

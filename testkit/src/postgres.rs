@@ -47,6 +47,25 @@ impl TestDb {
     /// an error instead of a panic: for programs (the benchmarks, whose prefix tells a database
     /// left by a killed run apart from a test's).
     pub async fn try_named(admin: String, prefix: &str) -> Result<Self, SetupError> {
+        Self::try_named_up_to(admin, prefix, None).await
+    }
+
+    /// A fresh database on the machine's server with the migrations up to `version` only
+    /// (e.g. 6: `ohlcv_candles` as one table, before 0007 partitioned it); apply the rest with
+    /// `klinebus_migrations::run`.
+    pub async fn fresh_up_to(version: i64) -> Self {
+        match Self::try_named_up_to(admin_url(), "kb_test", Some(version)).await {
+            Ok(db) => db,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// [`TestDb::try_named`] with the migrations up to `version` only (all with `None`).
+    pub async fn try_named_up_to(
+        admin: String,
+        prefix: &str,
+        version: Option<i64>,
+    ) -> Result<Self, SetupError> {
         let admin_pool = PgPoolOptions::new()
             .max_connections(1)
             .acquire_timeout(Duration::from_secs(5))
@@ -87,9 +106,11 @@ impl TestDb {
             name,
             admin,
         };
-        klinebus_migrations::run(&db.pool)
-            .await
-            .map_err(|e| SetupError(format!("migrations failed on {}: {e}", db.name)))?;
+        match version {
+            None => klinebus_migrations::run(&db.pool).await,
+            Some(v) => klinebus_migrations::run_up_to(&db.pool, v).await,
+        }
+        .map_err(|e| SetupError(format!("migrations failed on {}: {e}", db.name)))?;
         Ok(db)
     }
 }
@@ -129,6 +150,10 @@ impl Drop for TestDb {
 /// The binaries come from `PG_BIN_DIR`, else the newest `/usr/lib/postgresql/<v>/bin`, else
 /// `PATH`. PostgreSQL refuses to run as root: as root, the directory is handed to the
 /// `postgres` user and every command runs through `runuser -u postgres --`.
+///
+/// For failover tests, [`PgServer::standby`] makes a streaming standby of a running server
+/// (`pg_basebackup`, optionally synchronous), [`PgServer::promote`] promotes it, and
+/// [`PgServer::kill`] SIGKILLs a server.
 pub struct PgServer {
     dir: tempfile::TempDir,
     bin: PathBuf,
@@ -172,19 +197,8 @@ fn user_ids(user: &str) -> Option<(u32, u32)> {
 impl PgServer {
     /// Creates the cluster and starts it. Panics, saying why, if it cannot.
     pub fn start() -> Self {
-        let dir = match tempfile::Builder::new().prefix("kb-pg-").tempdir() {
-            Ok(d) => d,
-            Err(e) => panic!("cannot create a temp dir for PostgreSQL: {e}"),
-        };
         let as_postgres = running_as_root();
-        if as_postgres {
-            let Some((uid, gid)) = user_ids("postgres") else {
-                panic!("running as root and there is no `postgres` user to run PostgreSQL as");
-            };
-            if let Err(e) = std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)) {
-                panic!("cannot hand {} to postgres: {e}", dir.path().display());
-            }
-        }
+        let dir = Self::owned_dir(as_postgres);
         let mut s = Self {
             dir,
             bin: pg_bin_dir(),
@@ -219,6 +233,15 @@ impl PgServer {
     /// Runs a PostgreSQL tool to completion (as `postgres` when root); panics with its output
     /// on failure.
     fn run_tool(&self, tool: &str, args: &[&std::ffi::OsStr]) {
+        if let Err(e) = self.tool_output(tool, args) {
+            panic!("{e}");
+        }
+    }
+
+    /// Runs a PostgreSQL tool to completion (as `postgres` when root): its stdout, or what
+    /// went wrong with its output and the server's log. A tool that cannot be started at all
+    /// panics, saying what to install.
+    fn tool_output(&self, tool: &str, args: &[&std::ffi::OsStr]) -> Result<String, String> {
         let exe = if self.bin.as_os_str().is_empty() {
             PathBuf::from(tool)
         } else {
@@ -237,19 +260,215 @@ impl PgServer {
             .stdin(Stdio::null())
             .output();
         match out {
-            Ok(o) if o.status.success() => {}
-            Ok(o) => panic!(
+            Ok(o) if o.status.success() => Ok(String::from_utf8_lossy(&o.stdout).into_owned()),
+            Ok(o) => Err(format!(
                 "{} failed ({}):\n{}{}\nserver log:\n{}",
                 exe.display(),
                 o.status,
                 String::from_utf8_lossy(&o.stdout),
                 String::from_utf8_lossy(&o.stderr),
                 self.log_tail()
-            ),
+            )),
             Err(e) => panic!(
-                "cannot run {}: {e}; install PostgreSQL or set PG_BIN_DIR",
+                "cannot run {}: {e}; install PostgreSQL (its server and client programs) or set \
+                 PG_BIN_DIR",
                 exe.display()
             ),
+        }
+    }
+
+    /// One SQL command through `psql` (so these helpers need no runtime): its unaligned output.
+    fn psql(&self, sql: &str) -> Result<String, String> {
+        let port = self.port.to_string();
+        self.tool_output(
+            "psql",
+            &[
+                "-X".as_ref(),
+                "-h".as_ref(),
+                "127.0.0.1".as_ref(),
+                "-p".as_ref(),
+                port.as_ref(),
+                "-U".as_ref(),
+                "postgres".as_ref(),
+                "-d".as_ref(),
+                "postgres".as_ref(),
+                "-Atqc".as_ref(),
+                sql.as_ref(),
+            ],
+        )
+        .map(|o| o.trim().to_owned())
+    }
+
+    /// Polls `sql` until it answers `want`; panics with `what` and the last answer after
+    /// `timeout`.
+    fn wait_for_answer(&self, what: &str, sql: &str, want: &str, timeout: Duration) {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let got = self.psql(sql);
+            if got.as_deref() == Ok(want) {
+                return;
+            }
+            if std::time::Instant::now() > deadline {
+                panic!("{what}: no {want:?} within {timeout:?} (last: {got:?})");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// A temporary directory PostgreSQL (the `postgres` user when root) may write into.
+    fn owned_dir(as_postgres: bool) -> tempfile::TempDir {
+        let dir = match tempfile::Builder::new().prefix("kb-pg-").tempdir() {
+            Ok(d) => d,
+            Err(e) => panic!("cannot create a temp dir for PostgreSQL: {e}"),
+        };
+        if as_postgres {
+            let Some((uid, gid)) = user_ids("postgres") else {
+                panic!("running as root and there is no `postgres` user to run PostgreSQL as");
+            };
+            if let Err(e) = std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)) {
+                panic!("cannot hand {} to postgres: {e}", dir.path().display());
+            }
+        }
+        dir
+    }
+
+    /// A streaming standby of this running server: `pg_basebackup -R` into a directory of its
+    /// own, started on a free port; returns once it is in recovery and streaming. With `sync`
+    /// this server then waits for the standby to flush every commit before confirming it
+    /// (`synchronous_standby_names = '*'`, set after the copy so the standby does not inherit
+    /// it): a failover to it loses no commit a client saw succeed. Panics, saying why.
+    pub fn standby(&self, sync: bool) -> PgServer {
+        assert!(self.running, "a standby needs its primary running");
+        let mut s = PgServer {
+            dir: Self::owned_dir(self.as_postgres),
+            bin: self.bin.clone(),
+            port: free_port(),
+            as_postgres: self.as_postgres,
+            running: false,
+        };
+        let data = s.data_dir();
+        let primary_port = self.port.to_string();
+        s.run_tool(
+            "pg_basebackup",
+            &[
+                "-h".as_ref(),
+                "127.0.0.1".as_ref(),
+                "-p".as_ref(),
+                primary_port.as_ref(),
+                "-U".as_ref(),
+                "postgres".as_ref(),
+                "-D".as_ref(),
+                data.as_os_str(),
+                "-R".as_ref(),
+                "-X".as_ref(),
+                "stream".as_ref(),
+                "-c".as_ref(),
+                "fast".as_ref(),
+                "--no-sync".as_ref(),
+            ],
+        );
+        s.spawn();
+        s.wait_for_answer(
+            "the standby in recovery",
+            "SELECT pg_is_in_recovery()",
+            "t",
+            Duration::from_secs(30),
+        );
+        s.wait_for_answer(
+            "the standby streaming",
+            "SELECT status FROM pg_stat_wal_receiver",
+            "streaming",
+            Duration::from_secs(30),
+        );
+        if sync {
+            let set = self
+                .psql("ALTER SYSTEM SET synchronous_standby_names = '*'")
+                .and_then(|_| self.psql("SELECT pg_reload_conf()"));
+            if let Err(e) = set {
+                panic!("cannot make replication synchronous: {e}");
+            }
+            self.wait_for_answer(
+                "synchronous replication",
+                "SELECT string_agg(sync_state, ',') FROM pg_stat_replication",
+                "sync",
+                Duration::from_secs(30),
+            );
+        }
+        s
+    }
+
+    /// Promotes a standby (`pg_ctl promote`); returns once it accepts writes.
+    pub fn promote(&mut self) {
+        let data = self.data_dir();
+        self.run_tool(
+            "pg_ctl",
+            &[
+                "-D".as_ref(),
+                data.as_os_str(),
+                "-w".as_ref(),
+                "-t".as_ref(),
+                "60".as_ref(),
+                "promote".as_ref(),
+            ],
+        );
+        self.wait_for_answer(
+            "the promoted standby out of recovery",
+            "SELECT pg_is_in_recovery()",
+            "f",
+            Duration::from_secs(30),
+        );
+    }
+
+    /// Whether the server answers as a standby (`pg_is_in_recovery()`); panics if it does not
+    /// answer.
+    pub fn in_recovery(&self) -> bool {
+        match self.psql("SELECT pg_is_in_recovery()") {
+            Ok(a) => a == "t",
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// SIGKILLs the postmaster and every process it started at once, like the machine dying:
+    /// no shutdown, no goodbye to clients or standbys. [`PgServer::restart`] would start it
+    /// again with crash recovery.
+    pub fn kill(&mut self) {
+        if !self.running {
+            return;
+        }
+        let pidfile = self.data_dir().join("postmaster.pid");
+        let pid = std::fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|t| t.lines().next()?.trim().parse::<u32>().ok())
+            .unwrap_or_else(|| panic!("no postmaster pid in {}", pidfile.display()));
+        // Its children first (once the postmaster is gone they are re-parented).
+        let mut pids = vec![pid.to_string()];
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            // `pid (comm) state ppid …`; comm may hold spaces, so read after its `)`.
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+            if ppid == Some(pid) {
+                pids.push(e.file_name().to_string_lossy().into_owned());
+            }
+        }
+        // A child may have exited meanwhile (kill then fails for it): what counts is that the
+        // postmaster stops listening, checked below.
+        let _ = Command::new("kill")
+            .arg("-KILL")
+            .args(&pids)
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        self.running = false;
+        // Gone means not accepting connections any more.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "PostgreSQL still listens after SIGKILL"
+            );
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 
