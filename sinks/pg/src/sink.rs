@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 
 use crate::dedup::winners;
 use crate::status::record_error;
-use crate::upsert::{write_batch, COPY_MIN_ROWS};
+use crate::upsert::{write_batch, Partitions, COPY_MIN_ROWS};
 
 /// Quick in-process retries of a failed flush before handing the batch back for a nak.
 const QUICK_RETRIES: u32 = 2;
@@ -60,6 +60,7 @@ pub struct PgSink {
     health: Health,
     newest: Newest,
     copy_min_rows: usize,
+    partitions: Partitions,
 }
 
 /// Close time (ms) of the newest closed candle committed per series, for the freshness gauge;
@@ -76,6 +77,7 @@ impl PgSink {
             health,
             newest,
             copy_min_rows: COPY_MIN_ROWS,
+            partitions: Partitions::default(),
         }
     }
 
@@ -187,6 +189,9 @@ impl Handler for PgSink {
             Vec::new()
         };
         let started = Instant::now();
+        // Before the write, in a transaction of its own: the partition DDL must not wait
+        // behind, or hold locks into, the flush's transaction.
+        self.partitions.ensure(&self.pool, &rows).await;
         let mut attempt = 0;
         let written = loop {
             match write_batch(&self.pool, &rows, &recheck, self.copy_min_rows).await {

@@ -13,7 +13,8 @@
 //! what the upsert would do, at half the index work (one B-tree descent a row instead of the
 //! speculative insertion's two) and without the staging table.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
 
 use klinebus_schemas::KlineEvent;
 use sqlx::postgres::PgRow;
@@ -477,6 +478,114 @@ pub async fn stored_same(
     Ok(same)
 }
 
+/// Ensures the monthly partitions of `ohlcv_candles` (migration 0007) for the (timeframe,
+/// month) pairs of the batches, calling `klinebus_ensure_candle_partitions` only for a pair this
+/// value has not ensured yet: one round trip the first time a month is seen, none in the steady
+/// state. Each call also asks for the next month, so the partition a series rolls over into
+/// already exists at midnight on the 1st.
+///
+/// Never a reason for a write to fail: a row of a month without a partition lands in its
+/// timeframe's default partition (and is moved out by the next ensure of that month).
+#[derive(Debug, Default)]
+pub struct Partitions {
+    ensured: HashSet<(&'static str, i64)>,
+    /// After a failed ensure, none is tried again before this (a lock held for long on the
+    /// default partition, e.g. by pg_dump, must not cost every batch the function's lock wait).
+    retry_after: Option<Instant>,
+}
+
+/// How long to wait after a failed ensure before the next one.
+const ENSURE_BACKOFF: Duration = Duration::from_secs(60);
+
+const ENSURE_PARTITIONS: &str = r#"
+SELECT coalesce(sum(klinebus_ensure_candle_partitions(t.tf, t.lo, t.hi)), 0)::int8
+FROM UNNEST($1::text[], $2::int8[], $3::int8[]) AS t(tf, lo, hi)
+"#;
+
+/// Open times the function makes partitions for: years 1970 to 9999.
+const PARTITIONED_MS: std::ops::Range<i64> = 0..253_402_300_800_000;
+
+impl Partitions {
+    /// The (timeframe, month) pairs of `rows` not ensured yet, in order of first appearance.
+    fn missing(&self, rows: &[&KlineEvent]) -> Vec<(&'static str, i64)> {
+        let mut out: Vec<(&'static str, i64)> = Vec::new();
+        for e in rows {
+            if !PARTITIONED_MS.contains(&e.open_time) {
+                continue;
+            }
+            let key = (e.interval.as_str(), month_of(e.open_time));
+            // Rows come key-ordered: a series' months are consecutive runs.
+            if out.last() == Some(&key) || self.ensured.contains(&key) || out.contains(&key) {
+                continue;
+            }
+            out.push(key);
+        }
+        out
+    }
+
+    /// Makes sure the partitions of the months `rows` touch exist (and of the month after
+    /// each). Errors are logged, not returned: the rows have a place either way.
+    pub async fn ensure(&mut self, pool: &PgPool, rows: &[&KlineEvent]) {
+        let missing = self.missing(rows);
+        if missing.is_empty() || self.retry_after.is_some_and(|t| Instant::now() < t) {
+            return;
+        }
+        let timeframes: Vec<&str> = missing.iter().map(|k| k.0).collect();
+        let from: Vec<i64> = missing.iter().map(|k| month_start_ms(k.1)).collect();
+        let to: Vec<i64> = missing.iter().map(|k| month_start_ms(k.1 + 1)).collect();
+        match sqlx::query_scalar::<_, i64>(ENSURE_PARTITIONS)
+            .bind(&timeframes)
+            .bind(&from)
+            .bind(&to)
+            .fetch_one(pool)
+            .await
+        {
+            Ok(created) => {
+                if created > 0 {
+                    tracing::info!(created, "created monthly partitions of ohlcv_candles");
+                }
+                self.ensured.extend(missing);
+                self.retry_after = None;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, months = missing.len(),
+                    "could not ensure the monthly partitions of ohlcv_candles; the rows go to the \
+                     default partition meanwhile");
+                self.retry_after = Some(Instant::now() + ENSURE_BACKOFF);
+            }
+        }
+    }
+}
+
+/// Calendar months since 1970-01 (UTC) of an epoch-ms time in [`PARTITIONED_MS`].
+fn month_of(ms: i64) -> i64 {
+    // Howard Hinnant's civil_from_days, year and month only.
+    let z = ms.div_euclid(86_400_000) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year - 1970) * 12 + month - 1
+}
+
+/// Epoch ms of the first instant of month `m` of [`month_of`].
+fn month_start_ms(m: i64) -> i64 {
+    // days_from_civil for the 1st of the month.
+    let (mut year, month) = (1970 + m.div_euclid(12), m.rem_euclid(12) + 1);
+    if month <= 2 {
+        year -= 1;
+    }
+    let era = year.div_euclid(400);
+    let yoe = year - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    (era * 146_097 + doe - 719_468) * 86_400_000
+}
+
 /// Flushes of at least this many candle versions go through COPY by default
 /// (`--copy-min-rows`); fewer through [`upsert_candles`], one round trip instead of four.
 pub const COPY_MIN_ROWS: usize = 1000;
@@ -571,6 +680,31 @@ mod tests {
         ];
         assert_eq!(mark_changed(&rows, keys), vec![true, false, true]);
         assert_eq!(mark_changed(&rows, vec![]), vec![false; 3]);
+    }
+
+    #[test]
+    fn months_are_calendar_months() {
+        // 1970-01-01, 2024-02-01, 2024-03-01 (leap year), 2025-01-01, 2100-03-01.
+        for (ms, m) in [
+            (0, 0),
+            (1_706_745_600_000, 54 * 12 + 1),
+            (1_709_251_200_000, 54 * 12 + 2),
+            (1_735_689_600_000, 55 * 12),
+            (4_107_542_400_000, 130 * 12 + 2),
+        ] {
+            assert_eq!(month_of(ms), m, "{ms}");
+            assert_eq!(month_of(ms - 1), m - 1, "{ms}");
+            assert_eq!(month_of(ms + 27 * 86_400_000), m, "{ms}");
+            assert_eq!(month_start_ms(m), ms, "{ms}");
+        }
+        assert_eq!(month_of(PARTITIONED_MS.end - 1), (9999 - 1970) * 12 + 11);
+        let mut p = Partitions::default();
+        let (a, b) = (candle("BTCUSDT", 0, true, 0), candle("BTCUSDT", 1, true, 0));
+        let rows = winners([&a, &b]);
+        let m = month_of(a.open_time);
+        assert_eq!(p.missing(&rows), vec![("1m", m)]);
+        p.ensured.insert(("1m", m));
+        assert!(p.missing(&rows).is_empty());
     }
 
     #[test]

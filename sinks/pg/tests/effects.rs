@@ -316,3 +316,66 @@ async fn metrics_show_ingest_and_freshness_per_series_and_health_turns_ready() {
     stop.cancel();
     h.await.unwrap();
 }
+
+#[tokio::test]
+async fn a_candle_of_a_month_without_partition_gets_its_partition() {
+    let nats = NatsServer::start();
+    let db = TestDb::fresh().await;
+    let js = js_for(&nats.url()).await;
+    // A candle three years from now: no partition exists for its month until the sink makes it.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let ahead = candle(
+        "BTCUSDT",
+        (now + 3 * 365 * 86_400_000 - T0) / 60_000,
+        true,
+        0,
+    );
+    let open = ahead.open_time;
+    let month = |offset: &str| {
+        let pool = db.pool.clone();
+        let sql = format!(
+            "SELECT 'ohlcv_candles_1m_' || to_char(to_timestamp($1 / 1000.0) AT TIME ZONE 'UTC' \
+             + interval '{offset}', 'YYYY_MM')"
+        );
+        async move {
+            sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql))
+                .bind(open)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    let (this, next) = (month("0 months").await, month("1 month").await);
+    let exists = |name: String| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, bool>("SELECT to_regclass($1) IS NOT NULL")
+                .bind(name)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    assert!(!exists(this.clone()).await);
+    publish_no_id(&js, std::slice::from_ref(&ahead)).await;
+    let (stop, h) = spawn_sink(config(&nats.url(), &db.url, "ahead", &[]));
+    assert_converges(
+        &js,
+        &db.pool,
+        "ahead",
+        &expected(std::slice::from_ref(&ahead)),
+    )
+    .await;
+    stop.cancel();
+    h.await.unwrap();
+    // In the month's own partition (not the default one), and the next month made ahead.
+    let part: String = sqlx::query_scalar("SELECT tableoid::regclass::text FROM ohlcv_candles")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(part, this);
+    assert!(exists(next).await);
+}
