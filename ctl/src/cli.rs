@@ -35,7 +35,9 @@ pub enum Cmd {
     /// Reset a sink's durable consumer to a start time or sequence so it re-applies history
     /// (the recovery path for a lost or damaged database). Safe while sinks run.
     Replay(ReplayArgs),
-    /// Delete candles older than a age, in bounded batches per series (no table-wide lock).
+    /// Delete candles older than a age: monthly partitions entirely older are dropped whole
+    /// (an instant's lock on their timeframe's table), the rest deleted in bounded batches per
+    /// series (no table-wide lock).
     ///
     /// The bus keeps its own history independently: the KLINES stream retains 30 days or
     /// 8 GiB by default (discarding the oldest first), so pruning the table never touches it.

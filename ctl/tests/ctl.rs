@@ -369,3 +369,124 @@ async fn streams_apply_sets_the_streams_and_services_leave_them_alone() {
     assert!(klinectl::cli::parse_bytes("500MB") == Ok(500_000_000));
     assert!(klinectl::cli::parse_bytes("8 parsecs").is_err());
 }
+
+#[tokio::test]
+async fn prune_drops_months_of_the_partitioned_table_whole() {
+    let db = TestDb::fresh().await;
+    let now = chrono::Utc::now().timestamp_millis();
+    let day = 86_400_000;
+    // 1m candles every 6 hours over the last 150 days, their months' partitions made as the
+    // sink makes them; 1h candles (one table, no months) over the same time.
+    let end = Interval::H1.align(now);
+    let opens: Vec<i64> = (1..=600).map(|i| end - i * 6 * H).collect();
+    sqlx::query("SELECT klinebus_ensure_candle_partitions('1m', $1, $2)")
+        .bind(opens[opens.len() - 1])
+        .bind(end)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    insert(&db, "BTCUSDT", Interval::M1, &opens).await;
+    insert(&db, "BTCUSDT", Interval::H1, &opens[..300]).await;
+    // And one old 1m candle of a month without partition (2021-03-01): the default partition.
+    insert(&db, "ETHUSDT", Interval::M1, &[1_614_556_800_000]).await;
+    let cutoff = now - 60 * day;
+    let older = |db: &TestDb| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                r#"SELECT count(*) FROM ohlcv_candles WHERE "timestamp" < $1"#,
+            )
+            .bind(cutoff)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let total = |db: &TestDb| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM ohlcv_candles")
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    let (old, all) = (older(&db).await, total(&db).await);
+    assert!(old > 300, "{old}");
+    // Lines "<verb> partition <name> (<n> candles)".
+    let partitions = |out: &str, verb: &str| -> Vec<(String, i64)> {
+        out.lines()
+            .filter_map(|l| l.strip_prefix(&format!("{verb} partition ")))
+            .map(|l| {
+                let (name, n) = l.split_once(" (").unwrap();
+                let n = n.strip_suffix(" candles)").unwrap().parse().unwrap();
+                (name.to_owned(), n)
+            })
+            .collect()
+    };
+
+    let dry = klinectl::run(cli(&db, &["prune", "--older-than", "60days", "--dry-run"]))
+        .await
+        .unwrap();
+    let would = partitions(&dry.output, "would drop");
+    assert!(would.len() >= 2, "{}", dry.output);
+    assert!(
+        would
+            .iter()
+            .all(|(p, _)| p.starts_with("ohlcv_candles_1m_20")),
+        "{}",
+        dry.output
+    );
+    assert!(
+        dry.output
+            .contains(&format!("Total: would delete {old} candles in 3 series")),
+        "{}",
+        dry.output
+    );
+    assert!(
+        dry.output.contains("ETHUSDT 1m: would delete 1 candles"),
+        "{}",
+        dry.output
+    );
+    assert_eq!(total(&db).await, all);
+
+    let real = klinectl::run(cli(
+        &db,
+        &["prune", "--older-than", "60days", "--batch-size", "7"],
+    ))
+    .await
+    .unwrap();
+    let dropped = partitions(&real.output, "dropped");
+    assert_eq!(dropped, would, "{}", real.output);
+    for (p, _) in &dropped {
+        let gone: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NULL")
+            .bind(p)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        assert!(gone, "{p} still there");
+    }
+    let in_partitions: i64 = dropped.iter().map(|p| p.1).sum();
+    // The rest of the old rows went row by row: the 1m month holding the cutoff, the 1h table,
+    // the default partition.
+    assert!(
+        real.output.contains("BTCUSDT 1h: deleted "),
+        "{}",
+        real.output
+    );
+    assert!(
+        real.output.contains("ETHUSDT 1m: deleted 1 candles"),
+        "{}",
+        real.output
+    );
+    assert!(
+        real.output.contains(&format!(
+            "Total: deleted {old} candles in 3 series ({in_partitions} of them in {} dropped partitions)",
+            dropped.len()
+        )),
+        "{}",
+        real.output
+    );
+    assert_eq!(older(&db).await, 0);
+    assert_eq!(total(&db).await, all - old);
+}
