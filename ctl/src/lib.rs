@@ -44,6 +44,9 @@ pub enum CtlError {
     /// The database could not be reached.
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),
+    /// The database URL is unusable, or none of its hosts could be connected to.
+    #[error("database: {}", klinebus_svc::error_line(.0))]
+    DbConnect(#[from] klinebus_svc::db::DbError),
     /// NATS could not be reached or refused an operation.
     #[error("nats: {what}")]
     Nats {
@@ -93,13 +96,20 @@ pub(crate) async fn exchange_time(
         })
 }
 
-/// Connects to the database.
+/// `--database-check-interval`, set once by [`run`] (the commands take the URL alone).
+static DB_CHECK_INTERVAL: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+
+/// Connects to the database (with several hosts, to the read-write one, followed through a
+/// failover: `klinectl audit` runs for long).
 pub async fn pool(url: &str) -> Result<PgPool, CtlError> {
-    Ok(PgPoolOptions::new()
+    let check = DB_CHECK_INTERVAL
+        .get()
+        .copied()
+        .unwrap_or(klinebus_svc::db::DEFAULT_CHECK_INTERVAL);
+    let options = PgPoolOptions::new()
         .max_connections(2)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect(url)
-        .await?)
+        .acquire_timeout(Duration::from_secs(5));
+    Ok(klinebus_svc::db::connect(url, options, check).await?)
 }
 
 /// The NATS options from the flags.
@@ -110,6 +120,7 @@ pub fn bus_options(n: &NatsArgs) -> Result<BusOptions, CtlError> {
 /// Runs one command.
 pub async fn run(cli: Cli) -> Result<Outcome, CtlError> {
     let db = cli.db.url().map_err(CtlError::Secret)?;
+    let _ = DB_CHECK_INTERVAL.set(cli.db.check_interval);
     match &cli.cmd {
         Cmd::Verify(a) => verify::run(&db, &bus_options(&cli.nats)?, a).await,
         Cmd::Status(a) => status::run(&db, &bus_options(&cli.nats)?, a).await,

@@ -18,8 +18,10 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn migrate(args: Args) -> anyhow::Result<()> {
-    let url = args.db.url()?;
-    let pool = sqlx::PgPool::connect(&url)
+    // With several hosts, the read-write one.
+    let pool = args
+        .db
+        .connect(sqlx::postgres::PgPoolOptions::new())
         .await
         .context("cannot connect to the database")?;
     klinebus_migrations::run(&pool)

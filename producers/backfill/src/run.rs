@@ -260,7 +260,7 @@ pub enum VerifyError {
     Secret(#[from] klinebus_svc::SecretError),
     /// The database could not be reached.
     #[error("cannot connect to the database")]
-    Connect(#[source] sqlx::Error),
+    Connect(#[source] klinebus_svc::db::DbError),
     /// The exchange's gaps, listings or statuses could not be stored.
     #[error("cannot record what the exchange said")]
     Record(#[source] sqlx::Error),
@@ -287,10 +287,13 @@ async fn verify_after_backfill(
         shutdown,
     )
     .await?;
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(2)
-        .acquire_timeout(std::time::Duration::from_secs(10))
-        .connect(&config.db.url()?)
+    let pool = config
+        .db
+        .connect(
+            sqlx::postgres::PgPoolOptions::new()
+                .max_connections(2)
+                .acquire_timeout(std::time::Duration::from_secs(10)),
+        )
         .await
         .map_err(VerifyError::Connect)?;
     // The exchange's own gaps, the listings and the statuses become known, so verification

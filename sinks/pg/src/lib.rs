@@ -40,7 +40,7 @@ use klinebus_schemas::bus::{self, BusOptions};
 use klinebus_schemas::streams::{
     ConsumerSpec, Retention, CANDLES_STREAM, DLQ_STREAM, KLINES_STREAM,
 };
-use klinebus_svc::{until_ok, Health};
+use klinebus_svc::{until_ok, DbArgs, Health};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -118,13 +118,15 @@ async fn check_streams(
     Ok(())
 }
 
-/// Connects to PostgreSQL (retrying while it is unreachable).
-pub async fn connect_db(url: &str, max: u32, shutdown: &CancellationToken) -> Option<PgPool> {
+/// Connects to PostgreSQL (retrying while it is unreachable; with several hosts the pool
+/// follows the read-write one, see [`klinebus_svc::db`]).
+pub async fn connect_db(db: &DbArgs, max: u32, shutdown: &CancellationToken) -> Option<PgPool> {
     until_ok("PostgreSQL", shutdown, || {
-        PgPoolOptions::new()
-            .max_connections(max.max(1))
-            .acquire_timeout(Duration::from_secs(5))
-            .connect(url)
+        db.connect(
+            PgPoolOptions::new()
+                .max_connections(max.max(1))
+                .acquire_timeout(Duration::from_secs(5)),
+        )
     })
     .await
 }
@@ -142,14 +144,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Sink
         tracing::info!(%bound, "serving /metrics and /health");
     }
     let opts = bus_options(&config)?;
-    let db_url = config.db.url()?;
+    // Read up front: a missing URL file stops the sink, it is not retried.
+    config.db.url()?;
     let Some(client) = until_ok("NATS", &shutdown, || bus::connect(&opts)).await else {
         return Ok(());
     };
     let js = bus::jetstream(client, 4096);
     check_streams(&js, &config.nats.retention()).await?;
     let Some(pool) = connect_db(
-        &db_url,
+        &config.db,
         config.max_connections.max(config.workers + 1),
         &shutdown,
     )
