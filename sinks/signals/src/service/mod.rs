@@ -36,7 +36,9 @@
 //! Indicator state needs each series in order, so there must be ONE owner: at start the
 //! service takes the PostgreSQL advisory lock `hashtext('kline-signals/<consumer>')` on a
 //! dedicated connection. A second instance logs that it is waiting and takes over when the
-//! first one stops; if the lock's connection is lost, the service stops with an error.
+//! first one stops. If the lock's connection is lost (the database restarted or failed over),
+//! consuming stops (the batch in hand finished, the rest naked in order) until the lock is
+//! taken again, then resumes from the durable with a fresh engine, in the same process.
 //!
 //! A message carries one or more closed candles of one series
 //! ([`ClosedCandles`]: one for a live candle, up to 500 after a backfill's flush); its candles
@@ -86,6 +88,7 @@ use klinebus_schemas::streams::{
 use klinebus_schemas::KlineEvent;
 use klinebus_svc::{until_ok, Health};
 use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
@@ -120,9 +123,6 @@ pub enum ServiceError {
     /// retrying cannot fix.
     #[error(transparent)]
     Consume(#[from] klinebus_consume::ConsumeError),
-    /// The ownership lock was lost (its connection died): another instance may take over.
-    #[error("lost the ownership lock")]
-    LockLost(#[source] sqlx::Error),
 }
 
 /// NATS connection options from the config.
@@ -183,15 +183,16 @@ async fn check_streams(js: &Context, retention: &Retention) -> Result<(), Servic
     Ok(())
 }
 
-/// Waits for the ownership lock (`None` if shutdown comes first).
+/// Waits for the ownership lock, taken on a connection of `pool` (`None` if shutdown comes
+/// first).
 async fn acquire_lock(
     config: &Config,
-    db_url: &str,
+    pool: &PgPool,
     shutdown: &CancellationToken,
 ) -> Option<OwnerLock> {
     let mut warned = false;
     loop {
-        match OwnerLock::try_acquire(db_url, &config.consumer).await {
+        match OwnerLock::try_acquire_from(pool, &config.consumer).await {
             Ok(Some(lock)) => {
                 tracing::info!(consumer = %config.consumer, "ownership lock taken");
                 return Some(lock);
@@ -219,7 +220,7 @@ async fn acquire_lock(
 async fn watch_lock(lock: &mut OwnerLock, stop: &CancellationToken) -> Option<sqlx::Error> {
     while pause(LOCK_CHECK, stop).await {
         if let Err(e) = lock.check().await {
-            tracing::error!(error = %e, "ownership lock lost; stopping");
+            tracing::error!(error = %e, "ownership lock lost; consuming stops until it is taken again");
             stop.cancel();
             return Some(e);
         }
@@ -244,7 +245,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
         tracing::info!(%bound, "serving /metrics and /health");
     }
     let opts = bus_options(&config)?;
-    let db_url = config.db.url()?;
+    // Read up front: a missing URL file stops the service, it is not retried.
+    config.db.url()?;
     let Some(client) = until_ok("NATS", &shutdown, || bus::connect(&opts)).await else {
         return Ok(());
     };
@@ -252,10 +254,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
     check_streams(&js, &config.nats.retention()).await?;
     let max = config.max_connections.max(1);
     let Some(pool) = until_ok("PostgreSQL", &shutdown, || {
-        PgPoolOptions::new()
-            .max_connections(max)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect(&db_url)
+        config.db.connect(
+            PgPoolOptions::new()
+                .max_connections(max)
+                .acquire_timeout(Duration::from_secs(5)),
+        )
     })
     .await
     else {
@@ -265,44 +268,52 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
         klinebus_migrations::run(&pool).await?;
         tracing::info!("migrations applied");
     }
-    let Some(mut lock) = acquire_lock(&config, &db_url, &shutdown).await else {
-        pool.close().await;
-        return Ok(());
-    };
-    health.set_ready(true);
     let lookback = crate::lookback(&strategy);
-    let mut engine = Engine::new(
-        strategy,
-        pool.clone(),
-        Some(js.clone()),
-        config.warm_candles as usize,
-        config.store_insufficient,
-    )
-    .with_max_recompute(config.max_recompute as usize);
-    tracing::info!(consumer = %config.consumer, filter = %config.filter_subject,
-        lookback, "consuming");
-    let mut opts = consume_options(&config);
-    if let Some(start) = resume_at_ack_floor(&js, &opts).await {
-        opts.start = start;
-    }
-    let consumer = Consumer::new(js.clone(), opts);
-    let stop = shutdown.child_token();
-    let consume = async {
-        let result = consumer.run(&mut engine, stop.clone()).await;
-        // Ends the lock watch too.
-        stop.cancel();
-        result
+    let mut start = consume_options(&config).start;
+    let mut series = 0;
+    // A lost lock (its connection died: the database restarted or failed over) stops
+    // consuming; the lock is taken again, on the pool's current host, and consuming resumes
+    // with a fresh engine (another owner may have written meanwhile), without a restart.
+    let result = loop {
+        let Some(mut lock) = acquire_lock(&config, &pool, &shutdown).await else {
+            break Ok(());
+        };
+        health.set_ready(true);
+        let mut engine = Engine::new(
+            strategy.clone(),
+            pool.clone(),
+            Some(js.clone()),
+            config.warm_candles as usize,
+            config.store_insufficient,
+        )
+        .with_max_recompute(config.max_recompute as usize);
+        tracing::info!(consumer = %config.consumer, filter = %config.filter_subject,
+            lookback, "consuming");
+        let mut opts = consume_options(&config);
+        // A replay is asked for once, at start; later rounds resume.
+        opts.start = std::mem::replace(&mut start, StartFrom::Resume);
+        if let Some(from) = resume_at_ack_floor(&js, &opts).await {
+            opts.start = from;
+        }
+        let consumer = Consumer::new(js.clone(), opts);
+        let stop = shutdown.child_token();
+        let consume = async {
+            let result = consumer.run(&mut engine, stop.clone()).await;
+            // Ends the lock watch too.
+            stop.cancel();
+            result
+        };
+        let (result, lost) = tokio::join!(consume, watch_lock(&mut lock, &stop));
+        health.set_ready(false);
+        lock.release().await;
+        series = engine.series();
+        if result.is_err() || lost.is_none() || shutdown.is_cancelled() {
+            break result;
+        }
     };
-    let (result, lost) = tokio::join!(consume, watch_lock(&mut lock, &stop));
-    health.set_ready(false);
-    lock.release().await;
     pool.close().await;
-    tracing::info!(series = engine.series(), "kline-signals stopped");
-    result?;
-    match lost {
-        Some(e) => Err(ServiceError::LockLost(e)),
-        None => Ok(()),
-    }
+    tracing::info!(series, "kline-signals stopped");
+    Ok(result?)
 }
 
 /// With `--max-ack-pending` > 1 a previous owner that died (or lost its lock) can leave

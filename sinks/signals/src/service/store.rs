@@ -213,6 +213,20 @@ impl OwnerLock {
         Ok(got.then_some(Self { conn }))
     }
 
+    /// The same on a connection taken out of `pool` (so on the host the pool is aimed at,
+    /// checked read-write when the URL names several hosts).
+    pub async fn try_acquire_from(
+        pool: &PgPool,
+        consumer: &str,
+    ) -> Result<Option<Self>, sqlx::Error> {
+        let mut conn = pool.acquire().await?.detach();
+        let (got,): (bool,) = sqlx::query_as(LOCK_SQL)
+            .bind(consumer)
+            .fetch_one(&mut conn)
+            .await?;
+        Ok(got.then_some(Self { conn }))
+    }
+
     /// Checks the lock's connection is still alive (the lock dies with it).
     pub async fn check(&mut self) -> Result<(), sqlx::Error> {
         self.conn.ping().await
