@@ -23,6 +23,8 @@ SELECT t.relid::regclass::text,
 FROM pg_partition_tree('ohlcv_candles') t
 JOIN pg_class c ON c.oid = t.relid
 WHERE t.isleaf
+UNION ALL
+SELECT oid::regclass::text, NULL FROM pg_class WHERE oid = 'ohlcv_candles'::regclass AND relkind <> 'p'
 ORDER BY 1"#;
 
 /// The tables directly under `ohlcv_candles` (one a timeframe, partitioned or not), else the
@@ -30,7 +32,9 @@ ORDER BY 1"#;
 const CHILDREN: &str = r#"
 SELECT t.relid::regclass::text
 FROM pg_partition_tree('ohlcv_candles') t
-WHERE t.level = 1 OR (t.level = 0 AND t.isleaf)
+WHERE t.level = 1
+UNION ALL
+SELECT oid::regclass::text FROM pg_class WHERE oid = 'ohlcv_candles'::regclass AND relkind <> 'p'
 ORDER BY 1"#;
 
 /// Every (symbol, timeframe) present in `table` (a name as SQL writes it), found with a loose

@@ -199,7 +199,16 @@ async fn alerts_fire_per_rule() {
 
 #[tokio::test]
 async fn prune_removes_exactly_what_it_says() {
-    let db = TestDb::fresh().await;
+    prune_removes_exactly_what_it_says_on(TestDb::fresh().await).await;
+}
+
+#[tokio::test]
+async fn prune_removes_exactly_what_it_says_from_an_unpartitioned_table() {
+    // The schema before migration 0007: ohlcv_candles one plain table.
+    prune_removes_exactly_what_it_says_on(TestDb::fresh_up_to(6).await).await;
+}
+
+async fn prune_removes_exactly_what_it_says_on(db: TestDb) {
     let now = chrono::Utc::now().timestamp_millis();
     let day = 86_400_000;
     let end = Interval::D1.align(now);
