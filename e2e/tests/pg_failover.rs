@@ -1,7 +1,7 @@
 //! PostgreSQL failover without restarts: a primary and a synchronous streaming standby (two
-//! private clusters, `pg_basebackup`), `kline-pg-sink`, `kline-signals` and `kline-live` as
-//! processes given both hosts in one URL (`postgres://…@127.0.0.1:P1,127.0.0.1:P2/klinebus`),
-//! live candles flowing from the simulator at 120×. Mid-stream the primary is SIGKILLed (its
+//! private clusters, `pg_basebackup`), `kline-pg-sink` and `kline-signals` as processes given
+//! both hosts in one URL (`postgres://…@127.0.0.1:P1,127.0.0.1:P2/klinebus`), `kline-live`
+//! (a process too) feeding them live candles from the simulator at 120×. Mid-stream the primary is SIGKILLed (its
 //! postmaster and every backend at once) and the standby promoted. Then:
 //!
 //! - the same service processes carry on (none exited): the sink's and kline-signals' pools

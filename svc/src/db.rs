@@ -226,6 +226,8 @@ pub async fn connect(
             .await
             .map_err(DbError::Connect);
     }
+    // Exported from the start, so that a rate over it has a series before the first switch.
+    metrics::counter!("klinebus_db_failovers_total").increment(0);
     let (current, probe) = find_primary(&hosts).await?;
     tracing::info!(primary = %hosts[current].label, hosts = hosts.len(),
         "database primary found");
