@@ -177,7 +177,7 @@ pub struct DbArgs {
     /// With several database hosts: how often the one in use is checked (reachable and
     /// read-write), i.e. about how soon a failover is noticed. Ignored with one host.
     #[arg(global = true, long = "database-check-interval", env = "DATABASE_CHECK_INTERVAL",
-          default_value = "1s", value_parser = parse_check_interval)]
+          value_name = "DURATION", default_value = "1s", value_parser = parse_check_interval)]
     pub check_interval: Duration,
 }
 
