@@ -209,6 +209,7 @@ pub async fn audit_once(
             resume: false,
             fetch: kline_backfill::Fetch::Rest,
             flow: None,
+            patience: crate::repair::PUBLISH_PATIENCE,
         };
         let summary = run_backfill(&plan, rest, js, options, cancel).await;
         kline_backfill::verify::record_exchange_facts(pool, &summary, &[], server_now).await?;

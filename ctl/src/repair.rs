@@ -28,6 +28,9 @@ use crate::CtlError;
 const CONCURRENCY: usize = 4;
 /// Publish acks outstanding at once.
 const MAX_INFLIGHT: usize = 20_000;
+/// How long a repair (or the auditor's) republishes what JetStream does not acknowledge: a
+/// broker restart or a stream leader election is ridden out, as kline-backfill's --patience.
+pub(crate) const PUBLISH_PATIENCE: Duration = Duration::from_secs(10 * 60);
 
 /// The gaps of every series of `report` that is not ok, as backfill plans (`[start, end]` open
 /// times → `[start, next open after end)`), capped at the exchange's clock `server_now_ms`.
@@ -135,6 +138,7 @@ pub async fn repair(
         resume: true,
         fetch: kline_backfill::Fetch::Rest,
         flow: None,
+        patience: PUBLISH_PATIENCE,
     };
     let summary = run_backfill(&plan, rest, js, options, cancel).await;
     out.push_str(&render(&plan, &summary));

@@ -295,6 +295,7 @@ async fn verify_repair_backfills_the_gaps_through_the_backfill_code() {
         resume: true,
         fetch: kline_backfill::Fetch::Rest,
         flow: None,
+        patience: std::time::Duration::from_secs(60),
     };
     let holes = [
         ("BTCUSDT", from + 300 * MIN, from + 480 * MIN),
@@ -451,6 +452,7 @@ async fn verify_deep_finds_changed_values_and_repairs_them() {
         resume: true,
         fetch: kline_backfill::Fetch::Rest,
         flow: None,
+        patience: std::time::Duration::from_secs(60),
     };
     let s = run_backfill(&plan, &rest, &js, opts, &CancellationToken::new()).await;
     assert_eq!(s.published(), 1440, "{}", s.render());
@@ -591,6 +593,7 @@ async fn a_republished_archive_file_corrects_the_table() {
         resume: true,
         fetch: kline_backfill::Fetch::Auto(&archive),
         flow: None,
+        patience: std::time::Duration::from_secs(60),
     };
     let s = run_backfill(&plan, &rest, &js, opts, &CancellationToken::new()).await;
     assert_eq!(s.errors(), 0, "{}", s.render());

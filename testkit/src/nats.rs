@@ -71,10 +71,20 @@ impl NatsServer {
     /// free port, overriding the file's), and so does the monitoring port (a free one:
     /// [`NatsServer::monitor_url`]). Panics, with the server's output, if it does not start.
     pub fn start_with_config(config: &str, files: &[(&str, &str)], env: &[(&str, &str)]) -> Self {
-        let store = match tempfile::tempdir() {
-            Ok(d) => d,
-            Err(e) => panic!("cannot create a temp dir for nats-server: {e}"),
-        };
+        match Self::try_start_with_config(config, files, env) {
+            Ok(s) => s,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// [`start_with_config`](Self::start_with_config) with an error instead of a panic.
+    pub fn try_start_with_config(
+        config: &str,
+        files: &[(&str, &str)],
+        env: &[(&str, &str)],
+    ) -> Result<Self, SetupError> {
+        let store = tempfile::tempdir()
+            .map_err(|e| SetupError(format!("cannot create a temp dir for nats-server: {e}")))?;
         let dir = store.path().join("conf");
         let js = store.path().join("js");
         let text: String = config
@@ -96,10 +106,10 @@ impl NatsServer {
                     .try_for_each(|(name, body)| std::fs::write(dir.join(name), body))
             });
         if let Err(e) = written {
-            panic!(
+            return Err(SetupError(format!(
                 "cannot write the nats-server config into {}: {e}",
                 dir.display()
-            );
+            )));
         }
         let mut s = Self {
             child: None,
@@ -115,8 +125,70 @@ impl NatsServer {
                     .collect(),
             }),
         };
-        s.spawn();
-        s
+        s.start_server()?;
+        Ok(s)
+    }
+
+    /// A cluster of `n` nodes on loopback (`server_name` `node-1` …, JetStream on each), started
+    /// and with a JetStream meta leader: streams made on it may have up to `n` replicas.
+    pub fn try_start_cluster(n: usize) -> Result<Vec<Self>, SetupError> {
+        let routes: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let list: Vec<String> = routes
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect();
+        let nodes = routes
+            .iter()
+            .enumerate()
+            .map(|(i, port)| {
+                let config = format!(
+                    "server_name: node-{}\njetstream {{\n  store_dir: \"x\"\n}}\n\
+                     cluster {{\n  name: testkit\n  listen: 127.0.0.1:{port}\n  routes: [{}]\n}}\n",
+                    i + 1,
+                    list.join(", ")
+                );
+                Self::try_start_with_config(&config, &[], &[])
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !nodes.iter().all(|n| n.health_status() == 200) {
+            if Instant::now() > deadline {
+                return Err(SetupError(format!(
+                    "the {n}-node nats cluster found no meta leader in 30 s; node 1 said:\n{}",
+                    nodes[0].output()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(nodes)
+    }
+
+    /// The HTTP status of the monitoring endpoint's JetStream health check
+    /// (`/healthz?js-server-only=true`: 200 once the server sees a meta leader; what compose's
+    /// health check asks); 0 when nothing answers (the server is down, or has no monitoring
+    /// port: only servers started from a config have one).
+    pub fn health_status(&self) -> u16 {
+        use std::io::{Read, Write};
+        let Some(c) = &self.config else {
+            return 0;
+        };
+        let host = format!("127.0.0.1:{}", c.monitor_port);
+        let Ok(mut conn) = std::net::TcpStream::connect(&host) else {
+            return 0;
+        };
+        let asked = write!(
+            conn,
+            "GET /healthz?js-server-only=true HTTP/1.0\r\nHost: {host}\r\n\r\n"
+        );
+        let mut answer = String::new();
+        if asked.is_err() || conn.read_to_string(&mut answer).is_err() {
+            return 0;
+        }
+        answer
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0)
     }
 
     /// What the server printed so far (errors such as permission violations).

@@ -5,6 +5,9 @@
 //!   REST to acknowledged JetStream publishes.
 //! - `limits`: the sim enforces 6000 weight/min; the backfill spends `--budget` for `--duration`;
 //!   prints the server-reported weight per full minute against the budget, and the 429 count.
+//!
+//! `--nats cluster` publishes to a three-node JetStream cluster on loopback with the streams at
+//! three replicas instead; `--nats both` measures a single server, then the cluster, in one run.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,6 +38,17 @@ enum Mode {
     Limits,
 }
 
+/// Where the candles are published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Nats {
+    /// One nats-server, streams at one replica.
+    Single,
+    /// Three nodes on loopback, streams at three replicas.
+    Cluster,
+    /// Single, then cluster.
+    Both,
+}
+
 /// Benchmark of kline-backfill against binance-sim and a private nats-server.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "backfill-bench")]
@@ -60,6 +74,9 @@ struct BenchArgs {
     /// Publish acks in flight.
     #[arg(long, default_value_t = 20_000)]
     max_inflight: usize,
+    /// The broker (throughput mode).
+    #[arg(long, value_enum, default_value_t = Nats::Single)]
+    nats: Nats,
 }
 
 #[tokio::main]
@@ -74,10 +91,6 @@ async fn main() -> anyhow::Result<()> {
         sim_args.push("--no-limits");
     }
     let sim = binance_sim::spawn(binance_sim::Config::parse_from(sim_args)).await?;
-    let nats = NatsServer::try_start()?;
-    let client = bus::connect(&bus::BusOptions::new(nats.url(), "backfill-bench")).await?;
-    let js = bus::jetstream(client, args.max_inflight);
-    bus::ensure_streams(&js, &Retention::default()).await?;
     let budget = if limits { args.budget } else { u32::MAX / 2 };
     let rest = RestClient::new(
         RestConfig {
@@ -106,18 +119,52 @@ async fn main() -> anyhow::Result<()> {
         resume: true,
         fetch: kline_backfill::Fetch::Rest,
         flow: None,
+        patience: std::time::Duration::from_secs(60),
     };
-    let cancel = CancellationToken::new();
-    if limits {
-        let c = cancel.clone();
-        let d = args.duration;
-        tokio::spawn(async move {
-            tokio::time::sleep(d).await;
-            c.cancel();
-        });
+    let brokers: &[Nats] = match (limits, args.nats) {
+        (true, _) | (false, Nats::Single) => &[Nats::Single],
+        (false, Nats::Cluster) => &[Nats::Cluster],
+        (false, Nats::Both) => &[Nats::Single, Nats::Cluster],
+    };
+    for &broker in brokers {
+        // Kept until the run is over; killed on drop.
+        let (_servers, url, replicas) = match broker {
+            Nats::Cluster | Nats::Both => {
+                let nodes = NatsServer::try_start_cluster(3)?;
+                let urls: Vec<_> = nodes.iter().map(NatsServer::url).collect();
+                let url = urls.join(",");
+                (nodes, url, 3)
+            }
+            Nats::Single => {
+                let node = NatsServer::try_start()?;
+                let url = node.url();
+                (vec![node], url, 1)
+            }
+        };
+        let client = bus::connect(&bus::BusOptions::new(url, "backfill-bench")).await?;
+        let js = bus::jetstream(client, args.max_inflight);
+        let retention = Retention {
+            replicas,
+            ..Retention::default()
+        };
+        bus::ensure_streams(&js, &retention).await?;
+        let cancel = CancellationToken::new();
+        if limits {
+            let c = cancel.clone();
+            let d = args.duration;
+            tokio::spawn(async move {
+                tokio::time::sleep(d).await;
+                c.cancel();
+            });
+        }
+        let summary = run_backfill(&plan, &rest, &js, options, &cancel).await;
+        print!(
+            "{} replica{}: ",
+            replicas,
+            if replicas == 1 { "" } else { "s" }
+        );
+        report(&args, &summary, &rest);
     }
-    let summary = run_backfill(&plan, &rest, &js, options, &cancel).await;
-    report(&args, &summary, &rest);
     Ok(())
 }
 

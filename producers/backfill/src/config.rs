@@ -80,7 +80,9 @@ pub struct Config {
     /// first failure (once --max-attempts are spent), so an exchange incident or maintenance
     /// window of minutes is waited out, each wait logged, before a series fails (e.g. 10m; 0s:
     /// give up after --max-attempts). A NATS server not reachable yet at start-up is waited for
-    /// as long (refused credentials fail at once).
+    /// as long (refused credentials fail at once), and so is JetStream when it does not
+    /// acknowledge a publish (a broker restart, a stream leader election): the page is
+    /// republished for at least a minute, whatever this says.
     #[arg(long, env = "BACKFILL_PATIENCE", default_value = "10m", value_parser = humantime::parse_duration)]
     pub patience: Duration,
 

@@ -33,6 +33,10 @@ pub struct RunOptions<'a> {
     pub fetch: Fetch<'a>,
     /// Publishing waits while the sink lags too far behind ([`FlowGuard`]); none: never.
     pub flow: Option<&'a FlowGuard>,
+    /// How long a page JetStream does not acknowledge is republished, and a failing read of
+    /// the stream (the resume rule) retried, before its series fails: long enough for a
+    /// broker restart or a stream leader election (`--patience`).
+    pub patience: std::time::Duration,
 }
 
 /// Why a backfill could not start or run (each series' own failures are in its report).
@@ -196,6 +200,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<RunResul
         resume: true,
         fetch,
         flow: flow.as_ref(),
+        patience: config.patience,
     };
     let syms: Vec<_> = config.symbols.0.iter().map(|s| s.as_str()).collect();
     let tfs: Vec<_> = config.timeframes.0.iter().map(|i| i.as_str()).collect();
@@ -343,9 +348,7 @@ pub async fn run_backfill(
                     js,
                     plan.server_now_ms,
                     &bar,
-                    options.resume,
-                    options.fetch,
-                    options.flow,
+                    options,
                     shutdown,
                 )
                 .await;

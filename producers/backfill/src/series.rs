@@ -3,7 +3,7 @@
 //! starts before the symbol's listing, its first candle.
 
 use std::collections::VecDeque;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::context::PublishAckFuture;
 use async_nats::jetstream::context::{PublishError, PublishErrorKind};
@@ -20,17 +20,20 @@ use crate::flow::FlowGuard;
 use crate::plan::SeriesPlan;
 use crate::progress::SeriesProgress;
 use crate::resume;
+use crate::run::RunOptions;
 use crate::summary::{ExchangeGap, SeriesReport, Status};
 
 /// Pages whose acks may still be outstanding while the next page is fetched.
 const PAGES_IN_FLIGHT: usize = 3;
 /// How long a page's publishes may wait for their acks, all together.
 const PAGE_ACK_WAIT: Duration = Duration::from_secs(10);
-/// Republishing rounds for candles whose publish was not acknowledged (a broker restart, a
-/// stream leader change), with jittered pauses doubling from 250 ms to 5 s: together with the
-/// ack waits, a broker away for about a minute is ridden out. Every candle carries its dedup
+/// Pauses between republishing rounds of candles whose publish was not acknowledged (a broker
+/// restart, a stream leader election), jittered and doubling from 250 ms to 5 s; the rounds go
+/// on for the run's `patience` ([`crate::RunOptions::patience`]). Every candle carries its dedup
 /// id, so republishing one that was stored after all only yields a duplicate ack.
-const PUBLISH_RETRIES: u32 = 8;
+/// The least patience for publishing and reading the stream, whatever `--patience` says (0s
+/// means no REST retries after `--max-attempts`, not a bus that fails at its first hiccup).
+const MIN_PATIENCE: Duration = Duration::from_secs(60);
 const RETRY_PAUSE_MIN: Duration = Duration::from_millis(250);
 const RETRY_PAUSE_MAX: Duration = Duration::from_secs(5);
 
@@ -45,9 +48,11 @@ pub(crate) enum Stop {
     Publish(#[source] BusError),
     #[error("publish refused")]
     Refused(#[source] PublishError),
-    #[error("{candles} candles not acknowledged after {PUBLISH_RETRIES} republishing rounds")]
+    #[error("{candles} candles not acknowledged after {rounds} republishing rounds in {}", humantime::format_duration(*.waited))]
     Unacknowledged {
         candles: usize,
+        rounds: u32,
+        waited: Duration,
         #[source]
         last: PublishError,
     },
@@ -69,6 +74,8 @@ pub(crate) struct Run<'a> {
     pub(crate) fetch: Fetch<'a>,
     /// Waits while the sink lags too far behind.
     flow: Option<&'a FlowGuard>,
+    /// How long an unacknowledged page is republished, and a failing stream read retried.
+    patience: Duration,
     /// Checked before each REST request, never in the middle of publishing a page, so every
     /// candle sent to the bus is also counted.
     pub(crate) cancel: &'a CancellationToken,
@@ -80,8 +87,8 @@ pub(crate) struct Run<'a> {
     /// Candles REST delivered so far (published or not yet acknowledged): tells a file's hole
     /// that REST filled from an exchange gap.
     pub(crate) rest_sent: u64,
-    /// A page ran out of republishing rounds: the broker is gone, and the pages still in
-    /// flight are settled without waiting through rounds of their own.
+    /// A page ran out of patience: the broker is gone, and the pages still in flight are
+    /// settled without waiting through rounds of their own.
     gave_up: bool,
 }
 
@@ -120,16 +127,13 @@ fn retryable(e: &PublishError) -> bool {
 }
 
 /// Backfills one series; never panics, every outcome is in the report.
-#[allow(clippy::too_many_arguments)]
-pub async fn backfill_series(
+pub(crate) async fn backfill_series(
     plan: &SeriesPlan,
     rest: &RestClient,
     js: &Context,
     server_now_ms: i64,
     progress: &SeriesProgress,
-    resume: bool,
-    fetch: Fetch<'_>,
-    flow: Option<&FlowGuard>,
+    options: RunOptions<'_>,
     cancel: &CancellationToken,
 ) -> SeriesReport {
     let mut run = Run {
@@ -138,9 +142,10 @@ pub async fn backfill_series(
         js,
         server_now_ms,
         progress,
-        resume,
-        fetch,
-        flow,
+        resume: options.resume,
+        fetch: options.fetch,
+        flow: options.flow,
+        patience: options.patience.max(MIN_PATIENCE),
         cancel,
         report: SeriesReport {
             symbol: plan.symbol.clone(),
@@ -186,7 +191,7 @@ pub async fn backfill_series(
 impl Run<'_> {
     async fn fetch_all(&mut self) -> Result<(), Stop> {
         let missing = if self.resume {
-            resume::missing(self.js, self.plan).await?
+            self.resume_missing().await?
         } else {
             resume::Missing {
                 ranges: vec![(self.plan.from_ms, self.plan.to_ms)],
@@ -337,6 +342,31 @@ impl Run<'_> {
         }
     }
 
+    /// What the stream lacks of the window ([`resume::missing`]), retried within `patience`:
+    /// a series that starts while the stream has no leader waits for the election.
+    async fn resume_missing(&self) -> Result<resume::Missing, Stop> {
+        let started = Instant::now();
+        let mut pause = Backoff::jittered(RETRY_PAUSE_MIN, RETRY_PAUSE_MAX);
+        loop {
+            let e = match resume::missing(self.js, self.plan).await {
+                Ok(m) => return Ok(m),
+                Err(e) => e,
+            };
+            let left = self.patience.saturating_sub(started.elapsed());
+            if left.is_zero() {
+                return Err(e.into());
+            }
+            tracing::warn!(symbol = %self.plan.symbol, interval = %self.plan.interval,
+                error = %klinebus_svc::error_line(&e), patience_left_s = left.as_secs(),
+                "cannot read what the stream holds; retrying");
+            tokio::select! {
+                biased;
+                () = self.cancel.cancelled() => return Err(Stop::Cancelled),
+                () = tokio::time::sleep(pause.fail().min(left)) => {}
+            }
+        }
+    }
+
     /// Publishes a page (nothing for no candles), keeping at most [`PAGES_IN_FLIGHT`]
     /// unconfirmed.
     pub(crate) async fn publish(
@@ -365,7 +395,7 @@ impl Run<'_> {
     }
 
     /// Settles the oldest page: counts what was stored and republishes it while not
-    /// acknowledged, up to [`PUBLISH_RETRIES`] rounds.
+    /// acknowledged, for up to `patience` from its first failure.
     async fn flush_oldest(&mut self) -> Result<(), Stop> {
         let Some(Page {
             events,
@@ -377,6 +407,7 @@ impl Run<'_> {
         };
         let mut pause = Backoff::jittered(RETRY_PAUSE_MIN, RETRY_PAUSE_MAX);
         let mut round = 0;
+        let mut failing_since = None;
         loop {
             let result: AckResult = match ack {
                 Sent::Pending(fut) => tokio::time::timeout(PAGE_ACK_WAIT, fut)
@@ -402,18 +433,25 @@ impl Run<'_> {
                 Err(e) if retryable(&e) => e,
                 Err(e) => return Err(Stop::Refused(e)),
             };
-            round += 1;
-            if round > PUBLISH_RETRIES || self.gave_up {
+            // A stream leader election of any realistic length (the issue saw 27 s) is ridden
+            // out: "no stream found" and timeouts are what it looks like from here.
+            let since = *failing_since.get_or_insert_with(Instant::now);
+            let left = self.patience.saturating_sub(since.elapsed());
+            if left.is_zero() || self.gave_up {
                 self.gave_up = true;
                 return Err(Stop::Unacknowledged {
                     candles: events.len(),
+                    rounds: round,
+                    waited: Duration::from_secs(since.elapsed().as_secs()),
                     last: err,
                 });
             }
+            round += 1;
             tracing::warn!(symbol = %self.plan.symbol, interval = %self.plan.interval,
                 candles = events.len(), round, error = %err,
+                patience_left_s = left.as_secs(),
                 "page not acknowledged; republishing");
-            let wait = pause.fail();
+            let wait = pause.fail().min(left);
             tokio::select! {
                 biased;
                 () = self.cancel.cancelled() => {

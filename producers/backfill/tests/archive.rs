@@ -50,6 +50,7 @@ async fn run(e: &Env, plan: &Plan, fetch: Fetch<'_>) -> Summary {
         resume: true,
         fetch,
         flow: None,
+        patience: std::time::Duration::from_secs(60),
     };
     run_backfill(plan, &e.rest, &e.js, opts, &CancellationToken::new()).await
 }
@@ -223,6 +224,7 @@ async fn an_interrupted_archive_run_resumes_exactly() {
         resume: true,
         fetch: Fetch::Auto(&a),
         flow: None,
+        patience: std::time::Duration::from_secs(60),
     };
     let (first, ()) = tokio::join!(run_backfill(&plan, &e.rest, &e.js, opts, &cancel), stop);
     assert!(

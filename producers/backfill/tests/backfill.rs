@@ -177,6 +177,18 @@ async fn invalid_input_is_rejected_before_any_request() {
 /// republished; the run completes and the stream holds every candle exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_restart_mid_run_loses_nothing() {
+    broker_away_mid_run(Duration::from_secs(7)).await;
+}
+
+/// The same with the broker away for 40 s, longer than the 27 s stream leader election that
+/// once made a run give up: the pages are republished for the run's patience (60 s here), not
+/// a number of rounds (with 20 s of patience this run fails after 4 rounds).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_away_longer_than_an_election_is_waited_for() {
+    broker_away_mid_run(Duration::from_secs(40)).await;
+}
+
+async fn broker_away_mid_run(down: Duration) {
     let e = env(&["--delay-ms", "30"]).await;
     let plan = plan(&e, "BTCUSDT,ETHUSDT", &[Interval::M1], 40_000).await;
     let restart = async {
@@ -187,11 +199,11 @@ async fn broker_restart_mid_run_loses_nothing() {
             assert!(Instant::now() < deadline, "nothing stored in 30 s");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        crash(&e, Duration::from_secs(7)).await;
+        crash(&e, down).await;
     };
     let cancel = CancellationToken::new();
     let both = async { tokio::join!(backfill(&e, &plan, &cancel), restart) };
-    let (summary, ()) = tokio::time::timeout(Duration::from_secs(120), both)
+    let (summary, ()) = tokio::time::timeout(down + Duration::from_secs(120), both)
         .await
         .expect("the backfill did not finish within 2 minutes of a broker restart");
     assert_complete(&summary);
@@ -290,6 +302,7 @@ async fn an_outage_of_5xx_answers_is_ridden_out_with_patience() {
         resume: true,
         fetch: kline_backfill::Fetch::Rest,
         flow: None,
+        patience: std::time::Duration::from_secs(60),
     };
     let outage_for = |d: Duration| {
         let faults = e.sim.faults();
@@ -427,6 +440,7 @@ async fn a_backfill_waits_for_a_slow_sink_instead_of_outrunning_the_stream() {
         resume: true,
         fetch: kline_backfill::Fetch::Rest,
         flow: Some(&guard),
+        patience: std::time::Duration::from_secs(60),
     };
     let cancel = CancellationToken::new();
     let (summary, read) = tokio::time::timeout(

@@ -87,6 +87,7 @@ pub async fn backfill(e: &Env, plan: &Plan, cancel: &CancellationToken) -> Summa
         resume: true,
         fetch: kline_backfill::Fetch::Rest,
         flow: None,
+        patience: std::time::Duration::from_secs(60),
     };
     run_backfill(plan, &e.rest, &e.js, opts, cancel).await
 }
