@@ -33,6 +33,7 @@ use std::time::Duration;
 
 use clap::{Args, CommandFactory};
 use serde_json::Value;
+use support::cluster::{wait_healthy, ClusterFiles, ADMIN};
 use support::{read, repo};
 
 fn compose_dir() -> PathBuf {
@@ -1056,79 +1057,17 @@ fn the_dashboard_queries_only_metrics_the_code_exports() {
 
 // --- The cluster, for real ----------------------------------------------------------------------
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The HTTP status of `GET url` (plain HTTP, e.g. a nats-server monitoring endpoint).
-fn http_status(url: &str) -> u16 {
-    use std::io::{Read, Write};
-    let rest = url.strip_prefix("http://").unwrap();
-    let (host, path) = rest.split_once('/').unwrap();
-    let mut conn = std::net::TcpStream::connect(host).unwrap();
-    write!(conn, "GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n").unwrap();
-    let mut answer = String::new();
-    conn.read_to_string(&mut answer).unwrap();
-    let status = answer.split_whitespace().nth(1).unwrap_or_default();
-    status
-        .parse()
-        .unwrap_or_else(|_| panic!("not an HTTP answer: {answer}"))
-}
-
-/// The compose health check of a cluster node, on this machine's node.
-fn node_health(node: &klinebus_testkit::NatsServer) -> u16 {
-    http_status(&format!(
-        "{}/healthz?js-server-only=true",
-        node.monitor_url().unwrap()
-    ))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cluster_configs_hold_the_streams_at_three_replicas() {
     use clap::Parser;
 
-    let auth = read(&compose_dir().join("nats/auth.conf"));
-    let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let password = "admin-test-password";
-    let env = [
-        ("KLINEBUS_NATS_PRODUCER_PASSWORD", "p"),
-        ("KLINEBUS_NATS_PG_SINK_PASSWORD", "s"),
-        ("KLINEBUS_NATS_SIGNALS_PASSWORD", "g"),
-        ("KLINEBUS_NATS_OPS_PASSWORD", "o"),
-        ("KLINEBUS_NATS_ADMIN_PASSWORD", password),
-    ];
-    // The real files; only the cluster addresses are rewritten to this machine's ports.
-    let start = |i: usize| {
-        let mut text = read(&compose_dir().join(format!("nats/cluster-{i}.conf")));
-        text = text.replace(
-            "listen: 0.0.0.0:6222",
-            &format!("listen: 127.0.0.1:{}", routes[i - 1]),
-        );
-        for (j, port) in routes.iter().enumerate() {
-            text = text.replace(
-                &format!("nats://nats-{}:6222", j + 1),
-                &format!("nats://127.0.0.1:{port}"),
-            );
-        }
-        klinebus_testkit::NatsServer::start_with_config(&text, &[("auth.conf", &auth)], &env)
-    };
+    let files = ClusterFiles::new();
+    let start = |i: usize| files.start(i);
     let mut nodes = vec![start(1)];
     // Alone, a node has no meta leader: not healthy for compose, so the migrate job waits.
-    assert_eq!(node_health(&nodes[0]), 503, "{}", nodes[0].output());
+    assert_eq!(nodes[0].health_status(), 503, "{}", nodes[0].output());
     nodes.extend([start(2), start(3)]);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !nodes.iter().all(|n| node_health(n) == 200) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the nodes never became healthy\n{}",
-            nodes[0].output()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_healthy(&nodes, Duration::from_secs(30)).await;
     // Then the merged files' migrate job applies the streams (klinectl's part, its command
     // line as written), once: no retry is needed after the health checks.
     let url = nodes[0].url();
@@ -1139,7 +1078,7 @@ async fn the_cluster_configs_hold_the_streams_at_three_replicas() {
         "--nats-user".into(),
         "admin".into(),
         "--nats-password".into(),
-        password.into(),
+        ADMIN.1.into(),
         "streams".into(),
         "apply".into(),
     ];
@@ -1152,8 +1091,8 @@ async fn the_cluster_configs_hold_the_streams_at_three_replicas() {
 
     // One node's URL: the others are reached through the cluster.
     let mut opts = klinebus_schemas::bus::BusOptions::new(url, "cluster-test");
-    opts.user = Some("admin".into());
-    opts.password = Some(password.into());
+    opts.user = Some(ADMIN.0.into());
+    opts.password = Some(ADMIN.1.into());
     let js = async_nats::jetstream::new(klinebus_schemas::bus::connect(&opts).await.unwrap());
     for name in ["KLINES", "CANDLES", "SIGNALS", "DLQ"] {
         let mut s = js.get_stream(name).await.unwrap();

@@ -10,14 +10,15 @@
 
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
-use klinebus_schemas::streams::{Retention, CANDLES_STREAM, KLINES_STREAM, SIGNALS_STREAM};
+use klinebus_schemas::streams::{Retention, CANDLES_STREAM, KLINES_STREAM};
 use klinebus_schemas::{bus, Interval};
 use klinebus_testkit::{NatsServer, TestDb};
-use sqlx::PgPool;
 
 mod support;
-use support::{assert_table_equals_exchange, wait_until, Proc};
+use support::{
+    assert_one_signal_per_candle, assert_table_equals_exchange, caught_up, closed, signals,
+    wait_until, Proc,
+};
 
 /// 2025-06-04T12:00:00Z
 const T0: i64 = 1_749_038_400_000;
@@ -29,50 +30,9 @@ const BEFORE_BOOTSTRAP: i64 = 3;
 /// Live candles per series closed in all before the check.
 const LIVE: i64 = 40;
 
-/// Open times of the closed 1m candles stored for `symbol`, from `from` on.
-async fn closed(pool: &PgPool, symbol: &str, from: i64) -> Vec<i64> {
-    sqlx::query_scalar(
-        r#"SELECT "timestamp" FROM ohlcv_candles
-           WHERE symbol = $1 AND timeframe = '1m' AND is_closed AND "timestamp" >= $2
-           ORDER BY 1"#,
-    )
-    .bind(symbol)
-    .bind(from)
-    .fetch_all(pool)
-    .await
-    .unwrap()
-}
-
-/// `(open time, action)` of every `signals` row of `symbol` 1m.
-async fn signals(pool: &PgPool, symbol: &str) -> Vec<(i64, String)> {
-    sqlx::query_as(
-        r#"SELECT "timestamp", action FROM signals WHERE symbol = $1 AND timeframe = '1m'
-           ORDER BY 1"#,
-    )
-    .bind(symbol)
-    .fetch_all(pool)
-    .await
-    .unwrap()
-}
-
 /// True once the `signals` consumer has acked everything the CANDLES stream holds.
 async fn signals_caught_up(js: &async_nats::jetstream::Context) -> bool {
     caught_up(js, CANDLES_STREAM, "signals").await
-}
-
-/// True once `durable` has acked everything `stream` holds.
-async fn caught_up(js: &async_nats::jetstream::Context, stream: &str, durable: &str) -> bool {
-    let Ok(mut stream) = js.get_stream(stream).await else {
-        return false;
-    };
-    let Ok(info) = stream.info().await else {
-        return false;
-    };
-    let last = info.state.last_sequence;
-    let Ok(c) = stream.consumer_info(durable).await else {
-        return false;
-    };
-    c.num_pending == 0 && c.num_ack_pending == 0 && c.ack_floor.stream_sequence >= last
 }
 
 /// The simulator (accelerated clock), a private nats-server and a fresh database.
@@ -242,7 +202,6 @@ async fn every_live_candle_gets_one_signal_with_the_readme_start_order() {
 
     // The history really is there (the series were warm), and older than the live candles.
     let day = Interval::M1.count_between(0, 86_400_000) as usize;
-    let mut total = 0;
     for (s, first) in SYMBOLS.iter().zip(&first_live) {
         let history = closed(&db.pool, s, 0).await;
         assert!(
@@ -259,37 +218,10 @@ async fn every_live_candle_gets_one_signal_with_the_readme_start_order() {
                 "{s}: the table has a hole"
             );
         }
-        let rows = signals(&db.pool, s).await;
-        let at: Vec<i64> = rows.iter().map(|r| r.0).collect();
-        assert_eq!(
-            at, live,
-            "{s}: exactly one signal per live candle (first live {first}), none for history"
-        );
-        assert!(
-            rows.iter().all(|r| r.1 != "insufficient_data"),
-            "{s}: {rows:?}"
-        );
-        total += rows.len();
     }
-    // One SIGNALS event per row: none missing, none duplicated.
-    let stream = js.get_stream(SIGNALS_STREAM).await.unwrap();
-    let mut subjects = stream.info_with_subjects("signals.>").await.unwrap();
-    let mut per_subject = Vec::new();
-    while let Some(entry) = subjects.next().await {
-        per_subject.push(entry.unwrap());
-    }
-    per_subject.sort();
-    for s in SYMBOLS {
-        let n = signals(&db.pool, s).await.len();
-        let subject = format!("signals.binance.{s}.1m");
-        let events = per_subject
-            .iter()
-            .find(|(sub, _)| *sub == subject)
-            .map_or(0, |(_, n)| *n);
-        assert_eq!(events, n, "{subject}: one event per signal row");
-    }
+    let total = assert_one_signal_per_candle(&db.pool, &js, &SYMBOLS, &first_live).await;
     eprintln!(
-        "[{:5.1}s] {total} signals, one per live candle; SIGNALS {per_subject:?}",
+        "[{:5.1}s] {total} signals, one per live candle",
         started.elapsed().as_secs_f64()
     );
 }

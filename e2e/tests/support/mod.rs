@@ -11,6 +11,8 @@ use binance_sim::SimHandle;
 use klinebus_schemas::Interval;
 use sqlx::PgPool;
 
+pub mod cluster;
+
 /// A service binary built by this package (`e2e-<name>`, see Cargo.toml) run as a child
 /// process; SIGKILLed on drop.
 pub struct Proc {
@@ -60,6 +62,11 @@ impl Proc {
             env!("CARGO_BIN_EXE_e2e-kline-pg-sink"),
             &args,
         )
+    }
+
+    /// Whether it has not exited (yet).
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
     }
 
     /// SIGKILL: no flush, no ack, no goodbye.
@@ -140,6 +147,110 @@ pub async fn closed_count(pool: &PgPool, symbol: &str, tf: Interval, start: i64,
     .fetch_one(pool)
     .await
     .unwrap_or(-1)
+}
+
+/// Open times of the closed 1m candles stored for `symbol`, from `from` on.
+pub async fn closed(pool: &PgPool, symbol: &str, from: i64) -> Vec<i64> {
+    sqlx::query_scalar(
+        r#"SELECT "timestamp" FROM ohlcv_candles
+           WHERE symbol = $1 AND timeframe = '1m' AND is_closed AND "timestamp" >= $2
+           ORDER BY 1"#,
+    )
+    .bind(symbol)
+    .bind(from)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+/// `(open time, action)` of every `signals` row of `symbol` 1m.
+pub async fn signals(pool: &PgPool, symbol: &str) -> Vec<(i64, String)> {
+    sqlx::query_as(
+        r#"SELECT "timestamp", action FROM signals WHERE symbol = $1 AND timeframe = '1m'
+           ORDER BY 1"#,
+    )
+    .bind(symbol)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+/// True once `durable` has acked everything `stream` holds.
+pub async fn caught_up(js: &async_nats::jetstream::Context, stream: &str, durable: &str) -> bool {
+    let Ok(mut stream) = js.get_stream(stream).await else {
+        return false;
+    };
+    let Ok(info) = stream.info().await else {
+        return false;
+    };
+    let last = info.state.last_sequence;
+    let Ok(c) = stream.consumer_info(durable).await else {
+        return false;
+    };
+    c.num_pending == 0 && c.num_ack_pending == 0 && c.ack_floor.stream_sequence >= last
+}
+
+/// Per symbol: `signals` holds exactly one row for every closed 1m candle stored from
+/// `from[i]` on (none before it, none missing, none `insufficient_data`), and the SIGNALS
+/// stream exactly one event per row. Returns the rows.
+pub async fn assert_one_signal_per_candle(
+    pool: &PgPool,
+    js: &async_nats::jetstream::Context,
+    symbols: &[&str],
+    from: &[i64],
+) -> usize {
+    use futures::StreamExt as _;
+    let stream = js
+        .get_stream(klinebus_schemas::streams::SIGNALS_STREAM)
+        .await
+        .unwrap();
+    let mut subjects = stream.info_with_subjects("signals.>").await.unwrap();
+    let mut per_subject = Vec::new();
+    while let Some(entry) = subjects.next().await {
+        per_subject.push(entry.unwrap());
+    }
+    let mut total = 0;
+    for (s, first) in symbols.iter().zip(from) {
+        let rows = signals(pool, s).await;
+        let at: Vec<i64> = rows.iter().map(|r| r.0).collect();
+        let want = closed(pool, s, *first).await;
+        if at != want {
+            // Which side lost them: the sink's announcements (CANDLES) or kline-signals.
+            let mut announced = std::collections::BTreeMap::<i64, usize>::new();
+            let subject = format!("candles.closed.binance.{s}.1m");
+            let stream = klinebus_schemas::streams::CANDLES_STREAM;
+            for p in klinebus_testkit::stored_payloads(js, stream, &subject).await {
+                let msg: klinebus_schemas::closed::ClosedCandles =
+                    klinebus_schemas::codec::decode(&p).unwrap();
+                for c in msg.candles {
+                    *announced.entry(c.open_time).or_default() += 1;
+                }
+            }
+            let missing: Vec<_> = want
+                .iter()
+                .filter(|t| at.binary_search(t).is_err())
+                .map(|t| (*t, announced.get(t).copied().unwrap_or(0)))
+                .collect();
+            panic!(
+                "{s}: not exactly one signal per candle from {first} on: {} rows for {} candles; \
+                 missing (open time, times announced in CANDLES): {missing:?}; rows {at:?}",
+                at.len(),
+                want.len()
+            );
+        }
+        assert!(
+            rows.iter().all(|r| r.1 != "insufficient_data"),
+            "{s}: {rows:?}"
+        );
+        let subject = format!("signals.binance.{s}.1m");
+        let events = per_subject
+            .iter()
+            .find(|(sub, _)| *sub == subject)
+            .map_or(0, |(_, n)| *n);
+        assert_eq!(events, rows.len(), "{subject}: one event per signal row");
+        total += rows.len();
+    }
+    total
 }
 
 /// One stored candle, as text where the table holds NUMERIC.
