@@ -14,7 +14,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 
 use crate::cli::AlertsArgs;
-use crate::{pool, CtlError, Outcome};
+use crate::{CtlError, Outcome};
 
 /// One firing alert.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -111,8 +111,8 @@ pub fn render(alerts: &[Alert]) -> String {
 }
 
 /// Runs `alerts`.
-pub async fn run(database_url: &str, a: &AlertsArgs) -> Result<Outcome, CtlError> {
-    let p = pool(database_url).await?;
+pub async fn run(db: &crate::Database, a: &AlertsArgs) -> Result<Outcome, CtlError> {
+    let p = db.pool().await?;
     let now = chrono::Utc::now().timestamp_millis();
     let alerts = evaluate(&p, now, a.no_data_for.into(), a.max_errors).await?;
     let output = if a.json {

@@ -264,7 +264,11 @@ async fn refresh_series(pool: &PgPool, symbols: &[Symbol], intervals: &[Interval
 
 /// `klinectl audit`: one run with `--once` (exit code 1 when something stayed unrepaired),
 /// otherwise a run every `--every` until SIGINT/SIGTERM.
-pub async fn run(db: &str, bus: &BusOptions, a: &AuditArgs) -> Result<Outcome, CtlError> {
+pub async fn run(
+    db: &crate::Database,
+    bus: &BusOptions,
+    a: &AuditArgs,
+) -> Result<Outcome, CtlError> {
     let symbols = Symbol::parse_list(&a.symbols.join(","))
         .map_err(|e| CtlError::Usage(format!("--symbols / TRADING_PAIRS: {e}")))?;
     let intervals = Interval::parse_list(&a.timeframes.join(","))
@@ -279,7 +283,7 @@ pub async fn run(db: &str, bus: &BusOptions, a: &AuditArgs) -> Result<Outcome, C
             .map_err(|e| CtlError::Usage(e.to_string()))?;
         tracing::info!(%bound, "serving /metrics and /health");
     }
-    let pool = crate::pool(db).await?;
+    let pool = db.pool().await?;
     let js = repair::connect(bus).await?;
     let rest = rest_client(a)?;
     health.set_ready(true);

@@ -303,14 +303,14 @@ fn render_series(out: &mut String, symbol: &Symbol, interval: Interval, r: &Seri
 
 /// `verify --deep [--sample N] [--repair]`.
 pub async fn run(
-    database_url: &str,
+    db: &crate::Database,
     bus_opts: &bus::BusOptions,
     a: &VerifyArgs,
 ) -> Result<Outcome, CtlError> {
     let rest = crate::repair::rest_client(&a.repair)?;
     let now = crate::exchange_time(&rest, &a.repair.rest_url).await?;
     let req = crate::verify::request(a, now)?;
-    let pool = crate::pool(database_url).await?;
+    let pool = db.pool().await?;
     let mut output = String::new();
     let mut results = Vec::new();
     for symbol in &req.symbols {

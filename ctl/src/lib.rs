@@ -97,19 +97,30 @@ pub(crate) async fn exchange_time(
 }
 
 /// `--database-check-interval`, set once by [`run`] (the commands take the URL alone).
-static DB_CHECK_INTERVAL: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+/// The database the flags name: its URL (one host or several) and how often a pool on several
+/// hosts checks the one in use.
+pub struct Database {
+    url: String,
+    check_interval: Duration,
+}
 
-/// Connects to the database (with several hosts, to the read-write one, followed through a
-/// failover: `klinectl audit` runs for long).
-pub async fn pool(url: &str) -> Result<PgPool, CtlError> {
-    let check = DB_CHECK_INTERVAL
-        .get()
-        .copied()
-        .unwrap_or(klinebus_svc::db::DEFAULT_CHECK_INTERVAL);
-    let options = PgPoolOptions::new()
-        .max_connections(2)
-        .acquire_timeout(Duration::from_secs(5));
-    Ok(klinebus_svc::db::connect(url, options, check).await?)
+impl Database {
+    /// From `--database-url` / `--database-url-file` and `--database-check-interval`.
+    pub fn from_args(args: &klinebus_svc::DbArgs) -> Result<Self, CtlError> {
+        Ok(Self {
+            url: args.url().map_err(CtlError::Secret)?,
+            check_interval: args.check_interval,
+        })
+    }
+
+    /// Connects (with several hosts, to the read-write one, followed through a failover:
+    /// `klinectl audit` runs for long).
+    pub async fn pool(&self) -> Result<PgPool, CtlError> {
+        let options = PgPoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(Duration::from_secs(5));
+        Ok(klinebus_svc::db::connect(&self.url, options, self.check_interval).await?)
+    }
 }
 
 /// The NATS options from the flags.
@@ -119,8 +130,7 @@ pub fn bus_options(n: &NatsArgs) -> Result<BusOptions, CtlError> {
 
 /// Runs one command.
 pub async fn run(cli: Cli) -> Result<Outcome, CtlError> {
-    let db = cli.db.url().map_err(CtlError::Secret)?;
-    let _ = DB_CHECK_INTERVAL.set(cli.db.check_interval);
+    let db = Database::from_args(&cli.db)?;
     match &cli.cmd {
         Cmd::Verify(a) => verify::run(&db, &bus_options(&cli.nats)?, a).await,
         Cmd::Status(a) => status::run(&db, &bus_options(&cli.nats)?, a).await,

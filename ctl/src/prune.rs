@@ -11,7 +11,7 @@ use std::time::Duration;
 use sqlx::{AssertSqlSafe, PgPool};
 
 use crate::cli::PruneArgs;
-use crate::{pool, CtlError, Outcome};
+use crate::{CtlError, Outcome};
 
 /// Every leaf table of `ohlcv_candles` (the table itself when it is not partitioned), as SQL
 /// names it, with its range bound (`FOR VALUES FROM (…) TO (…)`) when it is a partition by
@@ -234,14 +234,14 @@ pub async fn prune(
 }
 
 /// Runs `prune`.
-pub async fn run(database_url: &str, a: &PruneArgs) -> Result<Outcome, CtlError> {
+pub async fn run(db: &crate::Database, a: &PruneArgs) -> Result<Outcome, CtlError> {
     if a.batch_size < 1 {
         return Err(CtlError::Usage("--batch-size must be at least 1".into()));
     }
     let age: Duration = a.older_than.into();
     let now = chrono::Utc::now().timestamp_millis();
     let cutoff = now - i64::try_from(age.as_millis()).unwrap_or(i64::MAX).min(now);
-    let p = pool(database_url).await?;
+    let p = db.pool().await?;
     let mut log = format!(
         "Pruning candles opening before {}{}\n",
         klinebus_verify::datetime(cutoff),

@@ -9,7 +9,7 @@ use klinebus_verify::datetime;
 use serde::Serialize;
 
 use crate::cli::StatusArgs;
-use crate::{pool, CtlError, Outcome};
+use crate::{CtlError, Outcome};
 
 /// One `ingestion_status` row.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -97,11 +97,11 @@ pub async fn consumers(opts: &BusOptions) -> Result<Vec<ConsumerLag>, CtlError> 
 
 /// Runs `status`.
 pub async fn run(
-    database_url: &str,
+    db: &crate::Database,
     opts: &BusOptions,
     a: &StatusArgs,
 ) -> Result<Outcome, CtlError> {
-    let p = pool(database_url).await?;
+    let p = db.pool().await?;
     let rows = series(&p).await?;
     let lags = consumers(opts).await;
     let output = if a.json {

@@ -7,7 +7,7 @@ use klinebus_verify::{verify, Report, VerifyRequest};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::VerifyArgs;
-use crate::{pool, repair, CtlError, Outcome};
+use crate::{repair, CtlError, Outcome};
 
 /// Validates symbols and timeframes (before anything touches SQL) and builds the request.
 pub fn request(a: &VerifyArgs, now_ms: i64) -> Result<VerifyRequest, CtlError> {
@@ -44,15 +44,15 @@ pub fn request(a: &VerifyArgs, now_ms: i64) -> Result<VerifyRequest, CtlError> {
 
 /// Runs `verify`, and with `--repair` backfills the gaps and verifies again.
 pub async fn run(
-    database_url: &str,
+    db: &crate::Database,
     bus: &BusOptions,
     a: &VerifyArgs,
 ) -> Result<Outcome, CtlError> {
     if a.deep {
-        return crate::deep::run(database_url, bus, a).await;
+        return crate::deep::run(db, bus, a).await;
     }
     let req = request(a, chrono::Utc::now().timestamp_millis())?;
-    let report = check(database_url, &req).await;
+    let report = check(db, &req).await;
     if !a.repair.enabled || report.is_ok() {
         let output = if a.json {
             serde_json::to_string_pretty(&report).unwrap_or_default() + "\n"
@@ -71,12 +71,12 @@ pub async fn run(
         let done =
             repair::repair(&report, &a.repair, &js, &rest, &CancellationToken::new()).await?;
         output.push_str(&done.output);
-        record_gaps(database_url, &done.summary, &mut output).await;
+        record_gaps(db, &done.summary, &mut output).await;
     } else {
         output.push_str("\nRepair: no gaps to backfill\n");
     }
     // The same request (same instant, same window): what the repair changed, and nothing else.
-    let after = check(database_url, &req).await;
+    let after = check(db, &req).await;
     output.push_str("\nAfter repair:\n");
     output.push_str(&after.render_text());
     Ok(Outcome {
@@ -86,8 +86,8 @@ pub async fn run(
 }
 
 /// Verifies; an unreachable database is an `error` verdict for every series, not a failure.
-async fn check(database_url: &str, req: &VerifyRequest) -> Report {
-    match pool(database_url).await {
+async fn check(db: &crate::Database, req: &VerifyRequest) -> Report {
+    match db.pool().await {
         Ok(p) => {
             let r = verify(&p, req).await;
             p.close().await;
@@ -99,8 +99,8 @@ async fn check(database_url: &str, req: &VerifyRequest) -> Report {
 
 /// Stores the exchange-side gaps and the listings the repair confirmed, so the re-verification
 /// (and every later one) counts them as known instead of missing.
-async fn record_gaps(database_url: &str, summary: &kline_backfill::Summary, output: &mut String) {
-    let pool = match pool(database_url).await {
+async fn record_gaps(db: &crate::Database, summary: &kline_backfill::Summary, output: &mut String) {
+    let pool = match db.pool().await {
         Ok(p) => p,
         Err(e) => {
             output.push_str(&format!("Cannot record exchange gaps: {e}\n"));
