@@ -18,7 +18,7 @@
 //! commits may not have reached the standby when the primary dies.
 #![allow(clippy::unwrap_used)]
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use klinebus_schemas::streams::{Retention, CANDLES_STREAM, KLINES_STREAM};
@@ -27,7 +27,7 @@ use klinebus_testkit::{NatsServer, PgServer};
 use sqlx::PgPool;
 
 mod support;
-use support::{assert_table_equals_exchange, wait_until};
+use support::{assert_table_equals_exchange, wait_until, Proc};
 
 /// 2025-06-04T12:00:00Z
 const T0: i64 = 1_749_038_400_000;
@@ -39,67 +39,6 @@ const BEFORE: usize = 8;
 const AFTER: usize = 16;
 /// What the test allows from the SIGKILL until the new primary is written to.
 const TAKEOVER_LIMIT: Duration = Duration::from_secs(20);
-
-/// A service binary as a child process (SIGKILLed on drop) whose survival the test checks.
-struct Service {
-    name: &'static str,
-    child: Child,
-}
-
-impl Service {
-    fn start(name: &'static str, path: &str, args: &[&str], env: &[(&str, String)]) -> Self {
-        let mut cmd = Command::new(path);
-        cmd.args(args)
-            // The pools' switch is logged at warn: shown with --no-capture.
-            .env("RUST_LOG", "warn")
-            .env("NO_COLOR", "1")
-            .env_remove("LOG_FORMAT")
-            .env_remove("DATABASE_CHECK_INTERVAL")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name} ({path}): {e}"));
-        Self { name, child }
-    }
-
-    /// Panics unless the process is still the one started (it never exited).
-    fn assert_running(&mut self) {
-        if let Some(status) = self.child.try_wait().unwrap() {
-            panic!("{} (pid {}) exited: {status}", self.name, self.child.id());
-        }
-    }
-
-    /// SIGTERM; it must exit cleanly within 20 s.
-    async fn terminate(mut self) {
-        let pid = self.child.id().to_string();
-        assert!(Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success());
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(status.success(), "{} on SIGTERM: {status}", self.name);
-                return;
-            }
-            assert!(Instant::now() < deadline, "{} did not stop", self.name);
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Open times of the closed 1m candles stored for `symbol`; empty while the database is away.
 async fn closed(pool: &PgPool, symbol: &str) -> Vec<i64> {
@@ -213,25 +152,25 @@ async fn services_follow_a_promoted_standby_without_a_restart() {
         ("BINANCE_REST_URL", sim.base_url()),
         ("BINANCE_WS_URL", sim.ws_url()),
     ];
-    let mut sink = Service::start(
+    let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut sink = Proc::start_with_env(
         "kline-pg-sink",
         env!("CARGO_BIN_EXE_e2e-kline-pg-sink"),
         &["--flush-interval-ms", "50", "--ack-wait-secs", "5"],
-        &env,
+        &pairs,
     );
-    let mut signals = Service::start(
+    let mut signals = Proc::start_with_env(
         "kline-signals",
         env!("CARGO_BIN_EXE_e2e-kline-signals"),
         &["--store-insufficient"],
-        &env,
+        &pairs,
     );
-    let live = Service::start(
+    let live = Proc::start_with_env(
         "kline-live",
         env!("CARGO_BIN_EXE_e2e-kline-live"),
         &[],
-        &env,
+        &pairs,
     );
-    let pids = (sink.child.id(), signals.child.id());
 
     wait_until(
         "live candles on the primary",
@@ -288,11 +227,12 @@ async fn services_follow_a_promoted_standby_without_a_restart() {
         || at_least(&new, floor + AFTER),
     )
     .await;
-    sink.assert_running();
-    signals.assert_running();
-    assert_eq!((sink.child.id(), signals.child.id()), pids);
+    // The processes started before the kill, never restarted.
+    assert!(sink.is_running(), "kline-pg-sink exited");
+    assert!(signals.is_running(), "kline-signals exited");
     mark("the same sink and kline-signals processes write to the new primary");
-    live.terminate().await;
+    let status = live.terminate().await;
+    assert!(status.success(), "kline-live on SIGTERM: {status}");
     wait_until(
         "the sink and kline-signals to process everything",
         Duration::from_secs(60),
@@ -332,8 +272,10 @@ async fn services_follow_a_promoted_standby_without_a_restart() {
             .unwrap_or_else(|| panic!("{s} not in klinectl status: {status}"));
         assert_eq!(row["last_closed_timestamp"], last, "{s}: klinectl status");
     }
-    signals.terminate().await;
-    sink.terminate().await;
+    for (name, p) in [("kline-signals", signals), ("kline-pg-sink", sink)] {
+        let status = p.terminate().await;
+        assert!(status.success(), "{name} on SIGTERM: {status}");
+    }
     mark("table equals the exchange; one signal per candle; klinectl status ok");
 }
 

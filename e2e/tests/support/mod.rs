@@ -40,6 +40,8 @@ impl Proc {
             .env_remove("LOG_FORMAT")
             // The ack wait is what takeover tests measure: a developer's shell must not set it.
             .env_remove("SINK_ACK_WAIT_SECS")
+            // The failover tests time the pools' checks at their default.
+            .env_remove("DATABASE_CHECK_INTERVAL")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
