@@ -143,7 +143,7 @@ async fn services_follow_a_promoted_standby_without_a_restart() {
         primary.port(),
         standby.port()
     );
-    let env = vec![
+    let env = [
         ("NATS_URL", nats.url()),
         ("DATABASE_URL", url.clone()),
         ("METRICS_ADDR", "127.0.0.1:0".to_owned()),
