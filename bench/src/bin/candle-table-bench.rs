@@ -386,6 +386,8 @@ async fn explain(pool: &PgPool, sql: &str) -> anyhow::Result<String> {
     for l in &lines {
         let l = l.trim_start().trim_start_matches("->").trim();
         if let Some((kind, rest)) = l.split_once(" on ") {
+            // "Index Scan using <index> on <table>".
+            let kind = kind.split_once(" using ").map_or(kind, |k| k.0);
             if kind.ends_with("Scan") && !kind.contains("Bitmap Index") && kind != "Subquery Scan" {
                 kinds.insert(kind.to_owned());
                 tables.insert(rest.split_whitespace().next().unwrap_or("").to_owned());
