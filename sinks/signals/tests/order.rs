@@ -408,3 +408,108 @@ async fn a_candle_stored_before_the_next_but_announced_after_it_gets_its_signal(
     stop.cancel();
     h.await.unwrap();
 }
+
+#[tokio::test]
+async fn a_hole_a_later_gap_rebuilds_over_gets_its_signals_when_announced_last() {
+    // After an outage kline-live's buffered candles come at once and the sink's two workers
+    // split them: 151 and 152 are committed and announced before 150 is even committed (the
+    // series runs into a hole in the table and warms up again: no signals), then 150 is
+    // committed, 153 and 154 committed but not yet announced, and 155 announced: that gap
+    // rebuilds the series over the filled hole. 150, 153 and 154 are announced last.
+    let s = setup().await;
+    let events = fixture_events(200, Source::Ws);
+    let (stop, h) = spawn(&s, &[]);
+    deliver(&s.js, &s.db.pool, &events[..150], 1).await;
+    caught_up(&s.js).await;
+    deliver(&s.js, &s.db.pool, &events[151..153], 1).await;
+    caught_up(&s.js).await;
+    commit(&s.db.pool, &events[150..151]).await;
+    commit(&s.db.pool, &events[153..155]).await;
+    deliver(&s.js, &s.db.pool, &events[155..156], 1).await;
+    caught_up(&s.js).await;
+    announce(&s.js, &events[150..151], 1).await;
+    announce(&s.js, &events[153..155], 1).await;
+    deliver(&s.js, &s.db.pool, &events[156..], 1).await;
+    caught_up(&s.js).await;
+    assert_exactly(&s.js, &s.db.pool, &in_order(&events)).await;
+    assert_redelivery_changes_nothing(&s, &events[148..158]).await;
+    stop.cancel();
+    h.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_hole_filled_from_its_end_first_gets_all_its_signals() {
+    // 150 and 151 are missing when 152 and 153 come (a hole in the table); then both are
+    // committed and 151 is announced before 150: the recompute it triggers must reach back to
+    // 150, which the table now holds, not start at 151 and leave 150 a replay.
+    let s = setup().await;
+    let events = fixture_events(200, Source::Ws);
+    let (stop, h) = spawn(&s, &[]);
+    deliver(&s.js, &s.db.pool, &events[..150], 1).await;
+    caught_up(&s.js).await;
+    deliver(&s.js, &s.db.pool, &events[152..154], 1).await;
+    caught_up(&s.js).await;
+    commit(&s.db.pool, &events[150..152]).await;
+    announce(&s.js, &events[151..152], 1).await;
+    caught_up(&s.js).await;
+    announce(&s.js, &events[150..151], 1).await;
+    deliver(&s.js, &s.db.pool, &events[154..], 1).await;
+    caught_up(&s.js).await;
+    assert_exactly(&s.js, &s.db.pool, &in_order(&events)).await;
+    assert_redelivery_changes_nothing(&s, &events[148..156]).await;
+    stop.cancel();
+    h.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_hole_filled_in_the_table_but_never_announced_gets_its_signals() {
+    // 150 is missing when 151 and 152 come; it is committed later but its announcement never
+    // comes (the sink's redelivery found it stored and did not announce it again), and every
+    // candle after 152 follows in order: the first one that finds the hole filled rebuilds the
+    // series over it instead of letting it warm up for the lookback.
+    let s = setup().await;
+    let events = fixture_events(200, Source::Ws);
+    let (stop, h) = spawn(&s, &[]);
+    deliver(&s.js, &s.db.pool, &events[..150], 1).await;
+    caught_up(&s.js).await;
+    deliver(&s.js, &s.db.pool, &events[151..153], 1).await;
+    caught_up(&s.js).await;
+    commit(&s.db.pool, &events[150..151]).await;
+    deliver(&s.js, &s.db.pool, &events[153..], 1).await;
+    caught_up(&s.js).await;
+    assert_exactly(&s.js, &s.db.pool, &in_order(&events)).await;
+    stop.cancel();
+    h.await.unwrap();
+}
+
+#[tokio::test]
+async fn live_candles_before_history_and_a_hole_get_their_signals_when_the_hole_fills() {
+    // Live candles of a series without history (insufficient data), then one of them missing
+    // from the table when the next comes (the sink's other worker is busy with the bootstrap);
+    // the bootstrap and the missing candle are committed, and the missing one is announced
+    // first: its recompute must reach back to the first live candle, whose history is in the
+    // table now, not only to the hole (the bootstrap's announcements then find a continuous
+    // run and are replays).
+    let s = setup().await;
+    let all = fixture_events(600, Source::Ws);
+    let history = from_source(&all[..500], Source::Backfill);
+    let (stop, h) = spawn(&s, &[]);
+    deliver(&s.js, &s.db.pool, &all[500..520], 1).await;
+    caught_up(&s.js).await;
+    deliver(&s.js, &s.db.pool, &all[521..522], 1).await;
+    caught_up(&s.js).await;
+    commit(&s.db.pool, &history).await;
+    deliver(&s.js, &s.db.pool, &all[520..521], 1).await;
+    caught_up(&s.js).await;
+    announce(&s.js, &history, 100).await;
+    deliver(&s.js, &s.db.pool, &all[522..], 1).await;
+    caught_up(&s.js).await;
+    let want: Vec<SignalReport> = in_order(&all)
+        .into_iter()
+        .filter(|r| r.open_time >= all[500].open_time)
+        .collect();
+    assert_eq!(want.len(), 100);
+    assert_exactly(&s.js, &s.db.pool, &want).await;
+    stop.cancel();
+    h.await.unwrap();
+}

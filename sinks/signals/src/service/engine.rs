@@ -84,6 +84,28 @@ struct Series {
     /// not applied (it arrived late or filled a hole) gets its signal when a recompute reaches
     /// it; older candles are history, which only warms the series.
     floor: i64,
+    /// The oldest candle from the floor on that may still be owed its signal: one that got
+    /// insufficient data (no history yet, or warming up after a hole in the table), or the
+    /// start of a hole in the table that a gap in the events ran into. The hole's own
+    /// announcements may come only after a later gap rebuilt the series over the filled hole
+    /// (the sink's workers commit and announce independently), or never, and the history that
+    /// warms the candles before it may be committed by then; so while the run is shorter than
+    /// `--warm-candles` every rebuild or recompute starts no later than this, and an in-order
+    /// candle rebuilds from here once the table holds the candle before the run. Cleared once a
+    /// rebuild or recompute from here on had the series warm from its first candle.
+    owed: Option<i64>,
+}
+
+impl Series {
+    /// After a rebuild or recompute of the candles from `from` on: still owed from `from`
+    /// unless the state was warm at `from` (its run began early enough before it), so that
+    /// every candle from there got its signal or had one.
+    fn owed_after(state: &SeriesState, from: i64) -> Option<i64> {
+        let warm_at_from = state.run_start().is_some_and(|r| {
+            r <= from && state.interval().count_between(r, from) + 1 >= state.lookback() as i64
+        });
+        (!warm_at_from).then_some(from)
+    }
 }
 
 /// A row of the batch's upsert and, for a signal, its event.
@@ -207,6 +229,8 @@ impl Engine {
         }
         // Series whose run was checked for a filled hole in this batch (one check each).
         let mut checked: HashSet<SeriesKey> = HashSet::new();
+        // Series whose owed hole was checked in this batch on an in-order candle (one each).
+        let mut probed: HashSet<SeriesKey> = HashSet::new();
         let mut results = Vec::with_capacity(events.len());
         let mut rows = PendingRows::default();
         let (mut n_signal, mut n_insufficient, mut n_replay, mut n_history) = (0u64, 0, 0, 0);
@@ -225,9 +249,13 @@ impl Engine {
                     s.state.run_start(),
                     s.state.run_len(),
                     s.floor,
+                    // Owed only while the run is short (as for a late candle filling a
+                    // hole, below).
+                    s.owed
+                        .filter(|_| (s.state.run_len() as i64) < self.warm_candles),
                 )
             });
-            if let Some((Some(last), run_start, run_len, mut floor)) = held {
+            if let Some((Some(last), run_start, run_len, mut floor, owed)) = held {
                 if e.open_time <= last {
                     let run_start = run_start.unwrap_or(last);
                     let in_run = e.open_time >= run_start;
@@ -261,8 +289,11 @@ impl Engine {
                     {
                         let oldest = oldest.get(&key).copied().unwrap_or(e.open_time);
                         let from = floor.max(oldest.min(run_start));
+                        // Also what the series still owes from before (see `Series::owed`).
+                        let from = owed.map_or(from, |o| from.min(o.max(floor)));
                         if let Some(state) = self.recompute(e, last, from, &mut rows).await? {
-                            staged.insert(key, Series { state, floor });
+                            let owed = Series::owed_after(&state, from);
+                            staged.insert(key, Series { state, floor, owed });
                         }
                     }
                     results.push(Ok(Outcome::Replay {
@@ -275,6 +306,9 @@ impl Engine {
             let follows = held
                 .and_then(|h| h.0)
                 .is_some_and(|l| e.interval.next_open(l) == e.open_time);
+            // The start of the candles a gap's rebuild covered, to tell afterwards whether a
+            // hole in the table is left in them.
+            let mut rebuilt_from = None;
             let mut series = match staged.remove(&key) {
                 Some(s) if follows => s,
                 _ => match self.states.get(&key) {
@@ -292,19 +326,58 @@ impl Engine {
                             Some(last) => floor.max(e.interval.next_open(last)),
                             None => floor,
                         };
+                        // What the series still owes (a hole it ran into, candles that got
+                        // insufficient data): the table may hold the hole and the history by
+                        // now while the hole's announcements are still to come (and would be
+                        // replays once the series is rebuilt over it), so it is recomputed too.
+                        let from = match held.and_then(|h| h.4) {
+                            Some(o) => from.min(o.max(floor)),
+                            None => from,
+                        };
                         let state = if from < e.open_time && self.max_recompute > 0 {
+                            rebuilt_from = Some(from);
                             self.rebuild(e, e.open_time, from, &mut rows).await?.0
                         } else {
                             self.warm(&e.symbol, e.interval, e.open_time).await?
                         };
-                        Series { state, floor }
+                        Series {
+                            state,
+                            floor,
+                            owed: None,
+                        }
                     }
                 },
             };
+            // In order after a hole that is still owed: once the table holds the candle just
+            // before the run (one primary-key lookup, once per series and batch), the hole was
+            // filled, its announcements still to come or lost: the series is rebuilt over it.
+            if follows && self.max_recompute > 0 {
+                if let (Some(o), Some(run_start)) =
+                    (held.and_then(|h| h.4), series.state.run_start())
+                {
+                    if probed.insert(key.clone()) && self.adjoins(e, run_start).await? {
+                        let from = o.max(series.floor);
+                        series.state = self.rebuild(e, e.open_time, from, &mut rows).await?.0;
+                        rebuilt_from = Some(from);
+                    }
+                }
+            }
             let started = Instant::now();
             let outcome = series.state.apply(&candle);
             metrics::histogram!("klinebus_signals_compute_seconds")
                 .record(started.elapsed().as_secs_f64());
+            if let Some(from) = rebuilt_from {
+                // Not warm from `from` on (the table lacks a candle there, or the one just
+                // before this event, or history): owed their signals once the table has them.
+                series.owed = Series::owed_after(&series.state, from);
+            }
+            if self.max_recompute > 0
+                && e.open_time >= series.floor
+                && matches!(outcome, Outcome::InsufficientData { .. })
+            {
+                let since = rebuilt_from.unwrap_or(e.open_time).max(series.floor);
+                series.owed = Some(series.owed.map_or(since, |o| o.min(since)));
+            }
             staged.insert(key, series);
             match &outcome {
                 Outcome::Signal(report) => {

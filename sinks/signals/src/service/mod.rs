@@ -58,7 +58,12 @@
 //!   series is rebuilt from the `--warm-candles` stored closed candles before it (index range
 //!   scan), then the event is applied. A gap that is also in the table resets the series: the
 //!   outcome is `InsufficientData` until enough consecutive candles have followed or the hole
-//!   is filled.
+//!   is filled. While its run is shorter than `--warm-candles` the series remembers the
+//!   oldest candle it still owes a signal (where such a hole begins, or one that got
+//!   `InsufficientData`): the next gap rebuilds from there, a recompute reaches back there, and
+//!   an in-order candle rebuilds from there once the table holds the candle before the run, so
+//!   a hole's candles (and the ones around it) get their signals even when they were committed
+//!   after the next ones were announced and are announced only after a later rebuild, or never.
 //! - `Signal` → upsert into `signals` (`details` = the report as JSON), then publish the same
 //!   JSON on `signals.<venue>.<symbol>.<interval>` (`Nats-Msg-Id` =
 //!   `<venue>:<symbol>:<interval>:<open_time>`, header `Klinebus-Schema: signal/1`,
