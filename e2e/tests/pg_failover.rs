@@ -27,7 +27,7 @@ use klinebus_testkit::{NatsServer, PgServer};
 use sqlx::PgPool;
 
 mod support;
-use support::{assert_table_equals_exchange, wait_until, Proc};
+use support::{assert_table_equals_exchange, caught_up, wait_until, Proc};
 
 /// 2025-06-04T12:00:00Z
 const T0: i64 = 1_749_038_400_000;
@@ -61,21 +61,6 @@ async fn signal_times(pool: &PgPool, symbol: &str) -> Vec<i64> {
     .fetch_all(pool)
     .await
     .unwrap()
-}
-
-/// True once `durable` has acked everything `stream` holds.
-async fn caught_up(js: &async_nats::jetstream::Context, stream: &str, durable: &str) -> bool {
-    let Ok(mut stream) = js.get_stream(stream).await else {
-        return false;
-    };
-    let Ok(info) = stream.info().await else {
-        return false;
-    };
-    let last = info.state.last_sequence;
-    let Ok(c) = stream.consumer_info(durable).await else {
-        return false;
-    };
-    c.num_pending == 0 && c.num_ack_pending == 0 && c.ack_floor.stream_sequence >= last
 }
 
 /// The first row `table` got after `after_ms` (Unix ms), as seconds after it; None yet.
