@@ -59,9 +59,26 @@ async fn falls_back_logs_serves_metrics_and_exits_zero_on_sigterm() {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(2_000)).await;
-    let metrics = http_get(&metrics_addr, "/metrics").await;
-    assert!(metrics.contains("klinebus_live_mode 1"), "{metrics}");
+    // Until it polls: the endpoint comes up at start-up, the fallback after two refusals (a
+    // loaded machine takes longer than an idle one for either).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let metrics = loop {
+        if tokio::net::TcpStream::connect(&metrics_addr).await.is_ok() {
+            let m = http_get(&metrics_addr, "/metrics").await;
+            if m.contains("klinebus_live_mode 1")
+                && m.contains("klinebus_live_published_total{source=\"poll\"}")
+            {
+                break m;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not polling in 30 s: {m}"
+            );
+        } else {
+            assert!(std::time::Instant::now() < deadline, "no /metrics in 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert!(
         metrics.contains("klinebus_live_published_total{source=\"poll\"}"),
         "{metrics}"
