@@ -107,31 +107,12 @@ fn mix(mut x: u64) -> u64 {
 
 /// `n / 10^8` with eight decimals, as the exchange writes numbers.
 fn push_fixed8(buf: &mut Vec<u8>, n: u64) {
-    push_int(buf, n / 100_000_000);
-    buf.push(b'.');
-    let frac = n % 100_000_000;
-    let mut digits = [b'0'; 8];
-    let mut v = frac;
-    for d in digits.iter_mut().rev() {
-        *d = b'0' + (v % 10) as u8;
-        v /= 10;
-    }
-    buf.extend_from_slice(&digits);
+    use std::io::Write as _;
+    let _ = write!(buf, "{}.{:08}", n / 100_000_000, n % 100_000_000);
 }
 
 fn push_int(buf: &mut Vec<u8>, n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    let mut v = n;
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    buf.extend_from_slice(&digits[i..]);
+    buf.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// Prices (cents, two decimals like most USDT pairs) and volumes of one candle.

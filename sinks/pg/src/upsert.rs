@@ -398,21 +398,7 @@ fn copy_text(buf: &mut Vec<u8>, s: &str) {
 
 /// A decimal integer, without the formatting machinery (five a row).
 fn copy_int(buf: &mut Vec<u8>, n: i64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    let mut v = n.unsigned_abs();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    if n < 0 {
-        buf.push(b'-');
-    }
-    buf.extend_from_slice(&digits[i..]);
+    buf.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// `rows` (key-ordered, unique) marked by whether their key is among `keys` (any order).
