@@ -228,7 +228,9 @@ pub async fn connect(
     }
     // Exported from the start, so that a rate over it has a series before the first switch.
     metrics::counter!("klinebus_db_failovers_total").increment(0);
-    let (current, probe) = find_primary(&hosts).await?;
+    let (current, probe) = find_primary(&hosts, 0..hosts.len())
+        .await
+        .map_err(DbError::NoPrimary)?;
     tracing::info!(primary = %hosts[current].label, hosts = hosts.len(),
         "database primary found");
     let switches = Arc::new(Switches::default());
@@ -323,16 +325,20 @@ async fn probe(host: &DbHost) -> Result<PgConnection, String> {
         .unwrap_or_else(|_| Err(format!("no answer within {PROBE_TIMEOUT:?}")))
 }
 
-/// The first read-write host, in order, and a connection to it.
-async fn find_primary(hosts: &[DbHost]) -> Result<(usize, PgConnection), DbError> {
+/// The first read-write host of `hosts` taken in `order`, and a connection to it; else why
+/// each one is not.
+async fn find_primary(
+    hosts: &[DbHost],
+    order: impl IntoIterator<Item = usize>,
+) -> Result<(usize, PgConnection), String> {
     let mut why = Vec::new();
-    for (i, host) in hosts.iter().enumerate() {
-        match probe(host).await {
+    for i in order {
+        match probe(&hosts[i]).await {
             Ok(conn) => return Ok((i, conn)),
-            Err(e) => why.push(format!("{}: {e}", host.label)),
+            Err(e) => why.push(format!("{}: {e}", hosts[i].label)),
         }
     }
-    Err(DbError::NoPrimary(why.join("; ")))
+    Err(why.join("; "))
 }
 
 /// Checks the pool's host every `interval` until the pool closes; re-aims it when the host is
@@ -368,23 +374,15 @@ async fn watch(
         }
         // The current host first: a restart of the primary is no failover.
         let order = std::iter::once(current).chain((0..hosts.len()).filter(|&i| i != current));
-        let mut found = None;
-        let mut why = Vec::new();
-        for i in order {
-            match probe(&hosts[i]).await {
-                Ok(conn) => {
-                    found = Some((i, conn));
-                    break;
+        let (i, conn) = match find_primary(&hosts, order).await {
+            Ok(found) => found,
+            Err(why) => {
+                if !warned {
+                    tracing::warn!(%why, "no read-write database host yet");
+                    warned = true;
                 }
-                Err(e) => why.push(format!("{}: {e}", hosts[i].label)),
+                continue;
             }
-        }
-        let Some((i, conn)) = found else {
-            if !warned {
-                tracing::warn!(why = %why.join("; "), "no read-write database host yet");
-                warned = true;
-            }
-            continue;
         };
         probe_conn = Some(conn);
         warned = false;
