@@ -31,7 +31,7 @@ use kline_backfill::{
 use klinebus_binance::{RestClient, RestConfig, RetryPolicy, WeightLimiter, MAX_KLINES_LIMIT};
 use klinebus_schemas::bus::BusOptions;
 use klinebus_schemas::{Interval, Symbol};
-use klinebus_verify::{datetime, Report, VerifyRequest};
+use klinebus_verify::{datetime, Report, Span, VerifyRequest};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
@@ -177,7 +177,7 @@ pub async fn audit_once(
         let req = VerifyRequest {
             symbols: symbols.to_vec(),
             intervals: vec![interval],
-            days: Some(days_for(interval, a.window.into())),
+            span: Span::Days(Some(days_for(interval, a.window.into()))),
             now_ms: at,
         };
         let report = klinebus_verify::verify(pool, &req).await;

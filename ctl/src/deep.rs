@@ -315,8 +315,7 @@ pub async fn run(
     let mut results = Vec::new();
     for symbol in &req.symbols {
         for &interval in &req.intervals {
-            let days = req.days.unwrap_or(interval.default_days());
-            let window = klinebus_verify::window(interval, days, req.now_ms);
+            let window = req.span.bounds(interval, req.now_ms);
             let r = check_series(&pool, &rest, symbol, interval, window, a.sample).await?;
             render_series(&mut output, symbol, interval, &r);
             results.push((symbol.clone(), interval, r));

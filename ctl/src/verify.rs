@@ -3,7 +3,7 @@
 
 use klinebus_schemas::bus::BusOptions;
 use klinebus_schemas::{Interval, Symbol};
-use klinebus_verify::{verify, Report, VerifyRequest};
+use klinebus_verify::{verify, Report, Span, VerifyRequest};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::VerifyArgs;
@@ -37,7 +37,7 @@ pub fn request(a: &VerifyArgs, now_ms: i64) -> Result<VerifyRequest, CtlError> {
     Ok(VerifyRequest {
         symbols,
         intervals,
-        days: a.days,
+        span: Span::Days(a.days),
         now_ms,
     })
 }

@@ -230,7 +230,7 @@ async fn exchange_gaps_are_recorded_and_not_counted_as_missing() {
     let req = klinebus_verify::VerifyRequest {
         symbols: vec!["BTCUSDT".parse().unwrap()],
         intervals: vec![klinebus_schemas::Interval::H1],
-        days: Some(5),
+        span: klinebus_verify::Span::Days(Some(5)),
         now_ms: T0,
     };
     let again = klinebus_verify::verify(&db.pool, &req).await;

@@ -342,7 +342,7 @@ async fn live_pipeline_under_faults_stores_exactly_the_exchange_candles() {
             .map(|s| s.parse::<Symbol>().unwrap())
             .collect(),
         intervals: TFS.to_vec(),
-        days: Some(1),
+        span: klinebus_verify::Span::Days(Some(1)),
         now_ms: cutoff,
     };
     let report = klinebus_verify::verify(&db.pool, &req).await;

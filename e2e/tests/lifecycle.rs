@@ -1,6 +1,6 @@
 //! Exchange reality in verification, end to end: `kline-backfill --verify` against the simulator,
-//! through NATS, into PostgreSQL by `kline-pg-sink`, for a symbol listed inside the window and
-//! for a halted one.
+//! through NATS, into PostgreSQL by `kline-pg-sink`, for a symbol listed inside the window, for
+//! a halted one, and for an explicit `--from`/`--to` range.
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
@@ -57,21 +57,21 @@ async fn env(sim_args: &[&str]) -> Env {
     }
 }
 
-async fn backfill(e: &Env, symbols: &str, tfs: &str, days: &str) -> kline_backfill::RunResult {
-    let cfg = kline_backfill::Config::parse_from([
+/// `window`: `["--days", "30"]`, or `--from`/`--to`.
+async fn backfill(e: &Env, symbols: &str, tfs: &str, window: &[&str]) -> kline_backfill::RunResult {
+    let (sim, nats) = (e.sim.base_url(), e.nats.url());
+    let mut args = vec![
         "kline-backfill",
         "--symbols",
         symbols,
         "--timeframes",
         tfs,
-        "--days",
-        days,
         "--rest-url",
-        &e.sim.base_url(),
+        &sim,
         "--archive-url",
-        &e.sim.base_url(),
+        &sim,
         "--nats-url",
-        &e.nats.url(),
+        &nats,
         "--database-url",
         &e.db.url,
         "--progress",
@@ -79,7 +79,9 @@ async fn backfill(e: &Env, symbols: &str, tfs: &str, days: &str) -> kline_backfi
         "--verify",
         "--verify-timeout",
         "60s",
-    ]);
+    ];
+    args.extend_from_slice(window);
+    let cfg = kline_backfill::Config::parse_from(args);
     kline_backfill::run(cfg, CancellationToken::new())
         .await
         .unwrap()
@@ -105,7 +107,7 @@ async fn a_symbol_listed_inside_the_window_verifies_ok_from_its_listing() {
     let listed = T0 - 3 * D + 6 * H + 17 * 60_000;
     e.sim.market().list_symbol("NEWUSDT", listed).unwrap();
 
-    let result = backfill(&e, "BTCUSDT,NEWUSDT", "1h,1d", "30").await;
+    let result = backfill(&e, "BTCUSDT,NEWUSDT", "1h,1d", &["--days", "30"]).await;
     let report = result.verification.as_ref().unwrap().as_ref().unwrap();
     let text = report.render_text();
     assert!(report.is_ok(), "{text}");
@@ -164,12 +166,50 @@ async fn a_symbol_listed_inside_the_window_verifies_ok_from_its_listing() {
         &klinebus_verify::VerifyRequest {
             symbols: vec!["NEWUSDT".parse::<Symbol>().unwrap()],
             intervals: vec![Interval::H1],
-            days: Some(30),
+            span: klinebus_verify::Span::Days(Some(30)),
             now_ms: e.sim.clock().now_ms(),
         },
     )
     .await;
     assert!(again.is_ok(), "{}", again.render_text());
+    e.stop.cancel();
+    e.sink.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_explicit_range_verifies_exactly_what_it_fetched() {
+    let e = env(&["--symbols", "BTCUSDT"]).await;
+    // Neither end on an hour, a day or a 15m open; the range ends two days before now.
+    let result = backfill(
+        &e,
+        "BTCUSDT",
+        "15m,1h,1d",
+        &[
+            "--from",
+            "2025-05-20T09:10:00Z",
+            "--to",
+            "2025-06-02T13:50:00Z",
+        ],
+    )
+    .await;
+    let report = result.verification.as_ref().unwrap().as_ref().unwrap();
+    let text = report.render_text();
+    assert!(report.is_ok(), "{text}");
+    assert_eq!(result.exit_code(), 0, "{text}");
+    let (from, to) = (
+        T0 - 15 * D - 2 * H - 50 * 60_000,
+        T0 - 2 * D + H + 50 * 60_000,
+    );
+    for tf in ["15m", "1h", "1d"] {
+        let interval: Interval = tf.parse().unwrap();
+        let s = &report.results["BTCUSDT"][tf];
+        let (first, end) = (interval.align_up(from), interval.align_up(to));
+        assert_eq!(s.window_start, first, "{tf}: {text}");
+        assert_eq!(s.count, interval.count_between(first, end), "{tf}: {text}");
+        let stored = rows(&e.db, "BTCUSDT", tf).await;
+        assert_eq!(stored.len() as i64, s.count, "{tf}");
+        assert_eq!(stored[0].0, first, "{tf}");
+    }
     e.stop.cancel();
     e.sink.await.unwrap().unwrap();
 }
@@ -181,7 +221,7 @@ async fn a_halted_symbol_is_halted_not_stale_and_passes() {
     e.sim.market().halt("ETHUSDT", T0).unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
 
-    let result = backfill(&e, "BTCUSDT,ETHUSDT", "1h", "2").await;
+    let result = backfill(&e, "BTCUSDT,ETHUSDT", "1h", &["--days", "2"]).await;
     let report = result.verification.as_ref().unwrap().as_ref().unwrap();
     let text = report.render_text();
     let eth = &report.results["ETHUSDT"]["1h"];

@@ -169,6 +169,16 @@ impl Interval {
         }
     }
 
+    /// The first open time at or after `t_ms`: `t_ms` itself when it is one.
+    pub fn align_up(self, t_ms: i64) -> i64 {
+        let a = self.align(t_ms);
+        if a == t_ms {
+            t_ms
+        } else {
+            self.next_open(a)
+        }
+    }
+
     /// Open time of the candle after the one opening at (or containing) `open_ms`.
     pub fn next_open(self, open_ms: i64) -> i64 {
         match self {
@@ -187,11 +197,7 @@ impl Interval {
         if to_ms <= from_ms {
             return 0;
         }
-        let first = if self.align(from_ms) == from_ms {
-            from_ms
-        } else {
-            self.next_open(from_ms)
-        };
+        let first = self.align_up(from_ms);
         match self.fixed_ms() {
             Some(p) => {
                 if first >= to_ms {

@@ -2,10 +2,12 @@
 //!
 //! For each (symbol, interval) it reports `ok`, `halted`, `incomplete`, `stale`, `missing` or
 //! `error`:
-//! - the window ([`window`]) is the last `days` (default [`Interval::default_days`]): from the
-//!   candle containing `now − days` up to the newest candle closed by `now`;
+//! - the window ([`Span`]) is the last `days` (default [`Interval::default_days`]): from the
+//!   candle containing `now − days` up to the newest candle closed by `now` ([`window`]); or an
+//!   explicit range, as `kline-backfill --from/--to` fetched it;
 //! - freshness is the age of the newest **closed** candle's close time, against
-//!   [`Interval::freshness_limit`];
+//!   [`Interval::freshness_limit`] (not checked for a range that ends before the newest closed
+//!   candle: that is history, not the live edge);
 //! - completeness counts closed candles in the window against the expected number, and the
 //!   missing ranges are found in SQL with a window function over the primary-key index (nothing
 //!   is loaded into memory but the gaps themselves);
@@ -82,6 +84,29 @@ impl Status {
     }
 }
 
+/// Which candles of each series a verification covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Span {
+    /// The last `days` ([`window`]); `None` takes each interval's default.
+    Days(Option<u32>),
+    /// Candles opening in `[from_ms, to_ms)`; `to_ms` `None` goes up to the newest closed candle.
+    Range { from_ms: i64, to_ms: Option<i64> },
+}
+
+impl Span {
+    /// `[start, end)` of `interval`'s open times at `now_ms`, never past the candle forming then.
+    pub fn bounds(self, interval: Interval, now_ms: i64) -> (i64, i64) {
+        match self {
+            Self::Days(days) => window(interval, days.unwrap_or(interval.default_days()), now_ms),
+            Self::Range { from_ms, to_ms } => {
+                let forming = interval.align(now_ms);
+                let end = to_ms.map_or(forming, |t| interval.align_up(t).min(forming));
+                (interval.align_up(from_ms).min(end), end)
+            }
+        }
+    }
+}
+
 /// What to verify.
 #[derive(Debug, Clone)]
 pub struct VerifyRequest {
@@ -89,8 +114,8 @@ pub struct VerifyRequest {
     pub symbols: Vec<Symbol>,
     /// Intervals.
     pub intervals: Vec<Interval>,
-    /// Window in days; `None` uses each interval's default.
-    pub days: Option<u32>,
+    /// The candles of each series that are checked.
+    pub span: Span,
     /// The instant to verify at (epoch ms), normally the current time.
     pub now_ms: i64,
 }
@@ -155,8 +180,7 @@ pub fn unreadable(req: &VerifyRequest, why: &str) -> Report {
     let mut results: BTreeMap<String, BTreeMap<String, SeriesReport>> = BTreeMap::new();
     for symbol in &req.symbols {
         for &interval in &req.intervals {
-            let days = req.days.unwrap_or_else(|| interval.default_days());
-            let r = series::error_report(interval, days, req.now_ms, why);
+            let r = series::error_report(interval, req.span, req.now_ms, why);
             results
                 .entry(symbol.to_string())
                 .or_default()
@@ -177,8 +201,7 @@ pub async fn verify(pool: &PgPool, req: &VerifyRequest) -> Report {
     let mut overall = Status::Ok;
     for symbol in &req.symbols {
         for &interval in &req.intervals {
-            let days = req.days.unwrap_or_else(|| interval.default_days());
-            let r = series::verify_series(pool, symbol, interval, days, req.now_ms).await;
+            let r = series::verify_series(pool, symbol, interval, req.span, req.now_ms).await;
             overall = overall.max(r.status);
             results
                 .entry(symbol.to_string())

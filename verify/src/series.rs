@@ -7,7 +7,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 
 use crate::format::{datetime, human_age, human_limit};
-use crate::{exchange, known, Status};
+use crate::{exchange, known, Span, Status};
 
 /// A run of missing candles inside the window (open times, both ends inclusive).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -82,18 +82,18 @@ pub(crate) async fn verify_series(
     pool: &PgPool,
     symbol: &Symbol,
     interval: Interval,
-    days: u32,
+    span: Span,
     now_ms: i64,
 ) -> SeriesReport {
-    match query(pool, symbol, interval, days, now_ms).await {
+    match query(pool, symbol, interval, span, now_ms).await {
         Ok(r) => r,
-        Err(e) => error_report(interval, days, now_ms, &e.to_string()),
+        Err(e) => error_report(interval, span, now_ms, &e.to_string()),
     }
 }
 
 /// The verdict when the series could not be read.
-pub(crate) fn error_report(interval: Interval, days: u32, now_ms: i64, why: &str) -> SeriesReport {
-    let (start, end) = window(interval, days, now_ms);
+pub(crate) fn error_report(interval: Interval, span: Span, now_ms: i64, why: &str) -> SeriesReport {
+    let (start, end) = span.bounds(interval, now_ms);
     SeriesReport {
         status: Status::Error,
         count: 0,
@@ -122,11 +122,14 @@ async fn query(
     pool: &PgPool,
     symbol: &Symbol,
     interval: Interval,
-    days: u32,
+    span: Span,
     now_ms: i64,
 ) -> Result<SeriesReport, sqlx::Error> {
     let (sym, tf) = (symbol.as_str(), interval.as_str());
-    let (mut start, mut end) = window(interval, days, now_ms);
+    let (mut start, mut end) = span.bounds(interval, now_ms);
+    // A range ending before the candle forming now is history: its newest candle is old by
+    // design, so freshness is not checked.
+    let history = end < interval.align(now_ms);
     let latest: Option<(i64, i64)> = sqlx::query_as(
         r#"SELECT "timestamp", close_time FROM ohlcv_candles
            WHERE symbol = $1 AND timeframe = $2 AND is_closed
@@ -139,6 +142,12 @@ async fn query(
     let listed_at = exchange::listing_of(pool, sym, interval).await?;
     let exchange_status = exchange::status_of(pool, sym).await?;
     let mut notes = Vec::new();
+    if history {
+        notes.push(format!(
+            "range ends {}: freshness not checked",
+            day_or_datetime(end)
+        ));
+    }
     // History starts at the listing: open times before it are neither expected nor missing.
     if let Some(first) = listed_at.filter(|&f| f > start) {
         start = first.min(end);
@@ -223,7 +232,7 @@ async fn query(
         }
         Some(age) => {
             let limit = interval.freshness_limit();
-            let stale = age > limit && halted.is_none();
+            let stale = age > limit && halted.is_none() && !history;
             if stale {
                 issues.push(format!(
                     "Data is {} old (expected < {})",

@@ -5,7 +5,7 @@ use klinebus_schemas::{Interval, Symbol};
 use klinebus_testkit::TestDb;
 use klinebus_verify::{
     listing, listings, record_listing, record_symbol_status, symbol_status, symbol_statuses,
-    verify, Status, VerifyRequest, DELISTED, TRADING,
+    verify, Span, Status, VerifyRequest, DELISTED, TRADING,
 };
 
 const H: i64 = 3_600_000;
@@ -39,7 +39,7 @@ fn req(symbol: &str, tfs: &[Interval], days: u32, now: i64) -> VerifyRequest {
     VerifyRequest {
         symbols: vec![sym(symbol)],
         intervals: tfs.to_vec(),
-        days: Some(days),
+        span: Span::Days(Some(days)),
         now_ms: now,
     }
 }

@@ -3,7 +3,7 @@
 
 use klinebus_schemas::{Interval, Symbol};
 use klinebus_testkit::TestDb;
-use klinebus_verify::{verify, Status, VerifyRequest};
+use klinebus_verify::{verify, Span, Status, VerifyRequest};
 
 const H: i64 = 3_600_000;
 /// 2025-06-04T12:00:00Z
@@ -32,7 +32,7 @@ fn req(symbol: &str, tf: Interval, days: u32, now: i64) -> VerifyRequest {
     VerifyRequest {
         symbols: vec![symbol.parse::<Symbol>().unwrap()],
         intervals: vec![tf],
-        days: Some(days),
+        span: Span::Days(Some(days)),
         now_ms: now,
     }
 }
@@ -161,4 +161,43 @@ async fn error_when_the_database_cannot_be_read() {
     assert_eq!(r.overall_status, Status::Error);
     let json = serde_json::to_value(&r).unwrap();
     assert_eq!(json["overall_status"], "error");
+}
+
+#[tokio::test]
+async fn an_explicit_range_counts_from_its_first_open_and_history_is_not_stale() {
+    let db = TestDb::fresh().await;
+    let now = T0 + 10 * 60_000;
+    // Stored: 10:00 two days ago up to 05:00 yesterday, nothing after.
+    let from = T0 - 2 * 24 * H - 2 * H;
+    let to = T0 - 31 * H;
+    insert(
+        &db,
+        "BTCUSDT",
+        Interval::H1,
+        &(from..to).step_by(H as usize).collect::<Vec<_>>(),
+        true,
+    )
+    .await;
+    let range = |from_ms, to_ms| VerifyRequest {
+        span: Span::Range { from_ms, to_ms },
+        ..req("BTCUSDT", Interval::H1, 0, now)
+    };
+    // `--from 10:20 --to 04:30`: the candles opening in it, 11:00 up to 04:00.
+    let r = verify(&db.pool, &range(from + 1_200_000, Some(to - 1_800_000))).await;
+    let s = &r.results["BTCUSDT"]["1h"];
+    assert_eq!(s.status, Status::Ok, "{s:?}");
+    assert_eq!((s.count, s.expected), (18, 18));
+    assert_eq!(s.window_start, from + H);
+    assert!(
+        s.notes.iter().any(|n| n.contains("freshness not checked")),
+        "{s:?}"
+    );
+    // Up to now, the same data is 30 hours behind: the hours after 05:00 are missing and the
+    // newest candle is stale.
+    let r = verify(&db.pool, &range(from, None)).await;
+    let s = &r.results["BTCUSDT"]["1h"];
+    assert_eq!(s.status, Status::Stale, "{s:?}");
+    assert_eq!(s.expected, 50);
+    assert_eq!(s.gaps.len(), 1);
+    assert_eq!((s.gaps[0].start, s.gaps[0].missing), (to, 31));
 }

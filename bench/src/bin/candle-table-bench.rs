@@ -332,7 +332,7 @@ async fn time_verify(
     let req = VerifyRequest {
         symbols: vec![symbol(sym).parse()?],
         intervals: vec![Interval::M1],
-        days: Some(plan.verify_days()),
+        span: klinebus_verify::Span::Days(Some(plan.verify_days())),
         now_ms: plan.end,
     };
     let mut ms = Vec::new();

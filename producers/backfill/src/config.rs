@@ -110,7 +110,8 @@ pub struct Config {
 
     /// After publishing, wait until the Postgres sink has consumed everything (consumer lag 0),
     /// then verify the stored candles for the same symbols, timeframes and window
-    /// (as `klinectl verify`) and print the report; the exit code is non-zero unless it is ok
+    /// (as `klinectl verify`; a --to before now is history, not checked for freshness) and
+    /// print the report; the exit code is non-zero unless it is ok
     /// (or halted). Also records what the run learnt from the exchange, so verification counts
     /// it: exchange-side gaps, the first candle of a series listed inside the window, and the
     /// symbols' exchangeInfo statuses.

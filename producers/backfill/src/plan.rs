@@ -57,16 +57,6 @@ pub struct Plan {
     pub server_now_ms: i64,
 }
 
-/// First open time at or after `t`.
-fn align_up(interval: Interval, t: i64) -> i64 {
-    let a = interval.align(t);
-    if a == t {
-        t
-    } else {
-        interval.next_open(a)
-    }
-}
-
 impl Plan {
     /// The plan for `symbols × intervals` over `window`, as of exchange time `server_now_ms`.
     /// The forming candle (open ≤ now < close) is never included.
@@ -86,7 +76,7 @@ impl Plan {
                         (interval.align(server_now_ms - d * DAY_MS), forming)
                     }
                     Window::Range { from_ms, to_ms } => (
-                        align_up(interval, from_ms),
+                        interval.align_up(from_ms),
                         to_ms.map_or(forming, |t| t.min(forming)),
                     ),
                 };

@@ -309,13 +309,14 @@ async fn verify_after_backfill(
     let request = klinebus_verify::VerifyRequest {
         symbols: config.symbols.0.clone(),
         intervals: config.timeframes.0.clone(),
-        // An explicit --from verifies the days since then (whole days, rounded up).
-        days: config.days.or_else(|| {
-            config.from.map(|from| {
-                u32::try_from(((plan.server_now_ms - from).max(0) + 86_399_999) / 86_400_000)
-                    .unwrap_or(u32::MAX)
-            })
-        }),
+        // The window fetched: --days, or --from/--to.
+        span: match config.from {
+            Some(from_ms) => klinebus_verify::Span::Range {
+                from_ms,
+                to_ms: config.to,
+            },
+            None => klinebus_verify::Span::Days(config.days),
+        },
         now_ms: plan.server_now_ms,
     };
     Ok(klinebus_verify::verify(&pool, &request).await)
