@@ -24,12 +24,17 @@ pub(crate) enum Collected {
 }
 
 /// Errors after which the pull stream is useless and must be recreated (consumer re-fetched).
+/// A missed heartbeat or "no responders" means the server holds no pull request of ours (the
+/// consumer's leader changed, or it has none yet). async-nats (0.51) sends the next request
+/// only once the lost one would have expired, 35 s later; a new stream asks again at once.
 pub(crate) fn is_terminal(e: &MessagesError) -> bool {
     matches!(
         e.kind(),
         MessagesErrorKind::ConsumerDeleted
             | MessagesErrorKind::PushBasedConsumer
             | MessagesErrorKind::RequestLimitExceeded
+            | MessagesErrorKind::MissingHeartbeat
+            | MessagesErrorKind::NoResponders
     )
 }
 

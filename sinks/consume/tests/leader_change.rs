@@ -1,0 +1,181 @@
+//! A consumer whose leader is lost on a three-node cluster keeps pulling: once the two nodes
+//! left elect a new leader, the next message is handled well before the lost pull request's
+//! expiry (35 s). nats-server 2.9.10 answers the lost request with "409 Leadership Change";
+//! where a server does not, the missed heartbeat makes the consumer ask again
+//! (`batch::is_terminal`).
+#![allow(clippy::unwrap_used)]
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::Message;
+use klinebus_consume::{decode_closed, ConsumeOptions, Consumer, Delivered, Handler, HandlerError};
+use klinebus_schemas::bus;
+use klinebus_schemas::streams::{ConsumerSpec, Retention, CANDLES_STREAM};
+use klinebus_schemas::{Interval, KlineEvent, Source, Venue};
+use klinebus_testkit::NatsServer;
+use tokio_util::sync::CancellationToken;
+
+const MINUTE: i64 = 60_000;
+const START: i64 = 1_749_038_400_000;
+const DURABLE: &str = "leader-change";
+
+fn candle(i: i64) -> KlineEvent {
+    let open_time = START + i * MINUTE;
+    KlineEvent {
+        venue: Venue::binance(),
+        symbol: "BTCUSDT".parse().unwrap(),
+        interval: Interval::M1,
+        open_time,
+        close_time: open_time + MINUTE - 1,
+        open: "100.00000000".into(),
+        high: "101.00000000".into(),
+        low: "99.00000000".into(),
+        close: "100.50000000".into(),
+        volume: "1.00000000".into(),
+        quote_volume: "100.00000000".into(),
+        trades: 10,
+        taker_buy_base: "0.50000000".into(),
+        taker_buy_quote: "50.00000000".into(),
+        closed: true,
+        event_time: open_time + MINUTE,
+        source: Source::Ws,
+        received_at: open_time + MINUTE,
+    }
+}
+
+/// Records the open time of every candle handled.
+struct Recorder(Arc<Mutex<Vec<i64>>>);
+
+impl Handler for Recorder {
+    type Item = Vec<KlineEvent>;
+    type Committed = ();
+
+    fn decode(&self, msg: &Message) -> Result<Vec<KlineEvent>, klinebus_consume::Poison> {
+        decode_closed(msg.subject.as_str(), msg.headers.as_ref(), &msg.payload)
+    }
+
+    async fn handle(&mut self, batch: &[Delivered<Vec<KlineEvent>>]) -> Result<(), HandlerError> {
+        let mut seen = self.0.lock().unwrap();
+        seen.extend(
+            batch
+                .iter()
+                .flat_map(|d| d.event.iter().map(|e| e.open_time)),
+        );
+        Ok(())
+    }
+}
+
+async fn publish(js: &async_nats::jetstream::Context, i: i64) {
+    let c = candle(i);
+    bus::publish_closed(js, &[&c])
+        .await
+        .unwrap()
+        .unwrap()
+        .await
+        .unwrap();
+}
+
+async fn consumer_leader(js: &async_nats::jetstream::Context) -> Option<String> {
+    let s = js.get_stream(CANDLES_STREAM).await.ok()?;
+    let mut c = s
+        .get_consumer::<async_nats::jetstream::consumer::pull::Config>(DURABLE)
+        .await
+        .ok()?;
+    let info = c.info().await.ok()?;
+    info.cluster.clone()?.leader.filter(|l| !l.is_empty())
+}
+
+/// Waits (up to `within`) until `seen` holds `n` candles; how long that took.
+async fn handled(seen: &Mutex<Vec<i64>>, n: usize, within: Duration) -> Duration {
+    let started = Instant::now();
+    while seen.lock().unwrap().len() < n {
+        assert!(
+            started.elapsed() < within,
+            "{n} candles not handled within {within:?}: {:?}",
+            seen.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulling_goes_on_soon_after_the_consumer_leader_is_lost() {
+    let mut nodes = NatsServer::try_start_cluster(3).unwrap_or_else(|e| panic!("{e}"));
+    // Everything through node-1, so that the consumer's leader can be lost without the
+    // connection.
+    let client = bus::connect(&bus::BusOptions::new(nodes[0].url(), "leader-change"))
+        .await
+        .unwrap();
+    let js = bus::jetstream(client.clone(), 1024);
+    let retention = Retention {
+        replicas: 3,
+        ..Retention::default()
+    };
+    bus::ensure_streams(&js, &retention).await.unwrap();
+    let spec = ConsumerSpec {
+        stream: CANDLES_STREAM.into(),
+        durable: DURABLE.into(),
+        filter_subject: "candles.closed.>".into(),
+        ack_wait: Duration::from_secs(30),
+        max_ack_pending: 1000,
+    };
+    let mut opts = ConsumeOptions::new(spec);
+    opts.flush_interval = Duration::from_millis(20);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let stop = CancellationToken::new();
+    let run = {
+        let (js, seen, stop) = (js.clone(), seen.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut handler = Recorder(seen);
+            Consumer::new(js, opts).run(&mut handler, stop).await
+        })
+    };
+    publish(&js, 0).await;
+    handled(&seen, 1, Duration::from_secs(30)).await;
+
+    // The consumer led by another node than node-1.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let leader = loop {
+        let leader = consumer_leader(&js).await;
+        match leader.as_deref() {
+            Some("node-1") => {
+                client
+                    .request(
+                        format!("$JS.API.CONSUMER.LEADER.STEPDOWN.{CANDLES_STREAM}.{DURABLE}"),
+                        "".into(),
+                    )
+                    .await
+                    .unwrap();
+            }
+            Some(other) => break other.to_owned(),
+            None => {}
+        }
+        assert!(Instant::now() < deadline, "the consumer stays on node-1");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // Its pull request waits there: let one heartbeat pass, then lose the node.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let victim: usize = leader.trim_start_matches("node-").parse().unwrap();
+    nodes[victim - 1].stop();
+    let killed = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while consumer_leader(&js).await.is_none_or(|l| l == leader) {
+        assert!(Instant::now() < deadline, "no new consumer leader");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let elected = killed.elapsed();
+    publish(&js, 1).await;
+    // A missed heartbeat is noticed 10 s (two of 5 s) after the last one; the lost request
+    // would have been replaced only after 35 s.
+    let took = handled(&seen, 2, Duration::from_secs(20)).await;
+    eprintln!(
+        "{leader} lost: a new consumer leader after {:.1} s, the next candle handled {:.1} s after its publish",
+        elected.as_secs_f64(),
+        took.as_secs_f64()
+    );
+    assert_eq!(*seen.lock().unwrap(), [START, START + MINUTE]);
+    stop.cancel();
+    run.await.unwrap().unwrap();
+}
