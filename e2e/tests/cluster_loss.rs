@@ -23,7 +23,8 @@ use sqlx::PgPool;
 mod support;
 use support::cluster::{stream_leader, Cluster, ADMIN, PG_SINK, PRODUCER, SIGNALS};
 use support::{
-    assert_one_signal_per_candle, assert_table_equals_exchange, caught_up, closed, wait_until, Proc,
+    assert_one_signal_per_candle, assert_table_equals_exchange, caught_up, closed,
+    wait_until_or_explain, Proc,
 };
 
 /// 2025-06-04T12:00:00Z
@@ -258,18 +259,24 @@ async fn a_lost_jetstream_node_loses_no_candle_and_stops_no_process() {
         &with_role(&common, PRODUCER),
     );
     let pool = db.pool.clone();
-    wait_until("the first live candles", Duration::from_secs(60), || {
-        let pool = pool.clone();
-        async move {
-            for s in SYMBOLS {
-                if closed(&pool, s, 0).await.len() < 3 {
-                    return false;
+    wait_until_or_explain(
+        "the first live candles",
+        Duration::from_secs(60),
+        || {
+            let pool = pool.clone();
+            async move {
+                for s in SYMBOLS {
+                    if closed(&pool, s, 0).await.len() < 3 {
+                        return false;
+                    }
                 }
+                true
             }
-            true
-        }
-    })
+        },
+        || cluster.state(&js),
+    )
     .await;
+    eprintln!("[{:5.1}s] the first live candles are stored", at());
     let mut first_live = Vec::new();
     for s in SYMBOLS {
         first_live.push(closed(&pool, s, 0).await[0]);
@@ -326,7 +333,7 @@ async fn a_lost_jetstream_node_loses_no_candle_and_stops_no_process() {
     );
     let (second, second_after_back) = lose_node(&mut cluster, second_victim, &js, &pool).await;
     let back_at = Interval::M1.next_open(sim.clock().now_ms());
-    wait_until(
+    wait_until_or_explain(
         "live candles after the node is back",
         Duration::from_secs(90),
         || {
@@ -340,6 +347,7 @@ async fn a_lost_jetstream_node_loses_no_candle_and_stops_no_process() {
                 true
             }
         },
+        || cluster.state(&js),
     )
     .await;
     all_running(&mut [
@@ -352,7 +360,7 @@ async fn a_lost_jetstream_node_loses_no_candle_and_stops_no_process() {
     let end = Interval::M1.align(sim.clock().now_ms()) - 60_000;
     let status = live.terminate().await;
     assert!(status.success(), "kline-live on SIGTERM: {status}");
-    wait_until(
+    wait_until_or_explain(
         "the sink and kline-signals to catch up",
         Duration::from_secs(90),
         || {
@@ -362,6 +370,7 @@ async fn a_lost_jetstream_node_loses_no_candle_and_stops_no_process() {
                     && caught_up(&js, CANDLES_STREAM, "signals").await
             }
         },
+        || cluster.state(&js),
     )
     .await;
     let status = signals_proc.terminate().await;

@@ -111,6 +111,62 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// What to look at when the flow stalls: each stream's and consumer's leader, replicas and
+    /// counts as the cluster reports them (within 2 s each), and the end of every node's log.
+    pub async fn state(&self, js: &async_nats::jetstream::Context) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        for name in ["KLINES", "CANDLES", "SIGNALS", "DLQ"] {
+            let info = tokio::time::timeout(Duration::from_secs(2), async {
+                let mut s = js.get_stream(name).await.ok()?;
+                let info = s.info().await.ok()?.clone();
+                let mut consumers = Vec::new();
+                for durable in ["pg-sink", "signals"] {
+                    if let Ok(c) = s.consumer_info(durable).await {
+                        consumers.push(c.clone());
+                    }
+                }
+                Some((info, consumers))
+            })
+            .await
+            .ok()
+            .flatten();
+            let Some((info, consumers)) = info else {
+                let _ = writeln!(out, "stream {name}: no answer");
+                continue;
+            };
+            let _ = writeln!(
+                out,
+                "stream {name}: last_seq {} cluster {:?}",
+                info.state.last_sequence, info.cluster
+            );
+            for c in consumers {
+                let _ = writeln!(
+                    out,
+                    "  consumer {}: pending {} ack_pending {} waiting {} delivered {} ack_floor {} cluster {:?}",
+                    c.name,
+                    c.num_pending,
+                    c.num_ack_pending,
+                    c.num_waiting,
+                    c.delivered.stream_sequence,
+                    c.ack_floor.stream_sequence,
+                    c.cluster
+                );
+            }
+        }
+        for (i, node) in self.nodes.iter().enumerate() {
+            let log = node.output();
+            let lines: Vec<&str> = log.lines().collect();
+            let _ = writeln!(out, "--- nats-{} (last 30 log lines)", i + 1);
+            for l in &lines[lines.len().saturating_sub(30)..] {
+                let _ = writeln!(out, "{l}");
+            }
+        }
+        out
+    }
+}
+
 /// The node leading `stream` now, by its `server_name`; `None` while it has no leader (or its
 /// info cannot be had: during an election).
 pub async fn stream_leader(js: &async_nats::jetstream::Context, stream: &str) -> Option<String> {

@@ -135,6 +135,28 @@ where
     }
 }
 
+/// [`wait_until`], and on timeout the panic also says what `explain` finds (the state of what
+/// stalled).
+pub async fn wait_until_or_explain<F, Fut, E, EFut>(
+    what: &str,
+    timeout: Duration,
+    mut cond: F,
+    explain: E,
+) where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+    E: FnOnce() -> EFut,
+    EFut: Future<Output = String>,
+{
+    let deadline = Instant::now() + timeout;
+    while !cond().await {
+        if Instant::now() >= deadline {
+            panic!("timed out waiting for {what}\n{}", explain().await);
+        }
+        sleep_ms(100).await;
+    }
+}
+
 /// Closed candles stored per series inside `[start, end)`; -1 while the database is away.
 pub async fn closed_count(pool: &PgPool, symbol: &str, tf: Interval, start: i64, end: i64) -> i64 {
     sqlx::query_scalar(
