@@ -1,8 +1,9 @@
-//! A consumer whose leader is lost on a three-node cluster keeps pulling: once the two nodes
-//! left elect a new leader, the next message is handled well before the lost pull request's
-//! expiry (35 s). nats-server 2.9.10 answers the lost request with "409 Leadership Change";
-//! where a server does not, the missed heartbeat makes the consumer ask again
-//! (`batch::is_terminal`).
+//! A consumer on a three-node cluster keeps pulling when its leader node is lost, and when two
+//! of three nodes are lost and come back: the next message is handled well before the last pull
+//! request's expiry (35 s), as soon as the consumer has a leader again. nats-server 2.9.10 ends
+//! a request the lost leader held with "409 Leadership Change", and a consumer that regains a
+//! leader keeps node-1's waiting request; where a server does neither, the missed heartbeat
+//! makes the consumer ask again (`batch::is_terminal`).
 #![allow(clippy::unwrap_used)]
 
 use std::sync::{Arc, Mutex};
@@ -100,11 +101,19 @@ async fn handled(seen: &Mutex<Vec<i64>>, n: usize, within: Duration) -> Duration
     started.elapsed()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pulling_goes_on_soon_after_the_consumer_leader_is_lost() {
-    let mut nodes = NatsServer::try_start_cluster(3).unwrap_or_else(|e| panic!("{e}"));
-    // Everything through node-1, so that the consumer's leader can be lost without the
-    // connection.
+/// A consumer running on a three-node cluster (all through node-1, so that other nodes can be
+/// lost without the connection), its first candle handled.
+struct Running {
+    nodes: Vec<NatsServer>,
+    client: async_nats::Client,
+    js: async_nats::jetstream::Context,
+    seen: Arc<Mutex<Vec<i64>>>,
+    stop: CancellationToken,
+    run: tokio::task::JoinHandle<Result<(), klinebus_consume::ConsumeError>>,
+}
+
+async fn running() -> Running {
+    let nodes = NatsServer::try_start_cluster(3).unwrap_or_else(|e| panic!("{e}"));
     let client = bus::connect(&bus::BusOptions::new(nodes[0].url(), "leader-change"))
         .await
         .unwrap();
@@ -134,14 +143,35 @@ async fn pulling_goes_on_soon_after_the_consumer_leader_is_lost() {
     };
     publish(&js, 0).await;
     handled(&seen, 1, Duration::from_secs(30)).await;
+    Running {
+        nodes,
+        client,
+        js,
+        seen,
+        stop,
+        run,
+    }
+}
 
+impl Running {
+    async fn finish(self, candles: i64) {
+        let want: Vec<i64> = (0..candles).map(|i| START + i * MINUTE).collect();
+        assert_eq!(*self.seen.lock().unwrap(), want);
+        self.stop.cancel();
+        self.run.await.unwrap().unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulling_goes_on_soon_after_the_consumer_leader_is_lost() {
+    let mut r = running().await;
     // The consumer led by another node than node-1.
     let deadline = Instant::now() + Duration::from_secs(30);
     let leader = loop {
-        let leader = consumer_leader(&js).await;
+        let leader = consumer_leader(&r.js).await;
         match leader.as_deref() {
             Some("node-1") => {
-                client
+                r.client
                     .request(
                         format!("$JS.API.CONSUMER.LEADER.STEPDOWN.{CANDLES_STREAM}.{DURABLE}"),
                         "".into(),
@@ -158,24 +188,65 @@ async fn pulling_goes_on_soon_after_the_consumer_leader_is_lost() {
     // Its pull request waits there: let one heartbeat pass, then lose the node.
     tokio::time::sleep(Duration::from_secs(6)).await;
     let victim: usize = leader.trim_start_matches("node-").parse().unwrap();
-    nodes[victim - 1].stop();
+    r.nodes[victim - 1].stop();
     let killed = Instant::now();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while consumer_leader(&js).await.is_none_or(|l| l == leader) {
+    while consumer_leader(&r.js).await.is_none_or(|l| l == leader) {
         assert!(Instant::now() < deadline, "no new consumer leader");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let elected = killed.elapsed();
-    publish(&js, 1).await;
+    publish(&r.js, 1).await;
     // A missed heartbeat is noticed 10 s (two of 5 s) after the last one; the lost request
     // would have been replaced only after 35 s.
-    let took = handled(&seen, 2, Duration::from_secs(20)).await;
+    let took = handled(&r.seen, 2, Duration::from_secs(20)).await;
     eprintln!(
         "{leader} lost: a new consumer leader after {:.1} s, the next candle handled {:.1} s after its publish",
         elected.as_secs_f64(),
         took.as_secs_f64()
     );
-    assert_eq!(*seen.lock().unwrap(), [START, START + MINUTE]);
-    stop.cancel();
-    run.await.unwrap().unwrap();
+    r.finish(2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulling_goes_on_soon_after_quorum_comes_back() {
+    let mut r = running().await;
+    // Two of three nodes lost: the consumer has no leader, its pull requests no responder.
+    r.nodes[1].stop();
+    r.nodes[2].stop();
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    r.nodes[1].start_again();
+    r.nodes[2].start_again();
+    let back = Instant::now();
+    let deadline = back + Duration::from_secs(60);
+    while consumer_leader(&r.js).await.is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "no consumer leader after the nodes came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let elected = back.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let c = candle(1);
+        if let Ok(Some(ack)) = bus::publish_closed(&r.js, &[&c]).await {
+            if ack.await.is_ok() {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "the stream takes no publish");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let published = back.elapsed();
+    // Without asking again, the consumer would have waited for its last request's expiry
+    // (35 s after it was sent) or five missed heartbeats (50 s).
+    let took = handled(&r.seen, 2, Duration::from_secs(15)).await;
+    eprintln!(
+        "quorum back: a consumer leader after {:.1} s, the stream took a publish after {:.1} s, handled {:.1} s after that",
+        elected.as_secs_f64(),
+        published.as_secs_f64(),
+        took.as_secs_f64()
+    );
+    r.finish(2).await;
 }
