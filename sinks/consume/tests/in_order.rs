@@ -13,36 +13,12 @@ use klinebus_consume::{
 };
 use klinebus_schemas::bus;
 use klinebus_schemas::streams::{ConsumerSpec, Retention, CANDLES_STREAM, DLQ_STREAM};
-use klinebus_schemas::{Interval, KlineEvent, Source, Venue};
+use klinebus_schemas::KlineEvent;
 use klinebus_testkit::NatsServer;
 use tokio_util::sync::CancellationToken;
 
-const MINUTE: i64 = 60_000;
-const START: i64 = 1_749_038_400_000;
-
-fn candle(i: i64) -> KlineEvent {
-    let open_time = START + i * MINUTE;
-    KlineEvent {
-        venue: Venue::binance(),
-        symbol: "BTCUSDT".parse().unwrap(),
-        interval: Interval::M1,
-        open_time,
-        close_time: open_time + MINUTE - 1,
-        open: "100.00000000".into(),
-        high: "101.00000000".into(),
-        low: "99.00000000".into(),
-        close: "100.50000000".into(),
-        volume: "1.00000000".into(),
-        quote_volume: "100.00000000".into(),
-        trades: 10,
-        taker_buy_base: "0.50000000".into(),
-        taker_buy_quote: "50.00000000".into(),
-        closed: true,
-        event_time: open_time + MINUTE,
-        source: Source::Ws,
-        received_at: open_time + MINUTE,
-    }
-}
+mod common;
+use common::{candle, MINUTE, START};
 
 /// Per handler call, each message's candle index and delivery count.
 type Calls = Arc<Mutex<Vec<Vec<(i64, i64)>>>>;
