@@ -88,7 +88,7 @@ impl PgSink {
         self
     }
 
-    /// Sets `klinebus_sink_newest_candle_close_seconds{symbol,timeframe}` to the close time of
+    /// Sets `klinebus_sink_newest_candle_close_seconds{symbol,interval}` to the close time of
     /// the newest closed candle committed (never backwards: a backfill of old history does not
     /// make a series look stale). Data age is `time() - gauge` (max over instances).
     fn record_freshness(&self, rows: &[&KlineEvent]) {
@@ -110,7 +110,7 @@ impl PgSink {
             if e.close_time > *newest {
                 *newest = e.close_time;
                 metrics::gauge!("klinebus_sink_newest_candle_close_seconds",
-                    "symbol" => e.symbol.as_str().to_owned(), "timeframe" => e.interval.as_str())
+                    "symbol" => e.symbol.as_str().to_owned(), "interval" => e.interval.as_str())
                 .set((e.close_time + 1) as f64 / 1000.0);
             }
         }

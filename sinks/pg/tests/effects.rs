@@ -307,7 +307,7 @@ async fn metrics_show_ingest_and_freshness_per_series_and_health_turns_ready() {
         .find(|l| {
             l.starts_with("klinebus_sink_newest_candle_close_seconds")
                 && l.contains("symbol=\"NEARUSDT\"")
-                && l.contains("timeframe=\"1m\"")
+                && l.contains("interval=\"1m\"")
         })
         .unwrap_or_else(|| panic!("no freshness gauge in:\n{text}"));
     let value: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
