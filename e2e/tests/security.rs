@@ -17,9 +17,10 @@
 //! - each role publishes only its own subjects (producer `klines.>`, pg-sink `candles.closed.>`
 //!   and `dlq.pg-sink`, signals `signals.>` and `dlq.signals`), and nobody snoops on the event
 //!   subjects with a plain subscription;
-//! - before the streams exist, kline-backfill, kline-live, kline-pg-sink and kline-signals (as
-//!   processes, each with its role) exit non-zero saying to run `klinectl streams apply`, which
-//!   ops may not run and admin may;
+//! - kline-backfill, kline-live, kline-pg-sink and kline-signals (as processes) given a wrong
+//!   password exit non-zero at once saying "authorization violation"; before the streams
+//!   exist, each with its role exits non-zero saying to run `klinectl streams apply`, which ops
+//!   may not run and admin may;
 //! - after admin applied them, the real binaries work with only their own role's permissions:
 //!   kline-backfill (publishing, resuming and `--verify`) and kline-live as `producer`,
 //!   kline-pg-sink as `pg-sink` (password from a file), kline-signals as `signals`, `klinectl
@@ -785,6 +786,7 @@ async fn services_stop_clearly_until_admin_applies_the_streams() {
             role.1.into(),
         ]
     };
+    let wrong_password = |role: (&'static str, &'static str)| (role.0, "not-the-password");
     let services = [
         (
             "kline-backfill",
@@ -835,6 +837,27 @@ async fn services_stop_clearly_until_admin_applies_the_streams() {
             vec!["--database-url", &db.url, "--metrics-addr", "off"],
         ),
     ];
+    // A mistyped password is not waited out as an unreachable server would be: each service
+    // exits at once, saying why (and never what it was given).
+    let runs = services.iter().map(|(name, path, role, args)| {
+        let mut all: Vec<String> = nats_flags(wrong_password(*role)).into();
+        all.extend(args.iter().map(|a| (*a).to_owned()));
+        async move {
+            let all: Vec<&str> = all.iter().map(String::as_str).collect();
+            (*name, run_process(name, path, &all).await)
+        }
+    });
+    for (name, (status, out)) in futures::future::join_all(runs).await {
+        assert!(
+            !status.success(),
+            "{name} ran with a wrong password:\n{out}"
+        );
+        assert!(
+            out.contains("authorization violation") && !out.contains("not-the-password"),
+            "{name} did not say why:\n{out}"
+        );
+    }
+
     let runs = services.iter().map(|(name, path, role, args)| {
         let mut all: Vec<String> = nats_flags(*role).into();
         all.extend(args.iter().map(|a| (*a).to_owned()));

@@ -6,12 +6,15 @@
 //! - [`NatsArgs`] and [`DbArgs`]: the connection flags, with secrets from env or files;
 //!   [`db`]: PostgreSQL pools that follow a failover among several hosts.
 //! - [`exit_with`]: a binary's last words: its error on one line, and the exit code.
-//! - [`Backoff`] and [`until_ok`]: waiting out failures (reconnects, retries, start-up).
+//! - [`Backoff`] and [`until_ok`]: waiting out failures (reconnects, retries, start-up);
+//!   [`connect_bus`]: NATS at start-up, waited for unless it refuses the credentials.
 
 mod args;
+mod bus;
 pub mod db;
 mod retry;
 pub use args::{redact_url, DbArgs, NatsArgs, SecretError};
+pub use bus::connect_bus;
 pub use retry::{until_ok, Backoff};
 
 use std::net::SocketAddr;

@@ -60,6 +60,9 @@ pub enum BackfillError {
     /// NATS could not be reached or the streams made.
     #[error("{0}")]
     Bus(&'static str, #[source] klinebus_schemas::bus::BusError),
+    /// Shutdown was asked for before NATS could be reached.
+    #[error("interrupted before NATS could be reached")]
+    Interrupted,
 }
 
 /// The REST client a [`Config`] describes (with its own limiter).
@@ -84,38 +87,11 @@ pub async fn connect_bus(
     config: &Config,
     shutdown: &CancellationToken,
 ) -> Result<Context, BackfillError> {
-    use async_nats::ConnectErrorKind as Kind;
     let opts = config.bus_options()?;
-    let started = Instant::now();
-    let mut backoff = klinebus_svc::Backoff::new(
-        std::time::Duration::from_millis(200),
-        std::time::Duration::from_secs(5),
-    );
-    let client = loop {
-        let e = match bus::connect(&opts).await {
-            Ok(c) => break c,
-            Err(e) => e,
-        };
-        let final_error = match &e {
-            bus::BusError::Connect { source, .. } => matches!(
-                source.kind(),
-                Kind::Authentication | Kind::AuthorizationViolation | Kind::ServerParse | Kind::Tls
-            ),
-            _ => true,
-        };
-        let left = config.patience.saturating_sub(started.elapsed());
-        if final_error || left.is_zero() || shutdown.is_cancelled() {
-            return Err(BackfillError::Bus("connecting", e));
-        }
-        let wait = backoff.fail().min(left);
-        tracing::warn!(error = %klinebus_svc::error_line(&e), retry_in_ms = wait.as_millis() as u64,
-            patience_left = %humantime::format_duration(std::time::Duration::from_secs(left.as_secs())),
-            "NATS unavailable; waiting for it");
-        tokio::select! {
-            () = shutdown.cancelled() => return Err(BackfillError::Bus("connecting", e)),
-            () = tokio::time::sleep(wait) => {}
-        }
-    };
+    let client = klinebus_svc::connect_bus(&opts, shutdown, Some(config.patience))
+        .await
+        .map_err(|e| BackfillError::Bus("connecting", e))?
+        .ok_or(BackfillError::Interrupted)?;
     let js = bus::jetstream(client, config.max_inflight.max(1));
     bus::ensure_streams(&js, &config.nats.retention())
         .await

@@ -125,6 +125,9 @@ pub enum LiveError {
     /// The REST client could not be built.
     #[error("the REST client")]
     Rest(#[source] klinebus_binance::BinanceError),
+    /// NATS refused the connection for good (credentials, TLS, URL).
+    #[error("connecting to NATS")]
+    Connect(#[source] klinebus_schemas::bus::BusError),
     /// The streams could not be created or updated.
     #[error("creating the klinebus streams")]
     Streams(#[source] klinebus_schemas::bus::BusError),
@@ -152,18 +155,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Live
     }
     let rest = rest_client(&config)?;
     let bus_options = config.bus_options()?;
-    // NATS down at start-up is waited out (like an outage later on), not a crash loop.
-    let client = loop {
-        match bus::connect(&bus_options).await {
-            Ok(c) => break c,
-            Err(e) => {
-                tracing::warn!(error = %klinebus_svc::error_line(&e), "NATS unavailable; retrying in 2 s")
-            }
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
-        }
+    // NATS down at start-up is waited out (like an outage later on), not a crash loop;
+    // refused credentials are not.
+    let Some(client) = klinebus_svc::connect_bus(&bus_options, &shutdown, None)
+        .await
+        .map_err(LiveError::Connect)?
+    else {
+        return Ok(());
     };
     let js = bus::jetstream(client, 10_000);
     bus::ensure_streams(&js, &config.nats.retention())

@@ -252,7 +252,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
     let opts = bus_options(&config)?;
     // Read up front: a missing URL file stops the service, it is not retried.
     config.db.url()?;
-    let Some(client) = until_ok("NATS", &shutdown, || bus::connect(&opts)).await else {
+    let Some(client) = klinebus_svc::connect_bus(&opts, &shutdown, None).await? else {
         return Ok(());
     };
     let js = bus::jetstream(client, 1024);
