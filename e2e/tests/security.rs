@@ -20,7 +20,7 @@
 //! - kline-backfill, kline-live, kline-pg-sink and kline-signals (as processes) given a wrong
 //!   password exit non-zero at once saying "authorization violation"; before the streams
 //!   exist, each with its role exits non-zero saying to run `klinectl streams apply`, which ops
-//!   may not run and admin may;
+//!   may not run and admin may; then the sinks given a login PostgreSQL refuses exit at once;
 //! - after admin applied them, the real binaries work with only their own role's permissions:
 //!   kline-backfill (publishing, resuming and `--verify`) and kline-live as `producer`,
 //!   kline-pg-sink as `pg-sink` (password from a file), kline-signals as `signals`, `klinectl
@@ -899,6 +899,26 @@ async fn services_stop_clearly_until_admin_applies_the_streams() {
     assert_eq!(out.matches(" created ").count(), 4, "{out}");
     for name in STREAMS {
         assert!(ops.get_stream(name).await.is_ok(), "{name}");
+    }
+
+    // With the streams there, a login PostgreSQL refuses ends the sinks at once, saying why.
+    let (_, at) = db.url.split_once('@').unwrap();
+    let refused_db = format!("postgres://klinebus_no_such_role@{at}");
+    let runs = services[2..].iter().map(|(name, path, role, _)| {
+        let mut all: Vec<String> = nats_flags(*role).into();
+        all.extend(["--database-url".into(), refused_db.clone()]);
+        all.extend(["--metrics-addr".into(), "off".into()]);
+        async move {
+            let all: Vec<&str> = all.iter().map(String::as_str).collect();
+            (*name, run_process(name, path, &all).await)
+        }
+    });
+    for (name, (status, out)) in futures::future::join_all(runs).await {
+        assert!(!status.success(), "{name} ran on a refused login:\n{out}");
+        assert!(
+            out.contains("role \"klinebus_no_such_role\" does not exist"),
+            "{name} did not say why:\n{out}"
+        );
     }
 }
 

@@ -68,6 +68,21 @@ pub enum DbError {
     Secret(#[from] crate::SecretError),
 }
 
+impl DbError {
+    /// Whether trying again cannot help: a malformed URL or an unreadable URL file, or the only
+    /// host refusing the login (SQLSTATE class 28: wrong password, no such role, pg_hba.conf).
+    /// With several hosts each refusal is one host's ([`DbError::NoPrimary`]), and waited out.
+    pub fn is_lasting(&self) -> bool {
+        match self {
+            Self::Url { .. } | Self::Options { .. } | Self::Secret(_) => true,
+            Self::Connect(sqlx::Error::Database(e)) => {
+                e.code().is_some_and(|c| c.starts_with("28"))
+            }
+            Self::Connect(_) | Self::NoPrimary(_) => false,
+        }
+    }
+}
+
 /// One host of a database URL.
 #[derive(Clone)]
 pub struct DbHost {

@@ -6,8 +6,9 @@
 //! - [`NatsArgs`] and [`DbArgs`]: the connection flags, with secrets from env or files;
 //!   [`db`]: PostgreSQL pools that follow a failover among several hosts.
 //! - [`exit_with`]: a binary's last words: its error on one line, and the exit code.
-//! - [`Backoff`] and [`until_ok`]: waiting out failures (reconnects, retries, start-up);
-//!   [`connect_bus`]: NATS at start-up, waited for unless it refuses the credentials.
+//! - [`Backoff`]: waiting out failures (reconnects, retries); [`connect_bus`] and
+//!   [`DbArgs::connect_waiting`]: NATS and PostgreSQL at start-up, waited for unless they
+//!   refuse the credentials.
 
 mod args;
 mod bus;
@@ -15,7 +16,7 @@ pub mod db;
 mod retry;
 pub use args::{redact_url, DbArgs, NatsArgs, SecretError};
 pub use bus::connect_bus;
-pub use retry::{until_ok, Backoff};
+pub use retry::Backoff;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,13 +1,9 @@
 //! Waiting out failures: one bounded exponential [`Backoff`] (plain for sinks' naks and
-//! pauses, jittered for reconnects and requests many processes make at once), and
-//! [`until_ok`] for a dependency that is not up yet at start-up.
+//! pauses, jittered for reconnects and requests many processes make at once).
 
-use std::fmt::Display;
-use std::future::Future;
 use std::time::Duration;
 
 use rand::Rng;
-use tokio_util::sync::CancellationToken;
 
 /// Doubles from `min` up to `max` on each consecutive failure; resets on success. Jittered
 /// ([`Backoff::jittered`]), each delay is drawn uniformly from its upper half, so that clients
@@ -67,31 +63,6 @@ impl Backoff {
     /// Consecutive failures so far.
     pub fn failures(&self) -> u32 {
         self.failures
-    }
-}
-
-/// Retries `f` with a pause doubling from 200 ms to 5 s until it succeeds, or until `shutdown`
-/// fires (`None`). For what a service cannot start without (NATS, PostgreSQL): each failure is
-/// logged as `cannot reach {what} yet`.
-pub async fn until_ok<T, E, F, Fut>(what: &str, shutdown: &CancellationToken, mut f: F) -> Option<T>
-where
-    E: Display,
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, E>>,
-{
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
-    loop {
-        match f().await {
-            Ok(v) => return Some(v),
-            Err(e) => {
-                let d = backoff.fail();
-                tracing::warn!(error = %e, retry_in_ms = d.as_millis() as u64, "cannot reach {what} yet");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return None,
-                    _ = tokio::time::sleep(d) => {}
-                }
-            }
-        }
     }
 }
 

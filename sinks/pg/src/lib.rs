@@ -40,7 +40,8 @@ use klinebus_schemas::bus::{self, BusOptions};
 use klinebus_schemas::streams::{
     ConsumerSpec, Retention, CANDLES_STREAM, DLQ_STREAM, KLINES_STREAM,
 };
-use klinebus_svc::{until_ok, DbArgs, Health};
+use klinebus_svc::db::DbError;
+use klinebus_svc::{DbArgs, Health};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -64,6 +65,9 @@ pub enum SinkError {
     /// NATS trouble at start-up.
     #[error(transparent)]
     Bus(#[from] bus::BusError),
+    /// PostgreSQL refused the connection for good (credentials, URL).
+    #[error(transparent)]
+    Db(#[from] DbError),
     /// The streams could not be created.
     #[error("creating the klinebus streams")]
     Streams(#[source] bus::BusError),
@@ -120,14 +124,17 @@ async fn check_streams(
 
 /// Connects to PostgreSQL (retrying while it is unreachable; with several hosts the pool
 /// follows the read-write one, see [`klinebus_svc::db`]).
-pub async fn connect_db(db: &DbArgs, max: u32, shutdown: &CancellationToken) -> Option<PgPool> {
-    until_ok("PostgreSQL", shutdown, || {
-        db.connect(
-            PgPoolOptions::new()
-                .max_connections(max.max(1))
-                .acquire_timeout(Duration::from_secs(5)),
-        )
-    })
+pub async fn connect_db(
+    db: &DbArgs,
+    max: u32,
+    shutdown: &CancellationToken,
+) -> Result<Option<PgPool>, DbError> {
+    db.connect_waiting(
+        PgPoolOptions::new()
+            .max_connections(max.max(1))
+            .acquire_timeout(Duration::from_secs(5)),
+        shutdown,
+    )
     .await
 }
 
@@ -156,7 +163,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Sink
         config.max_connections.max(config.workers + 1),
         &shutdown,
     )
-    .await
+    .await?
     else {
         return Ok(());
     };

@@ -91,7 +91,7 @@ use klinebus_schemas::streams::{
     ConsumerSpec, Retention, CANDLES_STREAM, DLQ_STREAM, SIGNALS_STREAM,
 };
 use klinebus_schemas::KlineEvent;
-use klinebus_svc::{until_ok, Health};
+use klinebus_svc::Health;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -118,6 +118,9 @@ pub enum ServiceError {
     /// NATS trouble at start-up.
     #[error(transparent)]
     Bus(#[from] bus::BusError),
+    /// PostgreSQL refused the connection for good (credentials, URL).
+    #[error(transparent)]
+    Db(#[from] klinebus_svc::db::DbError),
     /// The streams could not be created.
     #[error("creating the klinebus streams")]
     Streams(#[source] bus::BusError),
@@ -258,14 +261,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
     let js = bus::jetstream(client, 1024);
     check_streams(&js, &config.nats.retention()).await?;
     let max = config.max_connections.max(1);
-    let Some(pool) = until_ok("PostgreSQL", &shutdown, || {
-        config.db.connect(
+    let Some(pool) = config
+        .db
+        .connect_waiting(
             PgPoolOptions::new()
                 .max_connections(max)
                 .acquire_timeout(Duration::from_secs(5)),
+            &shutdown,
         )
-    })
-    .await
+        .await?
     else {
         return Ok(());
     };
