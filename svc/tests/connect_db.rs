@@ -39,7 +39,7 @@ async fn a_refused_login_is_not_waited_out() {
     )
     .await
     .expect("a refused login is not waited out");
-    let e = refused.err().expect("no such role");
+    let e = refused.expect_err("no such role");
     assert!(e.is_lasting(), "{e:?}");
     let text = klinebus_svc::error_line(&e);
     assert!(text.contains("klinebus_no_such_role"), "{text}");
