@@ -283,9 +283,27 @@ pub async fn run(
             .map_err(|e| CtlError::Usage(e.to_string()))?;
         tracing::info!(%bound, "serving /metrics and /health");
     }
-    let pool = db.pool().await?;
-    let js = repair::connect(bus).await?;
     let rest = rest_client(a)?;
+    // One run fails as any command does; the daemon waits for what is not up yet, as the
+    // services do.
+    let (pool, js) = if a.once {
+        (db.pool().await?, repair::connect(bus).await?)
+    } else {
+        let stopped = || Outcome {
+            output: String::new(),
+            code: 0,
+        };
+        let Some(pool) = db.pool_waiting(&shutdown).await? else {
+            return Ok(stopped());
+        };
+        let Some(client) = klinebus_svc::connect_bus(bus, &shutdown, None)
+            .await
+            .map_err(CtlError::nats("connecting"))?
+        else {
+            return Ok(stopped());
+        };
+        (pool, repair::jetstream(client))
+    };
     health.set_ready(true);
     if a.once {
         let r = audit_once(&pool, &js, &rest, &symbols, &intervals, a, &shutdown).await?;

@@ -121,6 +121,21 @@ impl Database {
             .acquire_timeout(Duration::from_secs(5));
         Ok(klinebus_svc::db::connect(&self.url, options, self.check_interval).await?)
     }
+
+    /// [`pool`](Self::pool), waiting for a database that is not up yet (the auditor, a
+    /// daemon); `None` when `shutdown` fires first.
+    pub async fn pool_waiting(
+        &self,
+        shutdown: &tokio_util::sync::CancellationToken,
+    ) -> Result<Option<PgPool>, CtlError> {
+        let options = PgPoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(Duration::from_secs(5));
+        Ok(
+            klinebus_svc::db::connect_waiting(&self.url, options, self.check_interval, shutdown)
+                .await?,
+        )
+    }
 }
 
 /// The NATS options from the flags.

@@ -103,7 +103,12 @@ pub async fn connect(opts: &BusOptions) -> Result<Context, CtlError> {
     let client = bus::connect(opts)
         .await
         .map_err(CtlError::nats("connecting"))?;
-    Ok(bus::jetstream(client, MAX_INFLIGHT))
+    Ok(jetstream(client))
+}
+
+/// The publishing context repairs use on `client`.
+pub fn jetstream(client: async_nats::Client) -> Context {
+    bus::jetstream(client, MAX_INFLIGHT)
 }
 
 /// Backfills the gaps of `report`, then waits (up to `--repair-wait`) for the sink's consumer to

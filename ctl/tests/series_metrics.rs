@@ -209,12 +209,14 @@ async fn the_audit_daemon_serves_them_on_metrics_and_refreshes_them() {
     ]))
     .await
     .unwrap();
-    let nats = NatsServer::start();
+    let mut nats = NatsServer::start();
     // The streams the repairs publish to (the operator's, `klinectl streams apply`).
     let client = async_nats::connect(nats.url()).await.unwrap();
     bus::ensure_streams(&bus::jetstream(client, 100), &Retention::default())
         .await
         .unwrap();
+    // The daemon starts before NATS is back up, and waits for it.
+    nats.stop();
     let db = TestDb::fresh().await;
     let now = now_ms();
     let open = Interval::H1.align(now) - 3 * H;
@@ -247,6 +249,13 @@ async fn the_audit_daemon_serves_them_on_metrics_and_refreshes_them() {
     .unwrap();
     // The daemon runs until the checks are done (it stops on SIGTERM only).
     let checks = async {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let health = http_get(port, "/health").await.unwrap_or_default();
+        assert!(
+            health.contains(" 503 "),
+            "ready before NATS is up:\n{health}"
+        );
+        nats.start_again();
         let scrape = |want: f64| async move {
             let deadline = Instant::now() + Duration::from_secs(30);
             loop {

@@ -15,7 +15,6 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::db::DbError;
-use crate::Backoff;
 
 /// A secret that could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -209,33 +208,15 @@ impl DbArgs {
         crate::db::connect(&url, options, self.check_interval).await
     }
 
-    /// [`connect`](Self::connect) until it works, with a pause doubling from 200 ms to 5 s
-    /// between tries, each logged: a database not up yet is waited for. What waiting cannot
-    /// mend ([`DbError::is_lasting`]) is returned at once; `Ok(None)` when `shutdown` fires.
+    /// [`connect`](Self::connect), waiting for a database that is not up yet: see
+    /// [`crate::db::connect_waiting`].
     pub async fn connect_waiting(
         &self,
         options: PgPoolOptions,
         shutdown: &CancellationToken,
     ) -> Result<Option<PgPool>, DbError> {
-        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
-        loop {
-            let attempt = tokio::select! {
-                () = shutdown.cancelled() => return Ok(None),
-                r = self.connect(options.clone()) => r,
-            };
-            let e = match attempt {
-                Ok(pool) => return Ok(Some(pool)),
-                Err(e) if e.is_lasting() => return Err(e),
-                Err(e) => e,
-            };
-            let wait = backoff.fail();
-            tracing::warn!(error = %crate::error_line(&e), retry_in_ms = wait.as_millis() as u64,
-                "cannot reach PostgreSQL yet");
-            tokio::select! {
-                () = shutdown.cancelled() => return Ok(None),
-                () = tokio::time::sleep(wait) => {}
-            }
-        }
+        let url = self.url()?;
+        crate::db::connect_waiting(&url, options, self.check_interval, shutdown).await
     }
 }
 

@@ -24,8 +24,10 @@ use std::time::{Duration, Instant};
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
+use tokio_util::sync::CancellationToken;
 
 use crate::args::redact_url;
+use crate::Backoff;
 
 /// How often the current host is checked by default (`--database-check-interval`).
 pub const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(1);
@@ -224,6 +226,36 @@ fn host_label(url: &str) -> String {
         .rsplit_once('@')
         .map_or(authority, |(_, h)| h)
         .to_owned()
+}
+
+/// [`connect`] until it works, with a pause doubling from 200 ms to 5 s between tries, each
+/// logged: a database not up yet is waited for. What waiting cannot mend
+/// ([`DbError::is_lasting`]) is returned at once; `Ok(None)` when `shutdown` fires.
+pub async fn connect_waiting(
+    url: &str,
+    options: PgPoolOptions,
+    check_interval: Duration,
+    shutdown: &CancellationToken,
+) -> Result<Option<PgPool>, DbError> {
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    loop {
+        let attempt = tokio::select! {
+            () = shutdown.cancelled() => return Ok(None),
+            r = connect(url, options.clone(), check_interval) => r,
+        };
+        let e = match attempt {
+            Ok(pool) => return Ok(Some(pool)),
+            Err(e) if e.is_lasting() => return Err(e),
+            Err(e) => e,
+        };
+        let wait = backoff.fail();
+        tracing::warn!(error = %crate::error_line(&e), retry_in_ms = wait.as_millis() as u64,
+            "cannot reach PostgreSQL yet");
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(None),
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
 }
 
 /// A pool on `url` built from `options` (see the module doc). With one host this is
