@@ -23,7 +23,7 @@ use sqlx::PgPool;
 mod support;
 use support::cluster::{stream_leader, Cluster, ADMIN, PG_SINK, PRODUCER, SIGNALS};
 use support::{
-    assert_one_signal_per_candle, assert_table_equals_exchange, caught_up, closed,
+    assert_one_signal_per_candle, assert_table_equals_exchange, caught_up, closed, table_state,
     wait_until_or_explain, Proc,
 };
 
@@ -273,7 +273,7 @@ async fn a_lost_jetstream_node_loses_no_candle_and_stops_no_process() {
                 true
             }
         },
-        || cluster.state(&js),
+        || async { format!("{}\n{}", table_state(&pool).await, cluster.state(&js).await) },
     )
     .await;
     eprintln!("[{:5.1}s] the first live candles are stored", at());
@@ -347,7 +347,7 @@ async fn a_lost_jetstream_node_loses_no_candle_and_stops_no_process() {
                 true
             }
         },
-        || cluster.state(&js),
+        || async { format!("{}\n{}", table_state(&pool).await, cluster.state(&js).await) },
     )
     .await;
     all_running(&mut [
@@ -370,7 +370,7 @@ async fn a_lost_jetstream_node_loses_no_candle_and_stops_no_process() {
                     && caught_up(&js, CANDLES_STREAM, "signals").await
             }
         },
-        || cluster.state(&js),
+        || async { format!("{}\n{}", table_state(&pool).await, cluster.state(&js).await) },
     )
     .await;
     let status = signals_proc.terminate().await;

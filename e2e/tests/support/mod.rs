@@ -148,12 +148,44 @@ pub async fn wait_until_or_explain<F, Fut, E, EFut>(
     E: FnOnce() -> EFut,
     EFut: Future<Output = String>,
 {
-    let deadline = Instant::now() + timeout;
-    while !cond().await {
-        if Instant::now() >= deadline {
-            panic!("timed out waiting for {what}\n{}", explain().await);
+    let started = Instant::now();
+    let mut checks = 0;
+    loop {
+        let check = Instant::now();
+        checks += 1;
+        if cond().await {
+            return;
+        }
+        if started.elapsed() >= timeout {
+            panic!(
+                "timed out waiting for {what} ({checks} checks, the last took {:?})\n{}",
+                check.elapsed(),
+                explain().await
+            );
         }
         sleep_ms(100).await;
+    }
+}
+
+/// Per series of `ohlcv_candles`: closed rows, all rows and the newest open time; or why they
+/// cannot be read.
+pub async fn table_state(pool: &PgPool) -> String {
+    let rows: Result<Vec<(String, String, i64, i64, Option<i64>)>, _> = sqlx::query_as(
+        r#"SELECT symbol, timeframe, count(*) FILTER (WHERE is_closed), count(*), max("timestamp")
+           FROM ohlcv_candles GROUP BY 1, 2 ORDER BY 1, 2"#,
+    )
+    .fetch_all(pool)
+    .await;
+    match rows {
+        Ok(rows) if rows.is_empty() => "ohlcv_candles: empty".into(),
+        Ok(rows) => rows
+            .iter()
+            .map(|(s, tf, closed, all, newest)| {
+                format!("ohlcv_candles {s} {tf}: {closed} closed of {all}, newest {newest:?}")
+            })
+            .collect::<Vec<_>>()
+            .join("\n"),
+        Err(e) => format!("ohlcv_candles: cannot read: {e}"),
     }
 }
 
