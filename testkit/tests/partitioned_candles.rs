@@ -211,3 +211,55 @@ async fn ensuring_a_month_is_idempotent_races_safely_and_moves_rows_out_of_defau
         .unwrap();
     assert_eq!(none, 0);
 }
+
+/// Rows moved out of the default partition by an ensure stay visible to another connection that
+/// queried them before (its prepared statement planned, and re-planned after the attach). Two
+/// tests under heavy load once saw a table with fewer rows than the sink had committed; this
+/// rules out the plainest way the move could hide them.
+#[tokio::test]
+async fn rows_moved_out_of_default_stay_visible_to_a_connection_that_read_them_before() {
+    let db = TestDb::fresh().await;
+    let reader = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&db.url)
+        .await
+        .unwrap();
+    // 2031-10-15 onwards: no partition yet, the rows wait in the default partition.
+    let ts0: i64 = 1_949_961_600_000;
+    for i in 0..10 {
+        assert_eq!(
+            insert_one(&db.pool, "BTCUSDT", "1m", ts0 + i * 60_000)
+                .await
+                .unwrap(),
+            1
+        );
+    }
+    let query = r#"SELECT "timestamp" FROM ohlcv_candles
+                   WHERE symbol = $1 AND timeframe = '1m' AND is_closed AND "timestamp" >= $2
+                   ORDER BY 1"#;
+    let read = || async {
+        sqlx::query_scalar::<_, i64>(query)
+            .bind("BTCUSDT")
+            .bind(0i64)
+            .fetch_all(&reader)
+            .await
+            .unwrap()
+            .len()
+    };
+    // More than five runs: PostgreSQL may switch the prepared statement to a generic plan.
+    for _ in 0..8 {
+        assert_eq!(read().await, 10);
+    }
+    let made: i32 = sqlx::query_scalar("SELECT klinebus_ensure_candle_partitions('1m', $1, $2)")
+        .bind(ts0)
+        .bind(ts0 + 31 * 86_400_000)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(made, 2);
+    assert_eq!(
+        partition_of(&db.pool, "BTCUSDT", "1m", ts0).await,
+        "ohlcv_candles_1m_2031_10"
+    );
+    assert_eq!(read().await, 10);
+}

@@ -170,13 +170,34 @@ pub async fn wait_until_or_explain<F, Fut, E, EFut>(
 /// Per series of `ohlcv_candles`: closed rows, all rows and the newest open time; or why they
 /// cannot be read.
 pub async fn table_state(pool: &PgPool) -> String {
-    let rows: Result<Vec<(String, String, i64, i64, Option<i64>)>, _> = sqlx::query_as(
+    type Series = (String, String, i64, i64, Option<i64>);
+    let rows: Result<Vec<Series>, _> = sqlx::query_as(
         r#"SELECT symbol, timeframe, count(*) FILTER (WHERE is_closed), count(*), max("timestamp")
            FROM ohlcv_candles GROUP BY 1, 2 ORDER BY 1, 2"#,
     )
     .fetch_all(pool)
     .await;
-    match rows {
+    // Each leaf counted directly too: the root showing less than its leaves hold would say
+    // the reader's view, not the writes, is at fault.
+    let leaves: Vec<String> = sqlx::query_scalar(
+        "SELECT relid::regclass::text FROM pg_partition_tree('ohlcv_candles') WHERE isleaf ORDER BY 1",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap_or_default();
+    let mut direct = Vec::new();
+    for t in leaves {
+        let n: Result<i64, _> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) FROM ONLY {t}"
+        )))
+        .fetch_one(pool)
+        .await;
+        if !matches!(n, Ok(0)) {
+            direct.push(format!("{t}: {n:?}"));
+        }
+    }
+    let direct = format!("leaves counted directly: {}", direct.join("; "));
+    let rows = match rows {
         Ok(rows) if rows.is_empty() => "ohlcv_candles: empty".into(),
         Ok(rows) => rows
             .iter()
@@ -186,7 +207,8 @@ pub async fn table_state(pool: &PgPool) -> String {
             .collect::<Vec<_>>()
             .join("\n"),
         Err(e) => format!("ohlcv_candles: cannot read: {e}"),
-    }
+    };
+    format!("{rows}\n{direct}")
 }
 
 /// Closed candles stored per series inside `[start, end)`; -1 while the database is away.

@@ -226,10 +226,23 @@ async fn refused_announcements_are_announced_once_the_stream_takes_them() {
     // (Every refused announcement naks its batch for redelivery, and JetStream hands the
     // redeliveries out before new messages: 6 s on a quiet machine, over 60 s under the load
     // of the cluster tests beside it.)
-    wait_for("the committed table", Duration::from_secs(150), || async {
-        table(&db.pool).await == expected(&finals)
-    })
-    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(150);
+    loop {
+        let now = table(&db.pool).await;
+        let want = expected(&finals);
+        if now == want {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the committed table: {} rows of {} ({}); first difference (stored, expected): {:?}",
+            now.len(),
+            want.len(),
+            partition_counts(&db.pool).await,
+            now.iter().zip(&want).find(|(a, b)| a != b)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // … and held un-acked (then naked and redelivered) meanwhile, not acked and forgotten.
     let lag = consumer_lag(&js, "KLINES", "announce").await.unwrap();
     assert!(
@@ -246,7 +259,15 @@ async fn refused_announcements_are_announced_once_the_stream_takes_them() {
         || async { caught_up(&js, "announce").await },
     )
     .await;
-    assert_eq!(table(&db.pool).await, expected(&finals), "table changed");
+    let now = table(&db.pool).await;
+    if now != expected(&finals) {
+        panic!(
+            "table changed: {} rows instead of {} ({})",
+            now.len(),
+            finals.len(),
+            partition_counts(&db.pool).await
+        );
+    }
     let repeats = assert_all_announced(&js, &db.pool).await;
     eprintln!("every committed closed candle announced ({repeats} repeats)");
     stop.cancel();
