@@ -147,6 +147,14 @@ async fn backfill_live_and_audit_on_one_ip_stay_under_the_weight_limit_together(
     assert!(status.success(), "kline-live after SIGTERM: {status}");
     audit.kill();
     let now = sim.clock().now_ms();
+    // The last candles kline-live published (the minute that closed just now) reach the table
+    // once the sink has read everything.
+    let js = async_nats::jetstream::new(async_nats::connect(&nats_url).await.unwrap());
+    support::wait_until("the sink to catch up", Duration::from_secs(60), || {
+        let js = js.clone();
+        async move { support::caught_up(&js, "KLINES", "pg-sink").await }
+    })
+    .await;
     let (from, end) = klinebus_verify::window(Interval::M1, DAYS, now);
     for symbol in SYMBOLS.split(',') {
         let n = assert_table_equals_exchange(&db.pool, &sim, symbol, Interval::M1, from, end).await;
