@@ -120,7 +120,24 @@ impl Consumer {
         handler: &mut H,
         shutdown: CancellationToken,
     ) -> Result<(), ConsumeError> {
-        let mut consumer = self.prepare(&self.opts.start).await?;
+        // A cluster electing a leader (or a broker restarting) answers nothing for a while:
+        // wait for it here as the pull loop does later, instead of stopping the process.
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+        let mut consumer = loop {
+            match self.prepare(&self.opts.start).await {
+                Ok(c) => break c,
+                Err(e) if is_unanswered(&e) => {
+                    let wait = backoff.fail();
+                    tracing::warn!(error = %klinebus_svc::error_line(&e), retry_in_ms = wait.as_millis() as u64,
+                        "cannot get the consumer yet; retrying");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return Ok(()),
+                        () = tokio::time::sleep(wait) => {}
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        };
         let lag_stop = shutdown.child_token();
         let lag_task = tokio::spawn(refresh_lag(
             self.js.clone(),
@@ -711,6 +728,27 @@ fn export_headroom(stream: &str, durable: &str, h: &RetentionHeadroom) {
 
 /// Gets the durable consumer, creating it (deliver all) if missing; recreates it for a replay;
 /// with `update_ack_wait`, brings an existing durable's ack wait to the spec's.
+/// A request that timed out or could not be sent, or JetStream saying it is temporarily
+/// unavailable (503: no leader yet): worth asking again.
+fn is_unanswered(e: &ConsumeError) -> bool {
+    use async_nats::jetstream::context::GetStreamErrorKind;
+    use async_nats::jetstream::stream::ConsumerErrorKind;
+    let unavailable = |e: &async_nats::jetstream::Error| e.code() == 503;
+    match e {
+        ConsumeError::Stream { source, .. } => match source.kind() {
+            GetStreamErrorKind::Request => true,
+            GetStreamErrorKind::JetStream(j) => unavailable(&j),
+            _ => false,
+        },
+        ConsumeError::Consumer { source, .. } => match source.kind() {
+            ConsumerErrorKind::TimedOut | ConsumerErrorKind::Request => true,
+            ConsumerErrorKind::JetStream(j) => unavailable(&j),
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
 async fn prepare(
     js: &Context,
     opts: &ConsumeOptions,
