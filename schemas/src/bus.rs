@@ -331,17 +331,19 @@ pub async fn ensure_streams(js: &Context, retention: &Retention) -> Result<(), B
 
 async fn create_stream(js: &Context, spec: &StreamSpec) -> Result<(), BusError> {
     // Another instance may create it at the same moment: creating again is then harmless
-    // (the server answers with the existing stream when the configuration is the same).
-    js.get_or_create_stream(stream_config(spec))
-        .await
-        .map_err(|source| {
-            let stream = spec.name.clone();
-            if refused(&source) {
-                BusError::Missing { stream, source }
-            } else {
-                BusError::Stream { stream, source }
-            }
-        })?;
+    // (the server answers with the existing stream when the configuration is the same), or
+    // refused as overlapping the one just made (nats-server 2.9, error 10065): it exists then.
+    if let Err(source) = js.get_or_create_stream(stream_config(spec)).await {
+        let stream = spec.name.clone();
+        if refused(&source) {
+            return Err(BusError::Missing { stream, source });
+        }
+        if js.get_stream(&spec.name).await.is_err() {
+            return Err(BusError::Stream { stream, source });
+        }
+        tracing::debug!(stream = %spec.name, "stream created meanwhile by another instance");
+        return Ok(());
+    }
     tracing::info!(stream = %spec.name, "stream created");
     Ok(())
 }
