@@ -20,7 +20,7 @@ use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 pub use nats::{stored_payloads, NatsServer};
-pub use postgres::{admin_url, PgServer, TestDb};
+pub use postgres::{admin_url, leaf_counts, PgServer, TestDb};
 pub use signals::{fixture_candles, FixtureCandle};
 
 /// How to start the services the tests need.

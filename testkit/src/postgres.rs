@@ -16,6 +16,34 @@ pub fn admin_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
+/// Rows of each leaf of `ohlcv_candles`'s partition tree, counted directly (not through the
+/// root), and through the root: for a failure message when the root shows fewer rows than
+/// were committed (the reader's view, not the writes, at fault).
+pub async fn leaf_counts(pool: &PgPool) -> String {
+    let leaves: Vec<String> = sqlx::query_scalar(
+        "SELECT relid::regclass::text FROM pg_partition_tree('ohlcv_candles') WHERE isleaf ORDER BY 1",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap_or_default();
+    let mut out = Vec::new();
+    for t in leaves {
+        let n: Result<i64, _> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) FROM ONLY {t}"
+        )))
+        .fetch_one(pool)
+        .await;
+        if !matches!(n, Ok(0)) {
+            out.push(format!("{t}: {n:?}"));
+        }
+    }
+    let root: Result<i64, _> = sqlx::query_scalar("SELECT count(*) FROM ohlcv_candles")
+        .fetch_one(pool)
+        .await;
+    out.push(format!("through ohlcv_candles: {root:?}"));
+    out.join("; ")
+}
+
 /// A fresh database with every migration applied; dropped (forcibly) when this value drops.
 pub struct TestDb {
     /// A pool on the database.

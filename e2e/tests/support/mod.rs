@@ -177,26 +177,10 @@ pub async fn table_state(pool: &PgPool) -> String {
     )
     .fetch_all(pool)
     .await;
-    // Each leaf counted directly too: the root showing less than its leaves hold would say
-    // the reader's view, not the writes, is at fault.
-    let leaves: Vec<String> = sqlx::query_scalar(
-        "SELECT relid::regclass::text FROM pg_partition_tree('ohlcv_candles') WHERE isleaf ORDER BY 1",
-    )
-    .fetch_all(pool)
-    .await
-    .unwrap_or_default();
-    let mut direct = Vec::new();
-    for t in leaves {
-        let n: Result<i64, _> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "SELECT count(*) FROM ONLY {t}"
-        )))
-        .fetch_one(pool)
-        .await;
-        if !matches!(n, Ok(0)) {
-            direct.push(format!("{t}: {n:?}"));
-        }
-    }
-    let direct = format!("leaves counted directly: {}", direct.join("; "));
+    let direct = format!(
+        "leaves counted directly: {}",
+        klinebus_testkit::leaf_counts(pool).await
+    );
     let rows = match rows {
         Ok(rows) if rows.is_empty() => "ohlcv_candles: empty".into(),
         Ok(rows) => rows

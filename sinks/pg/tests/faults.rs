@@ -238,7 +238,7 @@ async fn refused_announcements_are_announced_once_the_stream_takes_them() {
             "the committed table: {} rows of {} ({}); first difference (stored, expected): {:?}",
             now.len(),
             want.len(),
-            partition_counts(&db.pool).await,
+            klinebus_testkit::leaf_counts(&db.pool).await,
             now.iter().zip(&want).find(|(a, b)| a != b)
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -265,7 +265,7 @@ async fn refused_announcements_are_announced_once_the_stream_takes_them() {
             "table changed: {} rows instead of {} ({})",
             now.len(),
             finals.len(),
-            partition_counts(&db.pool).await
+            klinebus_testkit::leaf_counts(&db.pool).await
         );
     }
     let repeats = assert_all_announced(&js, &db.pool).await;

@@ -174,35 +174,6 @@ pub struct Row {
 }
 
 /// The table, in key order.
-/// Rows counted in each table of `ohlcv_candles`'s tree directly (not through the root), and
-/// through the root: what to look at when the root shows fewer rows than were committed.
-pub async fn partition_counts(pool: &PgPool) -> String {
-    let tables: Vec<String> = sqlx::query_scalar(
-        "SELECT relid::regclass::text FROM pg_partition_tree('ohlcv_candles') WHERE isleaf ORDER BY 1",
-    )
-    .fetch_all(pool)
-    .await
-    .unwrap_or_default();
-    let mut out = Vec::new();
-    for t in tables {
-        let n: Result<i64, _> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "SELECT count(*) FROM ONLY {t}"
-        )))
-        .fetch_one(pool)
-        .await;
-        match n {
-            Ok(0) => {}
-            Ok(n) => out.push(format!("{t}: {n}")),
-            Err(e) => out.push(format!("{t}: {e}")),
-        }
-    }
-    let root: Result<i64, _> = sqlx::query_scalar("SELECT count(*) FROM ohlcv_candles")
-        .fetch_one(pool)
-        .await;
-    out.push(format!("through ohlcv_candles: {root:?}"));
-    out.join("; ")
-}
-
 pub async fn table(pool: &PgPool) -> Vec<Row> {
     sqlx::query_as(
         r#"SELECT symbol::text AS symbol, timeframe::text AS timeframe, "timestamp",
